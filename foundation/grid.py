@@ -1,0 +1,105 @@
+"""N-d grid toolkit shared by every adapter whose data lives on a regular grid.
+
+Medical volumes (3-d), EO rasters (2-d) and spectrograms (2-d time x frequency) all reduce to
+"C channels on a d-dimensional grid". Patchifying, the per-patch normalised MAE targets and the
+grid coordinates are the same code for all of them, so they live here, once.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class GridPatches:
+    patches: Tensor  # [N, C * prod(patch)] values, invalid entries zeroed
+    valid: Tensor  # [N, C * prod(patch)] bool, False for invalid values and the grid's edge padding
+    coords: Tensor  # [N, d] patch index along each grid axis (float)
+    grid_shape: tuple[int, ...]  # patches per axis
+
+    @property
+    def token_padding(self) -> Tensor:
+        """A token whose every value is invalid carries no information: it becomes padding."""
+        return ~self.valid.any(dim=1)
+
+
+def patchify(x: Tensor, patch: tuple[int, ...] | list[int], valid: Tensor | None = None) -> GridPatches:
+    """Cut ``x`` [C, *S] into non-overlapping patches; the edge is padded up to a whole patch.
+
+    ``valid`` ([C, *S] or [*S], bool) marks real values; NaN/inf are always invalid. Values are laid
+    out channel-major inside a patch, (C, p_1, ..., p_d), the same order ``unpatchify`` expects.
+    """
+    patch = tuple(int(p) for p in patch)
+    d = len(patch)
+    if x.dim() != d + 1:
+        raise ValueError(f"expected a [C, {d} spatial axes] array for patch size {patch}, got shape {tuple(x.shape)}")
+    c, spatial = x.shape[0], x.shape[1:]
+    ok = torch.isfinite(x)
+    if valid is not None:
+        ok = ok & (valid if valid.dim() == d + 1 else valid.unsqueeze(0).expand_as(x)).bool()
+    pad = []
+    for size, p in zip(reversed(spatial), reversed(patch)):
+        pad += [0, (-size) % p]
+    x = F.pad(torch.where(ok, x, torch.zeros((), dtype=x.dtype)), pad)
+    ok = F.pad(ok, pad, value=False)
+    grid = tuple(s // p for s, p in zip(x.shape[1:], patch))
+    # [C, g1, p1, g2, p2, ...] -> [g1, g2, ..., C, p1, p2, ...]
+    split = [c] + [v for g, p in zip(grid, patch) for v in (g, p)]
+    order = [1 + 2 * i for i in range(d)] + [0] + [2 + 2 * i for i in range(d)]
+    n, k = math.prod(grid), c * math.prod(patch)
+    patches = x.reshape(split).permute(order).reshape(n, k)
+    valid_p = ok.reshape(split).permute(order).reshape(n, k)
+    coords = torch.stack(torch.meshgrid(*[torch.arange(g, dtype=torch.float32) for g in grid], indexing="ij"), -1).reshape(n, d)
+    return GridPatches(patches, valid_p, coords, grid)
+
+
+def unpatchify(patches: Tensor, grid_shape: tuple[int, ...], patch: tuple[int, ...], channels: int) -> Tensor:
+    """Inverse of :func:`patchify` (edge padding included): [N, C*prod(p)] -> [C, *(g*p)]."""
+    d = len(patch)
+    x = patches.reshape(*grid_shape, channels, *patch)
+    order = [d] + [v for i in range(d) for v in (i, d + 1 + i)]
+    return x.permute(order).reshape(channels, *[g * p for g, p in zip(grid_shape, patch)])
+
+
+def normalized_targets(patches: Tensor, valid: Tensor, channels: int = 1, eps: float = 1e-6) -> Tensor:
+    """Per-patch (and, with ``channels`` > 1, per-channel) standardised values, from valid values only.
+
+    This is MAE's ``norm_pix_loss`` target, made safe for partly invalid patches: statistics never
+    include nodata or NaN, so a half-clouded patch is normalised by its clear half.
+    """
+    n, k = patches.shape
+    v = patches.reshape(n, channels, k // channels)
+    m = valid.reshape(n, channels, k // channels).float()
+    count = m.sum(-1, keepdim=True).clamp(min=1)
+    mean = (v * m).sum(-1, keepdim=True) / count
+    var = (((v - mean) ** 2) * m).sum(-1, keepdim=True) / count
+    out = (v - mean) / (var + eps).sqrt()
+    return (out * m).reshape(n, k)
+
+
+def masked_mse(pred: Tensor, targets: Tensor, target_valid: Tensor, mask: Tensor) -> Tensor:
+    """Mean squared error over masked tokens' valid values only (the default MAE loss)."""
+    w = target_valid.float() * mask.unsqueeze(-1).float()
+    return (((pred.float() - targets.float()) ** 2) * w).sum() / w.sum().clamp(min=1.0)
+
+
+def sincos_embedding(coords: Tensor, width: int, temperature: float = 10000.0) -> Tensor:
+    """N-d sine-cosine embedding of real-valued coordinates [..., C] -> [..., width].
+
+    The width is split evenly over the C axes (each gets an even share; leftovers are zero), so
+    positions exist for any grid size without re-instantiating the model.
+    """
+    c = coords.shape[-1]
+    per_axis = (width // c) // 2 * 2
+    if per_axis == 0:
+        raise ValueError(f"width {width} too small for {c}-d sin-cos positions")
+    freqs = temperature ** (-torch.arange(per_axis // 2, device=coords.device, dtype=torch.float32) / (per_axis // 2))
+    angles = coords.float().unsqueeze(-1) * freqs  # [..., C, per_axis/2]
+    emb = torch.cat([angles.sin(), angles.cos()], dim=-1).flatten(-2)  # [..., C*per_axis]
+    if emb.shape[-1] < width:
+        emb = F.pad(emb, (0, width - emb.shape[-1]))
+    return emb

@@ -1,0 +1,141 @@
+"""The token contract between adapters and the core.
+
+Adapters turn one sample into :class:`SampleTokens` inside DataLoader workers (plain tensors,
+no learnable parts), and :func:`collate` pads a list of them into one :class:`PatchBatch`.
+Everything the core does afterwards (masking, tokenizing, encoding) sees only this batch, so the
+core never needs to know which modality it is serving.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class SampleTokens:
+    """One sample cut into tokens, as an adapter's ``to_patches`` returns it.
+
+    ``padding`` marks tokens that are wholly invalid (nodata, silence past the end): the core
+    treats them exactly like batch padding. ``meta`` holds tensors the tokenizer conditions on
+    (they must have the same shape for every sample of one dataset so they stack).
+    """
+
+    patches: Tensor  # [N, P]
+    coords: Tensor  # [N, C]
+    targets: Tensor  # [N, T]
+    target_valid: Tensor  # [N, T] bool
+    padding: Tensor | None = None  # [N] bool
+    meta: dict[str, Tensor] = field(default_factory=dict)
+    attn_bias: Tensor | None = None  # [N, N]
+    id: str = ""
+    path: str = ""
+    label: int | float | None = None
+
+    def __post_init__(self) -> None:
+        n = self.patches.shape[0]
+        if n == 0:
+            raise ValueError(f"sample {self.id or self.path!r} has no tokens")
+        for name in ("coords", "targets", "target_valid"):
+            if getattr(self, name).shape[0] != n:
+                raise ValueError(f"sample {self.id!r}: {name} has {getattr(self, name).shape[0]} rows, patches have {n}")
+        if self.padding is None:
+            self.padding = torch.zeros(n, dtype=torch.bool)
+
+
+@dataclass
+class PatchBatch:
+    """A padded batch of samples; see DESIGN.md "The contract between adapters and core"."""
+
+    patches: Tensor  # [B, N, P]
+    coords: Tensor  # [B, N, C]
+    padding: Tensor  # [B, N] True = padding / wholly invalid
+    targets: Tensor  # [B, N, T]
+    target_valid: Tensor  # [B, N, T]
+    meta: dict[str, Tensor]
+    ids: list[str]
+    paths: list[str] = field(default_factory=list)
+    attn_bias: Tensor | None = None  # [B, N, N]
+    labels: Tensor | None = None  # [B]
+
+    @property
+    def size(self) -> int:
+        return self.patches.shape[0]
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PatchBatch":
+        def move(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return x.to(device, non_blocking=non_blocking)
+            if isinstance(x, dict):
+                return {k: move(v) for k, v in x.items()}
+            return x
+
+        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+
+    def pin_memory(self) -> "PatchBatch":
+        """Called by DataLoader(pin_memory=True) on custom batch types."""
+        def pin(x: Any) -> Any:
+            if isinstance(x, Tensor):
+                return x.pin_memory()
+            if isinstance(x, dict):
+                return {k: pin(v) for k, v in x.items()}
+            return x
+
+        return replace(self, **{f.name: pin(getattr(self, f.name)) for f in fields(self)})
+
+
+def _pad_stack(rows: list[Tensor], length: int, value: float | bool) -> Tensor:
+    out = rows[0].new_full((len(rows), length, *rows[0].shape[1:]), value)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
+
+
+def collate(samples: list[SampleTokens]) -> PatchBatch:
+    """Pad samples of different token counts into one batch (padding=True past each sample's end)."""
+    if not samples:
+        raise ValueError("cannot collate an empty list of samples")
+    n = max(s.patches.shape[0] for s in samples)
+    bias = None
+    if any(s.attn_bias is not None for s in samples):
+        bias = torch.zeros(len(samples), n, n, dtype=samples[0].attn_bias.dtype)
+        for i, s in enumerate(samples):
+            m = s.patches.shape[0]
+            bias[i, :m, :m] = s.attn_bias
+    meta: dict[str, Tensor] = {}
+    for key in samples[0].meta:
+        values = [torch.as_tensor(s.meta[key]) for s in samples]
+        try:
+            meta[key] = torch.stack(values)
+        except RuntimeError as err:
+            raise ValueError(f"meta[{key!r}] differs in shape between samples {[s.id for s in samples]}") from err
+    labels = None
+    if all(s.label is not None for s in samples):
+        labels = torch.tensor([s.label for s in samples])
+    return PatchBatch(
+        patches=_pad_stack([s.patches.float() for s in samples], n, 0.0),
+        coords=_pad_stack([s.coords.float() for s in samples], n, 0.0),
+        padding=_pad_stack([s.padding for s in samples], n, True),
+        targets=_pad_stack([s.targets.float() for s in samples], n, 0.0),
+        target_valid=_pad_stack([s.target_valid.bool() for s in samples], n, False),
+        meta=meta,
+        ids=[s.id for s in samples],
+        paths=[s.path for s in samples],
+        attn_bias=bias,
+        labels=labels,
+    )
+
+
+def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
+    """Gather rows ``index`` [B, M] from ``x`` [B, N, ...] along the token axis."""
+    shape = index.shape + x.shape[2:]
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(shape)
+    return torch.gather(x, 1, idx)
+
+
+def gather_bias(bias: Tensor, index: Tensor) -> Tensor:
+    """Gather a pairwise structure [B, N, N] to the kept tokens [B, M] -> [B, M, M]."""
+    rows = gather_tokens(bias, index)  # [B, M, N]
+    return torch.gather(rows, 2, index.unsqueeze(1).expand(-1, index.shape[1], -1))

@@ -1,0 +1,148 @@
+"""The adapter protocol: what a modality must provide for the core to pretrain, probe and export it.
+
+An adapter *knows its data* (files, preprocessing, how a sample becomes tokens) and owns the only
+learnable part that sees raw values, the token-local tokenizer. The core knows nothing else.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import logging
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset
+
+from foundation.grid import masked_mse
+from foundation.tokens import SampleTokens
+
+log = logging.getLogger(__name__)
+
+# name -> "module:Class"; imported lazily so a missing optional stack only affects its own modality.
+ADAPTERS: dict[str, str] = {
+    "grid": "modalities.grid.adapter:GridAdapter",
+    "speech": "modalities.speech.adapter:SpeechAdapter",
+    "medical": "modalities.medical.adapter:MedicalAdapter",
+    "earth": "modalities.earth.adapter:EarthAdapter",
+    "pointcloud": "modalities.pointcloud.adapter:PointCloudAdapter",
+    "graph": "modalities.graph.adapter:GraphAdapter",
+}
+
+
+def register_adapter(name: str, target: str) -> None:
+    """Make a third-party adapter ("package.module:Class") available to recipes and exported models."""
+    ADAPTERS[name] = target
+
+
+def adapter_class(name: str) -> type["Adapter"]:
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown modality {name!r}; known: {sorted(ADAPTERS)}")
+    module, cls = ADAPTERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def adapter_from_config(name: str, config: dict) -> "Adapter":
+    return adapter_class(name)(config)
+
+
+def sample_seed(base_seed: int, epoch: int, index: int) -> int:
+    """A per-sample seed that depends only on (seed, epoch, index).
+
+    Augmentation draws from a generator seeded with it, so a sample looks the same whichever worker
+    loads it and whether or not the run was resumed: exact resume needs no worker RNG state.
+    """
+    h = hashlib.blake2b(f"{base_seed}/{epoch}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(h, "little") & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TokenDataset(Dataset, ABC):
+    """A map-style dataset of :class:`SampleTokens`.
+
+    ``dataset[i]`` gives the deterministic (evaluation) view; ``dataset[(i, seed)]`` the augmented
+    training view drawn from a generator seeded with ``seed``. Subclasses implement :meth:`sample`.
+    """
+
+    classes: list[str] = []
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        """Return sample ``index``; ``rng`` is None for the deterministic evaluation view."""
+
+    def label(self, index: int) -> int | None:
+        """The class of sample ``index`` without loading it (few-shot splits need all labels fast)."""
+        return None
+
+    def __getitem__(self, key: int | tuple[int, int]) -> SampleTokens:
+        if isinstance(key, tuple):
+            index, seed = key
+            return self.sample(int(index), torch.Generator().manual_seed(int(seed)))
+        return self.sample(int(key), None)
+
+
+class Adapter(ABC):
+    """Base class of every modality adapter.
+
+    ``config`` is the adapter's full preprocessing (it is stored in an exported model's
+    ``config.json`` and must be enough to rebuild the adapter with no code from the training run).
+    Subclasses set ``defaults``; unknown keys are refused so typos do not silently do nothing.
+    """
+
+    name: ClassVar[str]
+    defaults: ClassVar[dict[str, Any]] = {}
+    position_kind: ClassVar[str] = "sincos"
+    default_masking: ClassVar[dict[str, Any]] = {"kind": "random"}
+
+    def __init__(self, config: dict | None = None) -> None:
+        config = dict(config or {})
+        unknown = sorted(set(config) - set(self.defaults))
+        if unknown:
+            raise ValueError(f"{self.name} adapter: unknown setting(s) {unknown}; known: {sorted(self.defaults)}")
+        self.config = {**copy.deepcopy(self.defaults), **config}
+
+    # -- shapes the core needs to build a model ------------------------------------------------
+    @property
+    @abstractmethod
+    def patch_dim(self) -> int:
+        """P: values per token as the tokenizer receives them."""
+
+    @property
+    @abstractmethod
+    def target_dim(self) -> int:
+        """T: values per token the MAE decoder predicts."""
+
+    @property
+    @abstractmethod
+    def coord_dims(self) -> int:
+        """C: coordinate dimensions per token."""
+
+    # -- data ------------------------------------------------------------------------------------
+    @abstractmethod
+    def dataset(self, data: dict, train: bool) -> TokenDataset:
+        """A dataset over ``data`` (root/manifest/labels and adapter keys) with this preprocessing."""
+
+    def fit(self, dataset: TokenDataset) -> None:
+        """Compute data statistics (normalisation) on the training data and store them in ``config``."""
+
+    @abstractmethod
+    def synthetic(self, out_dir: str | Path, n: int, seed: int = 0) -> dict:
+        """Write a small realistic labelled dataset of files; return the ``data`` keys that read it."""
+
+    # -- model parts -----------------------------------------------------------------------------
+    @abstractmethod
+    def make_tokenizer(self, width: int) -> nn.Module:
+        """A token-local module: ``forward(patches [B, M, P], meta: dict) -> [B, M, width]``."""
+
+    def reconstruction_loss(self, pred: Tensor, targets: Tensor, target_valid: Tensor, mask: Tensor) -> Tensor:
+        """MAE loss on masked tokens' valid targets; override for set losses such as Chamfer."""
+        return masked_mse(pred, targets, target_valid, mask)
+
+    def preprocessing(self) -> dict:
+        """What travels with an exported encoder: the full adapter config."""
+        return copy.deepcopy(self.config)
