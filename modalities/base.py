@@ -98,6 +98,9 @@ class Adapter(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     position_kind: ClassVar[str] = "sincos"
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random"}
+    # >0: ``attn_bias`` holds integer structure codes in [0, buckets) (e.g. clipped shortest-path
+    # distance); the trunk learns one additive bias per code and head. 0: float bias or none.
+    attn_bias_buckets: ClassVar[int] = 0
 
     def __init__(self, config: dict | None = None) -> None:
         config = dict(config or {})
