@@ -1,0 +1,141 @@
+"""A dataset of recordings (folder or manifest) that yields spectrogram tokens.
+
+The dataset reads the adapter's ``config`` dict *live* (it keeps a reference, not a copy), so the
+normalisation statistics that :meth:`SpeechAdapter.fit` stores after the dataset was built are used
+by every later sample, including in DataLoader workers started after fitting.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from foundation.grid import normalized_targets, patchify
+from foundation.sources import Source, class_index
+from foundation.tokens import SampleTokens
+from modalities.base import TokenDataset
+from modalities.speech import features
+from modalities.speech.io import AudioReadError, audio_info, read_audio
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Segment:
+    """One sample: a file, optionally a [start, end) segment of it (seconds), and its label."""
+
+    path: str
+    start: float | None = None
+    end: float | None = None
+    label: str | None = None
+    native_rate: int = 0
+
+
+def _seconds(value) -> float | None:
+    if value in (None, ""):
+        return None
+    return float(value)
+
+
+class SpeechDataset(TokenDataset):
+    """Recordings -> :class:`SampleTokens` of (time x mel) spectrogram patches.
+
+    ``train=True`` views draw a random crop of at most ``max_seconds`` plus gain/noise/tilt
+    augmentation from the per-sample generator; evaluation views take the centre ``max_seconds``
+    (``max_seconds: null`` keeps whole clips). Short clips are never stretched: they give fewer
+    tokens and the batch pads them.
+    """
+
+    def __init__(self, sources: list[Source], config: dict, train: bool, on_error: str = "raise") -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.config, self.train, self.on_error = config, train, on_error
+        self.skipped: list[tuple[str, str]] = []
+        segments: list[Segment] = []
+        for src in sources:
+            try:
+                info = audio_info(src.path)
+                if info.frames == 0:
+                    raise AudioReadError(f"{src.path}: contains no audio samples")
+            except AudioReadError as err:
+                if on_error == "raise":
+                    raise
+                self.skipped.append((src.path, str(err)))
+                continue
+            segments.append(Segment(src.path, _seconds(src.extra.get("start")), _seconds(src.extra.get("end")), src.label, info.sample_rate))
+        if self.skipped:
+            log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
+        if not segments:
+            raise ValueError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""))
+        self.segments = segments
+        self.labels, self.classes = class_index([s.label for s in segments])
+        self.read_failures = 0
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def label(self, index: int) -> int | None:
+        return None if self.labels is None else self.labels[index]
+
+    # -- the pipeline, step by step -----------------------------------------------------------------
+    def waveform(self, index: int) -> Tensor:
+        """The whole segment, mono, at the configured rate."""
+        seg = self.segments[index]
+        wave, rate = read_audio(seg.path, seg.start, seg.end)
+        return features.resample(wave, rate, int(self.config["sample_rate"]))
+
+    def crop(self, wave: Tensor, rng: torch.Generator | None) -> Tensor:
+        max_s = self.config.get("max_seconds")
+        if not max_s:
+            return wave
+        n = int(round(max_s * int(self.config["sample_rate"])))
+        if wave.numel() <= n:
+            return wave
+        if rng is None:
+            off = (wave.numel() - n) // 2
+        else:
+            off = int(torch.randint(0, wave.numel() - n + 1, (1,), generator=rng))
+        return wave[off : off + n]
+
+    def spectrogram(self, wave: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        """[frames, n_mels] log-mel, augmented when ``rng`` is given, normalised when stats exist."""
+        c = self.config
+        if rng is not None and c.get("aug_noise_snr_db"):
+            lo, hi = c["aug_noise_snr_db"]
+            if float(torch.rand((), generator=rng)) < 0.5:
+                wave = features.add_noise(wave, lo + (hi - lo) * float(torch.rand((), generator=rng)), rng)
+        spec = features.log_mel(wave, int(c["sample_rate"]), int(c["n_mels"]), float(c["low_freq"]), float(c["high_freq"]), float(c["frame_length_ms"]), float(c["frame_shift_ms"]))
+        if rng is not None:
+            if c.get("aug_gain_db"):
+                g = (2 * float(torch.rand((), generator=rng)) - 1) * c["aug_gain_db"]
+                spec = spec + g * np.log(10) / 10
+            if c.get("aug_tilt_db"):
+                t = (2 * float(torch.rand((), generator=rng)) - 1) * c["aug_tilt_db"]
+                spec = spec + features.spectral_tilt(spec.shape[1], t)
+        if c.get("mel_mean") is not None:
+            spec = (spec - torch.tensor(c["mel_mean"])) / torch.tensor(c["mel_std"])
+        return spec
+
+    def tokens(self, spec: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """(patches, coords (time, freq) in patch units, targets, target_valid, token padding)."""
+        grid = patchify(spec.unsqueeze(0), tuple(self.config["patch"]))
+        targets = normalized_targets(grid.patches, grid.valid)
+        return grid.patches, grid.coords, targets, grid.valid, grid.token_padding
+
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        seg = self.segments[index]
+        try:
+            wave = self.waveform(index)
+        except AudioReadError as err:
+            if self.on_error == "raise":
+                raise
+            self.read_failures += 1
+            log.warning("speech: skipping %s (%s); %d read failure(s) so far", seg.path, err, self.read_failures)
+            return self.sample((index + 1) % len(self), rng)
+        spec = self.spectrogram(self.crop(wave, rng), rng)
+        patches, coords, targets, valid, padding = self.tokens(spec)
+        sid = seg.path if seg.start is None and seg.end is None else f"{seg.path}@{seg.start or 0:g}-{seg.end if seg.end is not None else 'end'}"
+        return SampleTokens(patches, coords, targets, valid, padding, {}, id=sid, path=seg.path, label=self.label(index))
