@@ -137,5 +137,5 @@ class SpeechDataset(TokenDataset):
             return self.sample((index + 1) % len(self), rng)
         spec = self.spectrogram(self.crop(wave, rng), rng)
         patches, coords, targets, valid, padding = self.tokens(spec)
-        sid = seg.path if seg.start is None and seg.end is None else f"{seg.path}@{seg.start or 0:g}-{seg.end if seg.end is not None else 'end'}"
+        sid = seg.path if seg.start is None and seg.end is None else f"{seg.path}@{seg.start or 0:g}-{'end' if seg.end is None else format(seg.end, 'g')}"
         return SampleTokens(patches, coords, targets, valid, padding, {}, id=sid, path=seg.path, label=self.label(index))
