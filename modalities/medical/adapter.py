@@ -1,0 +1,87 @@
+"""MedicalAdapter: CT/MRI volumes (NIfTI, DICOM series) for the core, through MONAI.
+
+Everything that shapes what the encoder sees is in ``defaults`` and therefore in an exported model's
+config: orientation, target spacing, intensity scaling, foreground crop, patch size, crop size.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, ClassVar
+
+from torch import nn
+
+from modalities.base import Adapter, TokenDataset
+from modalities.medical.dataset import MedicalDataset
+from modalities.medical.synthetic import write_cohort
+from modalities.medical.tokenizer import PatchEmbed3d
+
+
+class MedicalAdapter(Adapter):
+    name = "medical"
+    position_kind = "sincos"
+    default_masking: ClassVar[dict[str, Any]] = {"kind": "block", "ratio": 0.75, "blocks": 4}
+    defaults: ClassVar[dict[str, Any]] = {
+        # tokens
+        "patch": [16, 16, 16],  # voxels per patch along (R, A, S) after resampling; e.g. [16, 16, 4] for thick-slice MR
+        "channels": 1,  # image plus extra sequences (channel_columns)
+        "position_unit_mm": 16.0,  # token coordinates are patch centres in units of this many millimetres
+        # geometry
+        "orientation": "RAS",
+        "spacing": [1.5, 1.5, 1.5],  # target voxel spacing in mm; null keeps each file's own
+        "interpolation": "bilinear",
+        "spacing_tolerance": 0.1,  # DICOM: relative slice-gap deviation that counts as a missing slice
+        # intensity
+        "intensity": "mr",  # "ct": HU window; "mr": per-volume percentiles; "none"
+        "ct_window": [-1000.0, 1000.0],
+        "mr_percentiles": [1.0, 99.0],
+        "crop_foreground": True,
+        "foreground_threshold": 0.0,  # on the scaled intensities (0..1)
+        "foreground_margin": 4,
+        # samples
+        "roi": [96, 96, 96],  # pretraining crop size (voxels)
+        "crops_per_volume": 4,
+        "eval_roi": None,  # evaluation view: null = whole volume, else a central crop of this size
+        "sw_roi": [96, 96, 96],  # sliding-window size for whole-volume embedding
+        "sw_overlap": 0.25,
+        # data layout
+        "channel_columns": [],  # manifest columns holding extra sequences (stacked as channels)
+        "seg_column": "seg",
+        "patient_column": "patient",
+        # caching of the deterministic preprocessing
+        "cache": "disk",  # "disk" (PersistentDataset), "memory" (CacheDataset) or "none"
+        "cache_dir": None,  # default $DOMAINFM_CACHE or ~/.cache/domainfm
+    }
+
+    def __init__(self, config: dict | None = None) -> None:
+        super().__init__(config)
+        c = self.config
+        for key in ("patch", "roi", "sw_roi"):
+            if len(c[key]) != 3 or min(c[key]) < 1:
+                raise ValueError(f"medical adapter: {key} must be three positive sizes, got {c[key]}")
+        if c["spacing"] is not None and (len(c["spacing"]) != 3 or min(c["spacing"]) <= 0):
+            raise ValueError(f"medical adapter: spacing must be three positive millimetre values or null, got {c['spacing']}")
+        for key in ("roi", "sw_roi"):
+            if any(r % p for r, p in zip(c[key], c["patch"])):
+                raise ValueError(f"medical adapter: {key} {c[key]} must be a multiple of patch {c['patch']}")
+
+    @property
+    def patch_dim(self) -> int:
+        return int(self.config["channels"]) * math.prod(self.config["patch"])
+
+    @property
+    def target_dim(self) -> int:
+        return self.patch_dim
+
+    @property
+    def coord_dims(self) -> int:
+        return 3
+
+    def dataset(self, data: dict, train: bool) -> TokenDataset:
+        return MedicalDataset(self.config, data, train=train)
+
+    def synthetic(self, out_dir: str | Path, n: int, seed: int = 0) -> dict:
+        return write_cohort(out_dir, n, seed, spacing=tuple(self.config["spacing"] or (1.5, 1.5, 1.5)))
+
+    def make_tokenizer(self, width: int) -> nn.Module:
+        return PatchEmbed3d(self.patch_dim, width, tuple(self.config["patch"]))

@@ -1,0 +1,215 @@
+"""A dataset of medical volumes: sources -> cached preprocessed volumes -> 3-d crops -> tokens.
+
+Layouts: a folder of NIfTI volumes, a folder of DICOM series folders (each one volume), a single
+series folder, or a manifest (CSV/JSONL) with ``path`` (file or series folder) and optional label,
+segmentation, patient id and extra-sequence columns. Ids are source paths (plus ``#crop<k>``), never
+DICOM header fields, so no patient name or birth date leaks into embeddings files or logs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, Dataset, PersistentDataset
+
+from foundation.grid import normalized_targets, patchify
+from foundation.sources import Source, class_index, find_sources
+from foundation.tokens import SampleTokens
+from modalities.base import TokenDataset
+from modalities.medical.io import DICOM_EXTENSIONS, NIFTI_EXTENSIONS, MedicalInputError, check_source, is_series_dir, quiet_monai_warnings
+from modalities.medical.preprocess import IMAGE, SEG, VALID, center_crop, deterministic_transforms, random_crops
+
+log = logging.getLogger(__name__)
+
+# settings that change the cached (deterministic) output; the cache folder is keyed by them
+CACHE_KEYS = ("channels", "orientation", "spacing", "interpolation", "intensity", "ct_window", "mr_percentiles",
+              "crop_foreground", "foreground_threshold", "foreground_margin", "spacing_tolerance")
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """MONAI wraps transform errors; find our own MedicalInputError underneath if there is one."""
+    seen = err
+    while seen is not None:
+        if isinstance(seen, MedicalInputError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return err
+
+
+@lru_cache(maxsize=4096)
+def _series_dir(path: str) -> bool:
+    return is_series_dir(path)
+
+
+def list_sources(data: dict) -> list[Source]:
+    """Sources for ``data`` (root/manifest/labels); a series folder given as root is one volume."""
+    root, manifest, labels = data.get("root"), data.get("manifest"), data.get("labels")
+    if root and not manifest and _series_dir(str(root)):
+        return [Source(str(root), None)]
+    found = find_sources(root, manifest, labels, extensions=NIFTI_EXTENSIONS + DICOM_EXTENSIONS,
+                         is_sample_dir=lambda p: _series_dir(str(p)))
+    if labels == "folder":  # a series folder's class is the folder above it, as for a file
+        for s in found:
+            if Path(s.path).is_dir():
+                s.label = Path(s.path).parent.name
+    return found
+
+
+class MedicalDataset(TokenDataset):
+    """Volumes as token samples. ``train``: ``crops_per_volume`` random ``roi`` crops per volume.
+
+    Evaluation view (``dataset[i]``): the whole preprocessed volume, or its central ``eval_roi``.
+    """
+
+    def __init__(self, cfg: dict[str, Any], data: dict, train: bool, with_seg: bool = False) -> None:
+        quiet_monai_warnings()
+        self.cfg, self.train, self.with_seg = cfg, train, with_seg
+        self.on_error = data.get("on_error", "raise")
+        if self.on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', not {self.on_error!r}")
+        self.skipped: list[tuple[str, str]] = []
+        self.manifest_dir = Path(data["manifest"]).parent if data.get("manifest") else None
+        self.load_skips = 0
+        items, sources = [], []
+        for src in list_sources(data):
+            item = self._item(src)
+            try:
+                for key in [k for k in item if k.startswith(IMAGE) or k == SEG]:
+                    check_source(item[key])
+            except MedicalInputError as err:
+                if self.on_error == "raise":
+                    raise
+                self.skipped.append((src.path, str(err)))
+                log.warning("skipping %s", err)
+                continue
+            items.append(item)
+            sources.append(src)
+        if self.skipped:
+            log.warning("medical dataset: skipped %d of %d sources (data.on_error=skip)", len(self.skipped), len(self.skipped) + len(items))
+        if not items:
+            raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
+        self.items, self.sources = items, sources
+        self.labels, self.classes = class_index([s.label for s in sources])
+        self.patients = [str(s.extra.get(cfg["patient_column"])) if s.extra.get(cfg["patient_column"]) else None for s in sources]
+        self.k = int(cfg["crops_per_volume"]) if train else 1
+        pad = list(cfg["roi"]) if train else None
+        self.volumes = self._cached(deterministic_transforms(cfg, with_seg=with_seg, pad_to=pad), pad)
+        self.crops = random_crops(cfg, with_seg)
+        self.center = center_crop(cfg["eval_roi"], with_seg) if cfg.get("eval_roi") else None
+
+    def _item(self, src: Source) -> dict:
+        cfg = self.cfg
+        item = {IMAGE: src.path, "source": src.path}
+        for i, col in enumerate(cfg["channel_columns"], start=1):
+            if not src.extra.get(col):
+                raise MedicalInputError(f"{src.path}: manifest column {col!r} (an extra channel) is empty")
+            item[f"{IMAGE}{i}"] = _resolve(src.extra[col], self.manifest_dir)
+        if len(cfg["channel_columns"]) + 1 != int(cfg["channels"]):
+            raise ValueError(f"medical adapter: channels={cfg['channels']} but {len(cfg['channel_columns'])} channel_columns (+1 image)")
+        if self.with_seg:
+            seg = src.extra.get(cfg["seg_column"])
+            if not seg:
+                raise MedicalInputError(f"{src.path}: no segmentation (manifest column {cfg['seg_column']!r})")
+            item[SEG] = _resolve(seg, self.manifest_dir)
+        item["mtime"] = max(_mtime(v) for k, v in item.items() if k.startswith(IMAGE) or k == SEG)
+        return item
+
+    def _cached(self, transform, pad) -> Dataset:
+        kind = self.cfg["cache"]
+        if kind == "none":
+            return Dataset(self.items, transform)
+        if kind == "memory":
+            return CacheDataset(self.items, transform, cache_rate=1.0, num_workers=0, progress=False, runtime_cache=True)
+        if kind == "disk":
+            key = json.dumps({k: self.cfg[k] for k in CACHE_KEYS} | {"seg": self.with_seg, "pad": pad}, sort_keys=True)
+            base = Path(self.cfg["cache_dir"] or os.environ.get("DOMAINFM_CACHE", Path.home() / ".cache" / "domainfm")) / "medical"
+            folder = base / hashlib.sha1(key.encode()).hexdigest()[:16]
+            folder.mkdir(parents=True, exist_ok=True)
+            return PersistentDataset(self.items, transform, cache_dir=folder)
+        raise ValueError(f"medical adapter: cache must be 'disk', 'memory' or 'none', not {kind!r}")
+
+    # -- TokenDataset ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.items) * self.k
+
+    def label(self, index: int) -> int | None:
+        return None if self.labels is None else self.labels[index // self.k]
+
+    def volume(self, index: int) -> dict:
+        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source."""
+        tries = len(self.items) if self.on_error == "skip" else 1
+        for t in range(tries):
+            i = (index + t) % len(self.items)
+            try:
+                return self.volumes[i]
+            except Exception as err:  # MONAI wraps reader errors in RuntimeError
+                cause = root_cause(err)
+                msg = str(cause) if isinstance(cause, MedicalInputError) else f"{self.items[i]['source']}: cannot load ({cause})"
+                if self.on_error == "raise":
+                    raise MedicalInputError(msg) from err
+                self.load_skips += 1
+                log.warning("skipping %s (%d skipped at load time)", msg, self.load_skips)
+        raise MedicalInputError("every volume failed to load")
+
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        vi, j = divmod(index, self.k)
+        d = self.volume(vi)
+        src = self.items[vi]["source"]
+        if rng is not None:
+            self.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+            d = self.crops(d)[j]
+            ident = f"{src}#crop{j}"
+        else:
+            if self.center is not None:
+                d = self.center(d)
+            ident = src
+        label = None if self.labels is None else self.labels[vi]
+        return to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
+
+
+def to_tokens(image, valid, cfg: dict, ident: str, path: str, label: int | None) -> SampleTokens:
+    """One preprocessed (crop of a) volume [C, X, Y, Z] -> tokens with per-patch normalised targets."""
+    patch = tuple(int(p) for p in cfg["patch"])
+    spacing = _spacing(image)
+    gp = patchify(_plain(image).float(), patch, _plain(valid)[0] > 0.5)
+    unit = torch.tensor(patch, dtype=torch.float32) * spacing / float(cfg["position_unit_mm"])
+    return SampleTokens(
+        patches=gp.patches,
+        coords=gp.coords * unit,
+        targets=normalized_targets(gp.patches, gp.valid, int(cfg["channels"])),
+        target_valid=gp.valid,
+        padding=gp.token_padding,
+        meta={"spacing": spacing},
+        id=ident,
+        path=path,
+        label=label,
+    )
+
+
+def _plain(x) -> torch.Tensor:
+    """A plain tensor (MetaTensors carry their metadata into every op; tokens need none of it)."""
+    return x.as_tensor() if hasattr(x, "as_tensor") else torch.as_tensor(x)
+
+
+def _spacing(image) -> torch.Tensor:
+    pixdim = getattr(image, "pixdim", None)
+    return torch.as_tensor(pixdim, dtype=torch.float32)[:3] if pixdim is not None else torch.ones(3)
+
+
+def _resolve(value: str, manifest_dir: Path | None) -> str:
+    """Extra manifest paths (segmentation, sequences) are relative to the manifest, like ``path``."""
+    p = Path(str(value))
+    return str(p if p.is_absolute() or manifest_dir is None else manifest_dir / p)
+
+
+def _mtime(path: str) -> float:
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return 0.0

@@ -1,0 +1,114 @@
+"""A synthetic cohort of labelled 3-d scans with segmentation masks, written as NIfTI with spacing.
+
+Each volume holds a body (ellipsoid with smooth texture), several organs of random size, position and
+contrast, and lesions whose *shape* is the class: class 0 has two compact round lesions, class 1
+one elongated lesion of the same total volume and the same contrast distribution. So the per-volume
+mean, std and histogram do not give the class away (a test checks this); seeing shape does. A
+multiplicative bias field, Rician-like noise and a random global gain make it scanner-like.
+
+Segmentation labels: 0 background, 1 body, 2 organs, 3 lesions.
+"""
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy.ndimage import zoom
+
+CLASSES = ("round", "elongated")
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: int) -> np.ndarray:
+    """Low-frequency noise: random values on a coarse grid, linearly upsampled, standardised."""
+    coarse = rng.standard_normal(tuple(max(2, s // scale) for s in shape))
+    z = zoom(coarse, [s / c for s, c in zip(shape, coarse.shape)], order=1)
+    return (z - z.mean()) / (z.std() + 1e-6)
+
+
+def _rotation(rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((3, 3)))
+    return q * np.sign(np.diag(r))
+
+
+def make_volume(label: int, rng: np.random.Generator, size: tuple[int, int, int] = (48, 48, 48)) -> tuple[np.ndarray, np.ndarray]:
+    """One (image float32, segmentation uint8) pair of class ``label`` (0 round, 1 elongated)."""
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) - (s - 1) / 2 for s in size], indexing="ij"), -1)
+    n = np.array(size, dtype=np.float32)
+    seg = np.zeros(size, np.uint8)
+    coarse, mid, fine = (_smooth_noise(rng, size, k) for k in (6, 4, 3))  # textures, drawn once per volume
+    img = np.zeros(size, np.float32)
+    # body: a rotated ellipsoid filling most of the field of view, with soft-tissue texture
+    centre = rng.uniform(-0.05, 0.05, 3) * n
+    radii = rng.uniform(0.36, 0.46, 3) * n
+    rot = _rotation(rng)
+    local = (grid - centre) @ rot
+    body = ((local / radii) ** 2).sum(-1) <= 1
+    seg[body] = 1
+    base = rng.uniform(90, 110)
+    img[body] = base + 8 * coarse[body]
+    # organs: 2-4 ellipsoids of random size, contrast and place inside the body
+    for _ in range(rng.integers(2, 5)):
+        r = rng.uniform(0.07, 0.16, 3) * n
+        c = centre + (rng.uniform(-0.5, 0.5, 3) * radii) @ rot.T
+        m = ((((grid - c) @ _rotation(rng)) / r) ** 2).sum(-1) <= 1
+        m &= body
+        seg[m] = 2
+        img[m] = base + rng.choice([-1, 1]) * rng.uniform(25, 60) + 5 * mid[m]
+    # lesions: the class is their shape, at equal volume and equal contrast distribution
+    contrast = rng.uniform(50, 90)
+    vol = rng.uniform(0.8, 1.2) * 2 * (4 / 3) * np.pi * (0.085 * n.mean()) ** 3
+    if label == 0:
+        r = (vol / 2 / (4 / 3 * np.pi)) ** (1 / 3)
+        shapes = [(np.full(3, r), np.eye(3)) for _ in range(2)]
+    else:
+        r = 0.6 * (vol / 2 / (4 / 3 * np.pi)) ** (1 / 3)
+        length = vol / (4 / 3 * np.pi * r * r)
+        shapes = [(np.array([length, r, r]), _rotation(rng))]
+    placed = np.zeros(size, bool)
+    for radii_l, rot_l in shapes:
+        for _ in range(20):  # lesions lie inside the body, apart from each other
+            c = centre + (rng.uniform(-0.45, 0.45, 3) * radii) @ rot.T
+            m = ((((grid - c) @ rot_l) / radii_l) ** 2).sum(-1) <= 1
+            if not (m & placed).any() and (m & body).sum() >= 0.95 * m.sum():
+                break
+        placed |= m
+        seg[m] = 3
+        img[m] = base + contrast + 4 * fine[m]
+    # scanner: smooth multiplicative bias field, global gain, noise (magnitude, so never negative)
+    bias = np.exp(0.15 * _smooth_noise(rng, size, 16))
+    img = img * bias * rng.uniform(0.85, 1.15)
+    sigma = rng.uniform(3, 7)
+    img = np.sqrt((img + sigma * rng.standard_normal(size)) ** 2 + (sigma * rng.standard_normal(size)) ** 2)
+    return img.astype(np.float32), seg
+
+
+def write_cohort(out_dir: str | Path, n: int, seed: int = 0, size: tuple[int, int, int] = (48, 48, 48),
+                 spacing: tuple[float, float, float] = (1.5, 1.5, 1.5), patients_per_volume: int = 1) -> dict:
+    """Write ``n`` volumes ``<class>/vol_<i>.nii.gz`` and masks ``masks/vol_<i>_seg.nii.gz`` plus a
+    manifest (path, label, seg, patient); return the ``data`` keys that read it.
+
+    Classes alternate so every prefix is balanced. ``patients_per_volume`` > 1 is not used; each
+    volume is its own patient (``p<i>``), so patient-wise splits equal volume-wise ones here.
+    """
+    out = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    affine = np.diag([*spacing, 1.0])
+    rows = []
+    (out / "masks").mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        label = i % 2
+        img, seg = make_volume(label, np.random.default_rng(rng.integers(2**63)), size)
+        folder = out / CLASSES[label]
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"vol_{i:04d}.nii.gz"
+        nib.save(nib.Nifti1Image(img, affine), str(path))
+        seg_path = out / "masks" / f"vol_{i:04d}_seg.nii.gz"
+        nib.save(nib.Nifti1Image(seg, affine), str(seg_path))
+        rows.append({"path": str(path.relative_to(out)), "label": CLASSES[label], "seg": str(seg_path.relative_to(out)), "patient": f"p{i:04d}"})
+    with open(out / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "seg", "patient"])
+        w.writeheader()
+        w.writerows(rows)
+    return {"manifest": str(out / "manifest.csv"), "labels": "column:label"}
