@@ -1,0 +1,161 @@
+"""The chip dataset: scenes tiled into windows, each window read, cleaned and cut into tokens.
+
+Index building reads each candidate chip's validity once (windowed), so chips that are mostly
+nodata/cloud are dropped up front (counted and logged) and never reach training.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from rasterio.windows import Window
+
+from foundation.grid import normalized_targets, patchify
+from foundation.sources import class_index
+from foundation.tokens import SampleTokens
+from modalities.base import TokenDataset
+from modalities.earth.bands import band_meta
+from modalities.earth.io import Grid, RasterPart, gsd_metres, read_chip, reference_grid, tile_windows, window_id
+from modalities.earth.preprocess import apply_cloud_mask, normalise, to_physical
+from modalities.earth.scenes import Scene
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Chip:
+    scene: int
+    window: Window
+
+
+def read_cloud(path: str | None, grid: Grid, window: Window) -> np.ndarray | None:
+    if path is None:
+        return None
+    data, _, _ = read_chip([RasterPart(path, ("cloud",))], grid, window)
+    return data[0]
+
+
+class EarthDataset(TokenDataset):
+    """Chips of georeferenced scenes as :class:`SampleTokens` (one token per patch location)."""
+
+    def __init__(self, scenes: list[Scene], cfg: dict, train: bool = False, on_error: str = "raise",
+                 skipped: list[str] | None = None) -> None:
+        self.scenes, self.cfg, self.train, self.on_error = scenes, cfg, train, on_error
+        self.skipped = list(skipped or [])
+        self.grids: list[Grid] = []
+        self.chips: list[Chip] = []
+        self.dropped_invalid = 0
+        size, stride = int(cfg["chip_size"]), cfg.get("stride")
+        keep_scenes = []
+        for scene in scenes:
+            try:
+                grid = reference_grid(scene.parts)
+                windows = tile_windows(grid.height, grid.width, size, int(stride) if stride else None)
+                kept = []
+                for w in windows:
+                    frac = self._valid_fraction(scene, grid, w)
+                    if frac < float(cfg["min_valid_fraction"]) or frac == 0.0:
+                        self.dropped_invalid += 1
+                        continue
+                    kept.append(w)
+            except ValueError as err:
+                if on_error != "skip":
+                    raise
+                self.skipped.append(str(err))
+                continue
+            idx = len(keep_scenes)
+            keep_scenes.append(scene)
+            self.grids.append(grid)
+            self.chips += [Chip(idx, w) for w in kept]
+        self.scenes = keep_scenes
+        if self.dropped_invalid:
+            log.info("earth: dropped %d chip(s) with valid fraction < %s", self.dropped_invalid, cfg["min_valid_fraction"])
+        if self.skipped:
+            log.warning("earth: skipped %d input(s) under on_error=skip: %s", len(self.skipped), self.skipped[:3])
+        if not self.chips:
+            raise ValueError(f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
+                             + (f", {len(self.skipped)} skipped ({self.skipped[0]})" if self.skipped else ""))
+        labels = [self.scenes[c.scene].label for c in self.chips]
+        self.targets, self.classes = class_index(labels)
+
+    # -- reading ------------------------------------------------------------------------------
+    def read(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+        """Chip ``index`` in physical units (reflectance, dB) with validity: [C, h, w] each."""
+        chip = self.chips[index]
+        scene, grid = self.scenes[chip.scene], self.grids[chip.scene]
+        data, valid, names = read_chip(scene.parts, grid, chip.window, self.cfg.get("nodata"))
+        data, valid = to_physical(data, valid, names, self.cfg, source=window_id(scene.path, chip.window))
+        cloud = read_cloud(scene.cloud, grid, chip.window)
+        if cloud is not None:
+            from modalities.earth.bands import band
+
+            optical = np.array([not band(n).is_sar for n in names])
+            valid[optical] = apply_cloud_mask(valid[optical], cloud)
+        return data, valid, names
+
+    def _valid_fraction(self, scene: Scene, grid: Grid, window: Window) -> float:
+        data, valid, names = read_chip(scene.parts, grid, window, self.cfg.get("nodata"))
+        cloud = read_cloud(scene.cloud, grid, window)
+        pixel_ok = valid.all(axis=0) if cloud is None else valid.all(axis=0) & ~(cloud > 0)
+        return float(pixel_ok.mean())
+
+    def georef(self, index: int) -> tuple[str, object, int, int]:
+        """(CRS, affine transform, height, width) of chip ``index``: for writing maps back."""
+        chip = self.chips[index]
+        grid = self.grids[chip.scene]
+        return grid.crs, grid.window_transform(chip.window), int(chip.window.height), int(chip.window.width)
+
+    def chip_id(self, index: int) -> str:
+        chip = self.chips[index]
+        return window_id(self.scenes[chip.scene].path, chip.window)
+
+    # -- TokenDataset ---------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.chips)
+
+    def label(self, index: int) -> int | None:
+        return None if self.targets is None else self.targets[index]
+
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        data, valid, names = self.read(index)
+        x = torch.from_numpy(normalise(data, valid, names, self.cfg.get("stats")))
+        ok = torch.from_numpy(valid)
+        present = ok.flatten(1).any(1)
+        if rng is not None and self.cfg.get("augment", True):
+            k = int(torch.randint(4, (1,), generator=rng))
+            x, ok = torch.rot90(x, k, (1, 2)), torch.rot90(ok, k, (1, 2))
+            if bool(torch.rand(1, generator=rng) < 0.5):
+                x, ok = x.flip(2), ok.flip(2)
+        tokens_in = present.clone()
+        drop = float(self.cfg.get("band_dropout", 0.0))
+        if rng is not None and drop > 0 and int(present.sum()) > 1:
+            # Hide a random subset of bands from the tokenizer (targets keep them): cross-spectral
+            # prediction, and practice for the band subsets the model will meet at embedding time.
+            keep = (torch.rand(len(names), generator=rng) >= drop) & present
+            if not keep.any():
+                keep[int(torch.nonzero(present)[torch.randint(int(present.sum()), (1,), generator=rng)])] = True
+            tokens_in = keep
+        p = int(self.cfg["patch_size"])
+        gp = patchify(x, (p, p), ok)
+        c = len(names)
+        inputs = (gp.patches.view(gp.patches.shape[0], c, -1) * tokens_in[None, :, None]).reshape(gp.patches.shape)
+        if self.cfg.get("target_norm", "none") == "patch":
+            targets = normalized_targets(gp.patches, gp.valid, channels=c)
+        else:
+            targets = gp.patches
+        chip = self.chips[index]
+        grid = self.grids[chip.scene]
+        bm = band_meta(names)
+        meta = {
+            "wavelengths": torch.tensor(bm["wavelengths"], dtype=torch.float32),
+            "polarisation": torch.tensor(bm["polarisation"], dtype=torch.long),
+            "band_valid": tokens_in,
+            "gsd": torch.tensor([gsd_metres(grid.crs, grid.affine, grid.height)], dtype=torch.float32),
+        }
+        return SampleTokens(
+            patches=inputs, coords=gp.coords, targets=targets, target_valid=gp.valid,
+            padding=gp.token_padding, meta=meta, id=window_id(self.scenes[chip.scene].path, chip.window),
+            path=self.scenes[chip.scene].path, label=self.label(index),
+        )
