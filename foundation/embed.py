@@ -1,0 +1,39 @@
+"""Frozen features of a dataset: every sample exactly once, in dataset order, on every process."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from foundation.data import eval_loader
+from foundation.model import Encoder
+
+
+@torch.no_grad()
+def embed_dataset(encoder: Encoder, dataset, batch_size: int = 64, device: str | torch.device | None = None,
+                  num_workers: int = 0, progress: bool = False) -> dict:
+    """Pooled embeddings under every pooling, plus ids, paths and labels, as numpy arrays.
+
+    Under torch.distributed each rank embeds a contiguous slice and the slices are gathered back
+    in order, so the result is identical whatever the number of processes.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+    encoder = encoder.to(device).eval()
+    feats: dict[str, list] = {}
+    ids, paths, labels = [], [], []
+    for batch in tqdm(eval_loader(dataset, batch_size, world, rank, num_workers), disable=not progress, desc="embed"):
+        batch = batch.to(device)
+        for k, v in encoder.pooled(batch).items():
+            feats.setdefault(k, []).append(v.float().cpu().numpy())
+        ids += batch.ids
+        paths += batch.paths
+        labels += batch.labels.tolist() if batch.labels is not None else [-1] * batch.size
+    out = {k: np.concatenate(v) for k, v in feats.items()}
+    out.update(ids=np.array(ids), paths=np.array(paths), labels=np.array(labels))
+    if world > 1:
+        parts = [None] * world
+        dist.all_gather_object(parts, out)
+        out = {k: np.concatenate([p[k] for p in parts if len(p["ids"])]) for k in out}
+    return out

@@ -1,0 +1,224 @@
+"""The training loop, on Accelerate, readable in one sitting (nanoGPT-style).
+
+One optimiser step = ``accumulation`` micro-batches. Everything that decides what happens next
+(model, optimiser, scheduler, EMA teacher, every RNG, the data position) is checkpointed atomically,
+so a resumed run continues exactly where the interrupted one stopped.
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import logging
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from accelerate import Accelerator
+from tqdm.auto import tqdm
+
+from foundation import checkpoint
+from foundation.data import TrainSampler, train_loader
+from foundation.model import Encoder
+from foundation.monitor import collapse_signals
+from foundation.objectives.jepa import JEPA, ema_update, momentum_at
+from foundation.objectives.mae import MAE
+from foundation.tokens import collate
+from modalities.base import adapter_from_config
+
+log = logging.getLogger("domainfm")
+
+
+class TrainingDiverged(RuntimeError):
+    """A non-finite loss or gradient; the last good checkpoint is kept."""
+
+
+def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
+    if recipe["objective"] == "mae":
+        masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
+        return MAE(encoder, masking, **recipe["mae"])
+    j = recipe["jepa"]
+    masking = {"targets": j["targets"], "target_scale": j["target_scale"], "context_scale": j["context_scale"]}
+    return JEPA(encoder, masking, j["predictor_width"], j["predictor_depth"], j["predictor_heads"])
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on norms, biases and learned tokens (anything with fewer than 2 dims)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 and "bias_tables" not in name else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(warmup: int, total: int, min_ratio: float):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return factor
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint.
+
+    ``stop_after`` ends the run after that many optimiser steps (after checkpointing), as a crash
+    would; ``restore_rng=False`` exists only as the negative control of the resume test.
+    """
+    tr, seed = recipe["train"], int(recipe["run"]["seed"])
+    run_dir = Path(recipe["run"]["dir"])
+    accelerator = Accelerator(mixed_precision=tr["precision"])
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    seed_everything(seed + rank)
+    if accelerator.is_main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
+    resume_from = checkpoint.latest(run_dir)
+    state = json.loads((resume_from / "state.json").read_text()) if resume_from else None
+
+    adapter = adapter_from_config(recipe["modality"], state["adapter"] if state else recipe["adapter"])
+    dataset = adapter.dataset(recipe["data"], train=True)
+    if state is None:
+        adapter.fit(dataset)  # deterministic, so every rank computes the same statistics
+    encoder = Encoder.build(adapter, recipe["model"])
+    model = build_objective(recipe, encoder)
+    teacher = model.make_teacher().to(device) if isinstance(model, JEPA) else None
+
+    steps = int(tr["steps"])
+    optimizer = torch.optim.AdamW(param_groups(model, tr["weight_decay"]), lr=tr["lr"], betas=tuple(tr["betas"]),
+                                  fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tr["warmup_steps"], steps, tr["min_lr"] / tr["lr"]))
+    mask_gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
+    step, epoch, next_batch, ema_updates = 0, 0, 0, 0
+    if resume_from is not None:
+        state = checkpoint.load(resume_from, model, optimizer, scheduler, teacher)
+        step, epoch, next_batch, ema_updates = state["step"], state["epoch"], state["next_batch"], state["ema_updates"]
+        if restore_rng:
+            checkpoint.restore_rng(checkpoint.load_rank_rng(resume_from, rank), mask_gen)
+        log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, next_batch)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+
+    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed)
+    if accelerator.is_main_process and sampler.dropped_per_epoch:
+        log.info("dropping %d of %d samples per epoch (world %d x batch %d)", sampler.dropped_per_epoch, len(dataset), world, tr["batch_size"])
+    loader = train_loader(dataset, sampler, recipe["data"])
+    held = collate([dataset[i] for i in range(min(len(dataset), 64))]).to(device)
+
+    def batches():
+        nonlocal epoch, next_batch
+        while True:
+            sampler.set_position(epoch, next_batch)
+            for batch in loader:
+                next_batch += 1
+                yield batch
+            epoch, next_batch = epoch + 1, 0
+
+    def save() -> None:
+        tmp = checkpoint.begin(run_dir, step) if accelerator.is_main_process else run_dir / "checkpoints" / f"step-{step:07d}.tmp"
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            info = {"step": step, "epoch": epoch, "next_batch": next_batch, "ema_updates": ema_updates,
+                    "adapter": adapter.preprocessing(), "world": world}
+            checkpoint.write_shared(tmp, raw, optimizer, scheduler, teacher, info)
+        checkpoint.write_rank_rng(tmp, rank, mask_gen)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            checkpoint.commit(run_dir, tmp, tr["keep_checkpoints"])
+
+    writer = metrics = None
+    if accelerator.is_main_process:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        new = not (run_dir / "metrics.csv").exists() or resume_from is None
+        metrics = open(run_dir / "metrics.csv", "w" if new else "a", newline="")
+        csv_out = csv.writer(metrics)
+        if new:
+            csv_out.writerow(["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "peak_mem_mb", "ema_momentum"])
+
+    bar = tqdm(total=steps, initial=step, disable=not (progress and accelerator.is_main_process), desc=f"{recipe['objective']} {recipe['modality']}")
+    data, acc = batches(), int(tr["accumulation"])
+    window_loss, window_n, t0, seen = 0.0, 0, time.perf_counter(), 0
+    first_loss = None
+    model.train()
+    while step < steps:
+        step_loss = 0.0
+        for micro in range(acc):
+            batch = next(data).to(device, non_blocking=True)
+            sync = micro == acc - 1
+            with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                loss, _ = model(batch, mask_gen, teacher=teacher) if teacher is not None else model(batch, mask_gen)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"non-finite loss {loss.item()} at step {step}, micro-batch {micro}, samples {batch.ids[:8]}; "
+                                       f"last good checkpoint: {checkpoint.latest(run_dir)}")
+            accelerator.backward(loss / acc)
+            step_loss += loss.item() / acc
+            seen += batch.size * world
+        grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr["clip"]) if tr["clip"] else torch.tensor(0.0)
+        if not torch.isfinite(torch.as_tensor(grad_norm)):
+            raise TrainingDiverged(f"non-finite gradient norm at step {step}; last good checkpoint: {checkpoint.latest(run_dir)}")
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        momentum = None
+        if teacher is not None:  # exactly once per real optimiser step
+            momentum = momentum_at(step, steps, recipe["jepa"]["ema_start"], recipe["jepa"]["ema_end"])
+            ema_update(teacher, raw.encoder, momentum)
+            ema_updates += 1
+        step += 1
+        first_loss = step_loss if first_loss is None else first_loss
+        window_loss, window_n = window_loss + step_loss, window_n + 1
+        if step % tr["log_every"] == 0 or step == steps:
+            mean_loss = accelerator.reduce(torch.tensor(window_loss / window_n, device=device), "mean").item()
+            rate = seen / (time.perf_counter() - t0)
+            if accelerator.is_main_process:
+                lr = scheduler.get_last_lr()[0]
+                mem = peak_memory_mb(device)
+                csv_out.writerow([step, epoch, f"{mean_loss:.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}", f"{rate:.1f}", f"{mem:.0f}",
+                                  "" if momentum is None else f"{momentum:.6f}"])
+                metrics.flush()
+                for k, v in {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_s": rate, "peak_mem_mb": mem}.items():
+                    writer.add_scalar(f"train/{k}", v, step)
+                bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{rate:.0f}")
+            window_loss, window_n = 0.0, 0
+        if accelerator.is_main_process and (step % tr["monitor_every"] == 0 or step == steps):
+            for k, v in collapse_signals(teacher if teacher is not None else raw.encoder, held).items():
+                writer.add_scalar(f"monitor/{k}", v, step)
+            model.train()
+        bar.update(1)
+        if step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after:
+            save()
+        if stop_after is not None and step >= stop_after:
+            break
+    bar.close()
+    if accelerator.is_main_process:
+        metrics.close()
+        writer.close()
+        if step == steps:
+            final = teacher if teacher is not None else raw.encoder
+            final.save_pretrained(run_dir / "encoder", extra={"objective": recipe["objective"], "steps": steps})
+            summary = {"steps": step, "ema_updates": ema_updates, "first_loss": first_loss, "final_loss": mean_loss,
+                       "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
+                       "dropped_per_epoch": sampler.dropped_per_epoch, "wall_s": time.perf_counter() - t0}
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    accelerator.wait_for_everyone()
+    return run_dir

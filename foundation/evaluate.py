@@ -1,0 +1,49 @@
+"""Few-label evaluation of an encoder against the same architecture randomly initialised."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+from foundation.embed import embed_dataset
+from foundation.model import Encoder
+from foundation.probes import compare_few_shot, paired_interval
+
+
+def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
+    """Same adapter (preprocessing) and architecture, fresh random weights."""
+    torch.manual_seed(seed)
+    return Encoder(encoder.adapter, **encoder.config)
+
+
+def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_fraction: float = 0.3,
+                     batch_size: int = 64, progress: bool = False) -> dict:
+    """Pretrained vs random-init linear probes on paired few-label splits of ``dataset``."""
+    feats = {"pretrained": embed_dataset(encoder, dataset, batch_size, progress=progress),
+             "random_init": embed_dataset(random_twin(encoder), dataset, batch_size)}
+    labels = feats["pretrained"]["labels"]
+    if (labels < 0).any():
+        raise ValueError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
+    idx = np.arange(len(labels))
+    pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=12345)
+    pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
+    res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
+    rows = []
+    for k in ks:
+        a = [r["accuracy"] for r in res["pretrained"][k]]
+        b = [r["accuracy"] for r in res["random_init"][k]]
+        mean, lo, hi = paired_interval(a, b)
+        rows.append({"k": k, "pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
+                     "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)),
+                     "diff": mean, "ci_low": lo, "ci_high": hi, "beats": lo > 0})
+    return {"rows": rows, "n_test": int(len(test)), "n_pool": int(len(pool)), "classes": len(np.unique(labels)),
+            "seeds": seeds, "raw": res}
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"{'k/class':>8} {'pretrained':>14} {'random init':>14} {'paired diff [95% CI]':>28}"]
+    for r in rep["rows"]:
+        lines.append(f"{r['k']:>8} {r['pretrained']:>8.3f}±{r['pretrained_std']:.3f} {r['random_init']:>8.3f}±{r['random_init_std']:.3f}"
+                     f"   {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{'  beats' if r['beats'] else ''}")
+    lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
+    return "\n".join(lines)

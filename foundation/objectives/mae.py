@@ -1,0 +1,59 @@
+"""Masked autoencoder over any adapter's tokens, readable top to bottom like facebookresearch/mae:
+mask -> encode visible tokens only -> decode with mask tokens -> adapter's loss on masked tokens."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from foundation.masking import sample_mask, visible_tokens
+from foundation.model import Encoder, with_register_bias
+from foundation.positions import make_positions
+from foundation.tokens import PatchBatch, gather_tokens
+from foundation.trunk import Transformer
+
+
+class MAE(nn.Module):
+    def __init__(self, encoder: Encoder, masking: dict, decoder_width: int = 128, decoder_depth: int = 2, decoder_heads: int = 4, mask_tokens_in_encoder: bool = False) -> None:
+        super().__init__()
+        adapter = encoder.adapter
+        self.encoder, self.adapter, self.masking = encoder, adapter, dict(masking)
+        self.mask_tokens_in_encoder = mask_tokens_in_encoder
+        self.decoder_embed = nn.Linear(encoder.width, decoder_width)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
+        self.decoder_positions = make_positions(adapter.position_kind, adapter.coord_dims, decoder_width)
+        buckets = adapter.attn_bias_buckets
+        self.decoder = Transformer(decoder_width, decoder_depth, decoder_heads, bias_buckets=buckets + 1 if buckets else 0)
+        self.head = nn.Linear(decoder_width, adapter.target_dim)
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def forward_encoder(self, batch: PatchBatch, hidden: Tensor):
+        if self.mask_tokens_in_encoder:  # GraphMAE: hidden tokens stay in the trunk as mask embeddings
+            return self.encoder(batch, replace=hidden), None
+        keep = visible_tokens(hidden, batch.padding)
+        return self.encoder(batch, keep=keep), keep
+
+    def forward_decoder(self, batch: PatchBatch, enc, keep) -> Tensor:
+        b, n = batch.padding.shape
+        latent = self.decoder_embed(enc.tokens)
+        if keep is None:
+            x = latent
+        else:  # scatter visible tokens into a full sequence of mask tokens
+            x = self.mask_token.to(latent.dtype).expand(b, n, -1).clone()
+            idx = keep.index.unsqueeze(-1).expand_as(latent)
+            src = torch.where(keep.padding.unsqueeze(-1), torch.gather(x, 1, idx), latent)
+            x = x.scatter(1, idx, src)
+        x = x + self.decoder_positions(batch.coords).to(x.dtype)
+        x = torch.cat([self.decoder_embed(enc.register).unsqueeze(1), x], 1)
+        pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1)
+        x = self.decoder(x, pad, with_register_bias(batch.attn_bias, self.adapter.attn_bias_buckets))
+        return self.head(x[:, 1:])
+
+    def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
+        hidden = sample_mask(batch.coords, batch.padding, generator=generator, **self.masking)
+        enc, keep = self.forward_encoder(batch, hidden)
+        pred = self.forward_decoder(batch, enc, keep)
+        loss = self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, hidden)
+        return loss, {"visible_tokens": int((~enc.padding).sum()), "masked_tokens": int(hidden.sum())}
+
+    def export_encoder(self) -> Encoder:
+        return self.encoder

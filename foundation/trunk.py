@@ -1,0 +1,133 @@
+"""The Transformer trunk shared by encoder, MAE decoder and JEPA predictor (timm-style blocks).
+
+Attention goes through ``F.scaled_dot_product_attention``. Padding and structure enter as one
+additive float mask built in :func:`attention_mask`, the single place where "True = padding" (our
+contract) is turned into SDPA's convention.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def attention_mask(padding: Tensor, bias: Tensor | None = None, heads: int = 1) -> Tensor:
+    """[B, N] padding (+ optional [B, H|1, N, N] additive bias) -> additive mask [B, H|1, N, N].
+
+    Padded keys get -inf; rows of padded queries stay finite because the register token is never
+    padded, so every row keeps at least one key.
+    """
+    keep = torch.zeros(padding.shape, dtype=torch.float32, device=padding.device).masked_fill(padding, float("-inf"))
+    mask = keep[:, None, None, :]
+    if bias is not None:
+        mask = mask + bias.float()
+    return mask
+
+
+class Attention(nn.Module):
+    def __init__(self, width: int, heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if width % heads:
+            raise ValueError(f"width {width} is not divisible by heads {heads}")
+        self.heads = heads
+        self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        b, n, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if mask is not None:
+            mask = mask.to(q.dtype)
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(x.transpose(1, 2).reshape(b, n, c))
+
+
+class Mlp(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class Block(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> None:
+        super().__init__()
+        self.norm1, self.attn = nn.LayerNorm(width), Attention(width, heads, qkv_bias)
+        self.norm2, self.mlp = nn.LayerNorm(width), Mlp(width, int(width * mlp_ratio))
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = x + self.attn(self.norm1(x), mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of blocks with a final norm. ``bias_buckets`` > 0 learns a per-head additive bias for
+    each integer structure code (graph distance, edge type), one table per block."""
+
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, bias_buckets: int = 0) -> None:
+        super().__init__()
+        self.width, self.depth, self.heads = width, depth, heads
+        self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qkv_bias) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+        self.bias_tables = nn.ModuleList(nn.Embedding(bias_buckets, heads) for _ in range(depth)) if bias_buckets else None
+        self.apply(_init_weights)
+
+    def forward(self, x: Tensor, padding: Tensor, bias: Tensor | None = None, return_layers: bool = False):
+        """x [B, N, D]; padding [B, N]; bias: float [B, N, N] or integer codes [B, N, N]."""
+        base = attention_mask(padding)
+        float_bias = bias.unsqueeze(1).float() if bias is not None and bias.is_floating_point() else None
+        layers = []
+        for i, blk in enumerate(self.blocks):
+            mask = base if float_bias is None else base + float_bias
+            if self.bias_tables is not None and bias is not None and not bias.is_floating_point():
+                mask = base + self.bias_tables[i](bias.long()).permute(0, 3, 1, 2)
+            x = blk(x, mask)
+            if return_layers:
+                layers.append(x)
+        x = self.norm(x)
+        return (x, layers) if return_layers else x
+
+
+def _init_weights(m: nn.Module) -> None:
+    if isinstance(m, nn.Linear):
+        nn.init.xavier_uniform_(m.weight)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.Embedding):
+        nn.init.zeros_(m.weight)
+
+
+def masked_mean(x: Tensor, padding: Tensor) -> Tensor:
+    w = (~padding).unsqueeze(-1).to(x.dtype)
+    return (x * w).sum(1) / w.sum(1).clamp(min=1)
+
+
+def masked_std(x: Tensor, padding: Tensor) -> Tensor:
+    w = (~padding).unsqueeze(-1).to(x.dtype)
+    mean = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
+    return ((((x - mean) ** 2) * w).sum(1) / w.sum(1).clamp(min=1)).sqrt()
+
+
+def masked_max(x: Tensor, padding: Tensor) -> Tensor:
+    return x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(1)
+
+
+class AttentivePool(nn.Module):
+    """A learned query cross-attending over valid tokens (attentive probing, as V-JEPA does)."""
+
+    def __init__(self, width: int, heads: int) -> None:
+        super().__init__()
+        self.query = nn.Parameter(torch.zeros(1, 1, width))
+        self.attn = nn.MultiheadAttention(width, heads, batch_first=True)
+        nn.init.trunc_normal_(self.query, std=0.02)
+
+    def forward(self, x: Tensor, padding: Tensor) -> Tensor:
+        out, _ = self.attn(self.query.expand(x.shape[0], -1, -1), x, x, key_padding_mask=padding)
+        return out[:, 0]
