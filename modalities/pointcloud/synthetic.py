@@ -155,7 +155,7 @@ def make_shape(cls: str, n: int, rng: np.random.Generator) -> np.ndarray:
 def scan_object(cls: str, rng: np.random.Generator, points: int = 2048, noise: float = 0.01,
                 partial_prob: float = 0.3, outlier_ratio: float = 0.02) -> np.ndarray:
     """One object as a sensor sees it: posed, stretched, noisy, maybe partial, with outliers."""
-    xyz = make_shape(cls, 2 * points, rng)
+    xyz = make_shape(cls, points, rng)
     xyz = xyz * rng.uniform(0.8, 1.25, size=3)
     a = rng.uniform(0, 2 * math.pi)
     rot = np.array([[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0], [0, 0, 1]])
