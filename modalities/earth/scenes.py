@@ -29,6 +29,7 @@ class Scene:
     cloud: str | None = None
     extra: dict = field(default_factory=dict)
     n_primary: int = 1  # parts[:n_primary] are the primary file(s); the rest the SAR/optical companion
+    source: str = ""  # the file or per-band folder the sample was found as
 
     @property
     def primary_bands(self) -> list[str]:
@@ -40,7 +41,7 @@ class Scene:
 
     @property
     def path(self) -> str:
-        return self.parts[0].path
+        return self.source or self.parts[0].path
 
 
 def is_band_folder(path: Path) -> bool:
@@ -157,7 +158,7 @@ def find_scenes(data: dict, cfg: dict, on_error: str = "raise") -> tuple[list[Sc
             if pair:
                 other = companion_path(src.path, pair, pair_root, lookup)
                 parts += scene_parts(other, cfg.get("pair_bands"))
-            scenes.append(Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary))
+            scenes.append(Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path))
         except (ValueError, FileNotFoundError) as err:
             if on_error != "skip":
                 raise

@@ -32,7 +32,7 @@ class SpectralPatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(hidden)
         self.to_weight = nn.Linear(hidden, self.k * width)
         self.to_bias = nn.Linear(hidden, width)
-        nn.init.zeros_(self.pol.weight)
+        nn.init.normal_(self.pol.weight, std=0.5)
         nn.init.normal_(self.to_weight.weight, std=0.02)
         nn.init.zeros_(self.to_weight.bias)
         # A wavelength-independent base kernel keeps early training stable (the hypernetwork learns deltas).

@@ -1,0 +1,71 @@
+"""Downstream helpers: georeferenced token maps (embeddings, predictions) and spatially blocked splits.
+
+A chip's tokens sit on a regular grid of patch_size x patch_size pixel cells, so a per-token result
+is a raster whose pixel is one patch: same CRS, the chip's transform scaled by the patch size.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from affine import Affine
+
+from modalities.earth.io import write_geotiff
+
+
+def token_grid_shape(height: int, width: int, patch: int) -> tuple[int, int]:
+    return -(-height // patch), -(-width // patch)
+
+
+def write_token_map(path: str | Path, values: np.ndarray, dataset, index: int, nodata: float | None = None,
+                    descriptions: list[str] | None = None) -> Path:
+    """Write per-token ``values`` [N] or [N, D] of chip ``index`` as a GeoTIFF with D bands.
+
+    Pixels are patches: the transform is the chip's transform scaled by ``patch_size``, so a map
+    overlays the source scene exactly in any GIS.
+    """
+    crs, transform, h, w = dataset.georef(index)
+    p = int(dataset.cfg["patch_size"])
+    gh, gw = token_grid_shape(h, w, p)
+    values = np.asarray(values)
+    if values.ndim == 1:
+        values = values[:, None]
+    if values.shape[0] != gh * gw:
+        raise ValueError(f"chip {dataset.chip_id(index)} has {gh * gw} tokens, got {values.shape[0]} values")
+    raster = values.T.reshape(values.shape[1], gh, gw)
+    return write_geotiff(path, raster, crs, transform @ Affine.scale(p, p), nodata=nodata, descriptions=descriptions)
+
+
+def write_chip_values(path: str | Path, values: np.ndarray, dataset, index: int, nodata: float | None = None) -> Path:
+    """Write a per-pixel map [C, h, w] (or [h, w]) of chip ``index`` (a segmentation prediction)."""
+    crs, transform, _, _ = dataset.georef(index)
+    return write_geotiff(path, np.asarray(values), crs, transform, nodata=nodata)
+
+
+def chip_centres(dataset) -> np.ndarray:
+    """Chip centres in their CRS units [N, 2] (x, y)."""
+    out = []
+    for i in range(len(dataset)):
+        _, t, h, w = dataset.georef(i)
+        out.append(t @ (w / 2.0, h / 2.0))
+    return np.asarray(out)
+
+
+def spatial_block_split(dataset, block_m: float, test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Train/test indices where whole ``block_m`` x ``block_m`` blocks go to one side.
+
+    Neighbouring chips share texture, illumination and often the same field; a random split puts
+    them on both sides and inflates accuracy. Blocks are keyed by CRS too, so distant UTM zones never
+    collide. (Block size is in CRS units: metres for projected CRSs.)
+    """
+    keys = []
+    for i, (x, y) in enumerate(chip_centres(dataset)):
+        crs = dataset.georef(i)[0]
+        keys.append((crs, int(np.floor(x / block_m)), int(np.floor(y / block_m))))
+    uniq = sorted(set(keys))
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(uniq))
+    n_test = max(1, int(round(test_fraction * len(uniq))))
+    test_blocks = {uniq[j] for j in order[:n_test]}
+    is_test = np.array([k in test_blocks for k in keys])
+    return np.flatnonzero(~is_test), np.flatnonzero(is_test)
