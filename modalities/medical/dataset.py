@@ -95,6 +95,7 @@ class MedicalDataset(TokenDataset):
         if not items:
             raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
         self.items, self.sources = items, sources
+        self._index = {item["source"]: i for i, item in enumerate(items)}
         self.labels, self.classes = class_index([s.label for s in sources])
         self.patients = [str(s.extra.get(cfg["patient_column"])) if s.extra.get(cfg["patient_column"]) else None for s in sources]
         self.k = int(cfg["crops_per_volume"]) if train else 1
@@ -160,7 +161,7 @@ class MedicalDataset(TokenDataset):
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
         vi, j = divmod(index, self.k)
         d = self.volume(vi)
-        src = self.items[vi]["source"]
+        src = d["source"]  # under on_error=skip, another volume may stand in
         if rng is not None:
             self.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
             d = self.crops(d)[j]
@@ -169,7 +170,7 @@ class MedicalDataset(TokenDataset):
             if self.center is not None:
                 d = self.center(d)
             ident = src
-        label = None if self.labels is None else self.labels[vi]
+        label = None if self.labels is None else self.labels[self._index[src]]
         return to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
 
 
