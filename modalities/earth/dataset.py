@@ -98,8 +98,13 @@ class EarthDataset(TokenDataset):
     def _valid_fraction(self, scene: Scene, grid: Grid, window: Window) -> float:
         data, valid, names = read_chip(scene.parts, grid, window, self.cfg.get("nodata"))
         cloud = read_cloud(scene.cloud, grid, window)
-        pixel_ok = valid.all(axis=0) if cloud is None else valid.all(axis=0) & ~(cloud > 0)
-        return float(pixel_ok.mean())
+        if cloud is not None:
+            from modalities.earth.bands import band
+
+            optical = np.array([not band(n).is_sar for n in names])
+            valid[optical] &= ~(cloud > 0)[None]
+        # Share of valid (band, pixel) values: SAR under a cloud still counts, a nodata border does not.
+        return float(valid.mean())
 
     def georef(self, index: int) -> tuple[str, object, int, int]:
         """(CRS, affine transform, height, width) of chip ``index``: for writing maps back."""

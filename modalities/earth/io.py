@@ -126,17 +126,22 @@ def read_part(part: RasterPart, grid: Grid, window: Window, nodata: float | None
     with open_checked(part.path) as ds:
         same_crs = ds.crs.to_string() == grid.crs
         if same_crs and tuple(ds.transform)[:6] == grid.transform:
-            data = ds.read(window=window, boundless=True, fill_value=ds.nodata or 0).astype(np.float32)
-            masks = ds.read_masks(window=window, boundless=True)
+            inside = window.row_off >= 0 and window.col_off >= 0 and window.row_off + h <= ds.height and window.col_off + w <= ds.width
+            kw = {} if inside else dict(boundless=True)  # a boundless read builds a VRT: only when needed
+            data = ds.read(window=window, **kw).astype(np.float32)
+            masks = ds.read_masks(window=window, **kw)
             return data, _part_valid(ds, data, masks, nodata)
         bounds = window_bounds(window, grid.affine)
         if same_crs:
             src_win = from_bounds(*bounds, transform=ds.transform)
-            kw = dict(window=src_win, out_shape=(ds.count, h, w), boundless=True)
-            data = ds.read(resampling=resampling, fill_value=ds.nodata or 0, **kw).astype(np.float32)
+            inside = src_win.row_off >= -1e-6 and src_win.col_off >= -1e-6 and \
+                src_win.row_off + src_win.height <= ds.height + 1e-6 and src_win.col_off + src_win.width <= ds.width + 1e-6
+            kw = dict(window=src_win, out_shape=(ds.count, h, w), boundless=not inside)
+            fill = dict(fill_value=ds.nodata or 0) if kw["boundless"] else {}
+            data = ds.read(resampling=resampling, **fill, **kw).astype(np.float32)
             masks = ds.read_masks(resampling=Resampling.nearest, **kw)
             # Resampling mixes a nodata value into its neighbours: judge validity on a nearest read.
-            nearest = ds.read(resampling=Resampling.nearest, fill_value=ds.nodata or 0, **kw).astype(np.float32)
+            nearest = ds.read(resampling=Resampling.nearest, **fill, **kw).astype(np.float32)
             return data, _part_valid(ds, nearest, masks, nodata) & np.isfinite(data)
         with WarpedVRT(ds, crs=grid.crs, transform=grid.affine, width=grid.width, height=grid.height,
                        resampling=resampling, src_nodata=nodata if nodata is not None else ds.nodata) as vrt:
