@@ -56,7 +56,7 @@ class PointCloudAdapter(Adapter):
         "jitter": 0.005,
         "dropout": 0.0,
         "cache": True,
-        "tokenizer_hidden": 128,
+        "tokenizer_hidden": 64,
     }
 
     def __init__(self, config: dict | None = None) -> None:
