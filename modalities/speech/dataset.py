@@ -40,51 +40,16 @@ def _seconds(value) -> float | None:
     return float(value)
 
 
-class SpeechDataset(TokenDataset):
-    """Recordings -> :class:`SampleTokens` of (time x mel) spectrogram patches.
+class SpeechPipeline:
+    """Waveform -> crop -> (augmented) normalised log-mel -> patch tokens, from the config alone.
 
-    ``train=True`` views draw a random crop of at most ``max_seconds`` plus gain/noise/tilt
-    augmentation from the per-sample generator; evaluation views take the centre ``max_seconds``
-    (``max_seconds: null`` keeps whole clips). Short clips are never stretched: they give fewer
-    tokens and the batch pads them.
+    Shared by the dataset and by chunked embedding of long recordings, so both cut tokens the same way.
     """
 
-    def __init__(self, sources: list[Source], config: dict, train: bool, on_error: str = "raise") -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.config, self.train, self.on_error = config, train, on_error
-        self.skipped: list[tuple[str, str]] = []
-        segments: list[Segment] = []
-        for src in sources:
-            try:
-                info = audio_info(src.path)
-                if info.frames == 0:
-                    raise AudioReadError(f"{src.path}: contains no audio samples")
-            except AudioReadError as err:
-                if on_error == "raise":
-                    raise
-                self.skipped.append((src.path, str(err)))
-                continue
-            segments.append(Segment(src.path, _seconds(src.extra.get("start")), _seconds(src.extra.get("end")), src.label, info.sample_rate))
-        if self.skipped:
-            log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
-        if not segments:
-            raise ValueError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""))
-        self.segments = segments
-        self.labels, self.classes = class_index([s.label for s in segments])
-        self.read_failures = 0
+    def __init__(self, config: dict) -> None:
+        self.config = config
 
-    def __len__(self) -> int:
-        return len(self.segments)
-
-    def label(self, index: int) -> int | None:
-        return None if self.labels is None else self.labels[index]
-
-    # -- the pipeline, step by step -----------------------------------------------------------------
-    def waveform(self, index: int) -> Tensor:
-        """The whole segment, mono, at the configured rate."""
-        seg = self.segments[index]
-        wave, rate = read_audio(seg.path, seg.start, seg.end)
+    def resample(self, wave, rate: int) -> Tensor:
         return features.resample(wave, rate, int(self.config["sample_rate"]))
 
     def crop(self, wave: Tensor, rng: torch.Generator | None) -> Tensor:
@@ -125,6 +90,68 @@ class SpeechDataset(TokenDataset):
         targets = normalized_targets(grid.patches, grid.valid)
         return grid.patches, grid.coords, targets, grid.valid, grid.token_padding
 
+    def to_sample(self, wave: Tensor, rng: torch.Generator | None = None, id: str = "", path: str = "", label=None) -> SampleTokens:
+        patches, coords, targets, valid, padding = self.tokens(self.spectrogram(self.crop(wave, rng), rng))
+        return SampleTokens(patches, coords, targets, valid, padding, {}, id=id, path=path, label=label)
+
+
+class SpeechDataset(TokenDataset):
+    """Recordings -> :class:`SampleTokens` of (time x mel) spectrogram patches.
+
+    ``train=True`` views draw a random crop of at most ``max_seconds`` plus gain/noise/tilt
+    augmentation from the per-sample generator; evaluation views take the centre ``max_seconds``
+    (``max_seconds: null`` keeps whole clips). Short clips are never stretched: they give fewer
+    tokens and the batch pads them.
+    """
+
+    def __init__(self, sources: list[Source], config: dict, train: bool, on_error: str = "raise") -> None:
+        if on_error not in ("raise", "skip"):
+            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+        self.config, self.train, self.on_error = config, train, on_error
+        self.pipeline = SpeechPipeline(config)
+        self.skipped: list[tuple[str, str]] = []
+        segments: list[Segment] = []
+        for src in sources:
+            try:
+                info = audio_info(src.path)
+                if info.frames == 0:
+                    raise AudioReadError(f"{src.path}: contains no audio samples")
+            except AudioReadError as err:
+                if on_error == "raise":
+                    raise
+                self.skipped.append((src.path, str(err)))
+                continue
+            segments.append(Segment(src.path, _seconds(src.extra.get("start")), _seconds(src.extra.get("end")), src.label, info.sample_rate))
+        if self.skipped:
+            log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
+        if not segments:
+            raise ValueError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""))
+        self.segments = segments
+        self.labels, self.classes = class_index([s.label for s in segments])
+        self.read_failures = 0
+
+    def __len__(self) -> int:
+        return len(self.segments)
+
+    def label(self, index: int) -> int | None:
+        return None if self.labels is None else self.labels[index]
+
+    # -- the pipeline, step by step -----------------------------------------------------------------
+    def waveform(self, index: int) -> Tensor:
+        """The whole segment, mono, at the configured rate."""
+        seg = self.segments[index]
+        wave, rate = read_audio(seg.path, seg.start, seg.end)
+        return self.pipeline.resample(wave, rate)
+
+    def crop(self, wave: Tensor, rng: torch.Generator | None) -> Tensor:
+        return self.pipeline.crop(wave, rng)
+
+    def spectrogram(self, wave: Tensor, rng: torch.Generator | None = None) -> Tensor:
+        return self.pipeline.spectrogram(wave, rng)
+
+    def tokens(self, spec: Tensor):
+        return self.pipeline.tokens(spec)
+
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
         seg = self.segments[index]
         try:
@@ -135,7 +162,5 @@ class SpeechDataset(TokenDataset):
             self.read_failures += 1
             log.warning("speech: skipping %s (%s); %d read failure(s) so far", seg.path, err, self.read_failures)
             return self.sample((index + 1) % len(self), rng)
-        spec = self.spectrogram(self.crop(wave, rng), rng)
-        patches, coords, targets, valid, padding = self.tokens(spec)
         sid = seg.path if seg.start is None and seg.end is None else f"{seg.path}@{seg.start or 0:g}-{'end' if seg.end is None else format(seg.end, 'g')}"
-        return SampleTokens(patches, coords, targets, valid, padding, {}, id=sid, path=seg.path, label=self.label(index))
+        return self.pipeline.to_sample(wave, rng, id=sid, path=seg.path, label=self.label(index))
