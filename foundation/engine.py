@@ -77,6 +77,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def replica_checksums(accelerator: Accelerator, model: torch.nn.Module, teacher: torch.nn.Module | None) -> list[list[float]]:
+    """Per-rank checksums of the student and teacher weights: replicas must agree bit for bit."""
+    def total(m):
+        return float(sum(p.detach().double().abs().sum() + p.detach().double().sum() * 1e-3 for p in m.parameters())) if m is not None else 0.0
+    mine = torch.tensor([[total(model), total(teacher)]], dtype=torch.float64, device=accelerator.device)
+    return accelerator.gather(mine).tolist()
+
+
 def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
     """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint.
 
@@ -210,6 +218,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         if stop_after is not None and step >= stop_after:
             break
     bar.close()
+    checksums = replica_checksums(accelerator, raw, teacher)
     if accelerator.is_main_process:
         metrics.close()
         writer.close()
@@ -218,7 +227,8 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
             final.save_pretrained(run_dir / "encoder", extra={"objective": recipe["objective"], "steps": steps})
             summary = {"steps": step, "ema_updates": ema_updates, "first_loss": first_loss, "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
-                       "dropped_per_epoch": sampler.dropped_per_epoch, "wall_s": time.perf_counter() - t0}
+                       "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
+                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

@@ -1,0 +1,58 @@
+import pytest
+
+from foundation.data import TrainSampler, eval_indices
+from foundation.recipes import RecipeError, load_recipe, recipe_names
+
+
+def test_named_recipes_resolve_and_overrides_apply():
+    assert "grid-mae" in recipe_names()
+    r = load_recipe("grid-mae", ["train.steps=7", "model.width=64", "data.labels=pattern:^(\\d)_", "adapter.patch=[2, 2]"])
+    assert r["train"]["steps"] == 7 and r["model"]["width"] == 64 and r["adapter"]["patch"] == [2, 2]
+    assert r["data"]["labels"] == "pattern:^(\\d)_"
+
+
+@pytest.mark.parametrize("override,message", [
+    (["train.stepz=3"], "unknown recipe key 'train.stepz'. Did you mean steps"),
+    (["train.steps=many"], "train.steps expects a whole number"),
+    (["train.steps=0"], "train.steps must be a positive number"),
+    (["train.precision=fp8"], "train.precision='fp8' is not one of"),
+    (["masking.ratio=1.5"], "masking.ratio must be in"),
+    (["model.heads=5"], "divisible by model.heads"),
+    (["adapter.colour=1"], "unknown adapter key"),
+    (["train.steps"], "is not key=value"),
+    (["modality=lidar"], "modality 'lidar' is not one of"),
+])
+def test_bad_keys_and_values_give_clear_errors(override, message):
+    with pytest.raises(RecipeError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        load_recipe("grid-mae", override)
+
+
+def test_unknown_recipe_name_suggests_close_ones():
+    with pytest.raises(RecipeError, match="grid-mae"):
+        load_recipe("grid-mea")
+
+
+@pytest.mark.parametrize("n,world,batch", [(103, 2, 8), (64, 2, 8), (17, 1, 4), (50, 3, 4)])
+def test_train_sharding_drops_less_than_one_global_batch_and_no_duplicates(n, world, batch):
+    seen = []
+    for rank in range(world):
+        s = TrainSampler(n, batch, world, rank, seed=1)
+        items = [i for i, _ in s]
+        assert len(items) == s.batches_per_epoch * batch
+        seen += items
+    assert len(seen) == len(set(seen))
+    assert n - len(seen) <= world * batch - 1
+    assert TrainSampler(n, batch, world, 0, seed=1).dropped_per_epoch == n - len(seen)
+
+
+def test_resuming_a_sampler_mid_epoch_continues_the_same_order():
+    full = list(TrainSampler(100, 4, 1, 0, seed=3))
+    s = TrainSampler(100, 4, 1, 0, seed=3)
+    s.set_position(0, 5)
+    assert list(s) == full[20:]
+
+
+def test_eval_sees_every_sample_once_in_order():
+    for n, world in [(10, 3), (7, 2), (1, 2), (9, 1)]:
+        joined = [i for r in range(world) for i in eval_indices(n, world, r)]
+        assert joined == list(range(n))
