@@ -37,6 +37,7 @@ class GraphAdapter(Adapter):
         "feature_mean": None,  # per-column standardisation, set by fit() (binary columns keep 0/1)
         "feature_std": None,
         "lap_dims": 8,  # Laplacian eigenvectors in coords (zero-padded on smaller graphs)
+        "lap_invariant": True,  # zero eigenvectors of repeated eigenvalues (basis-ambiguous, node-order dependent)
         "rw_steps": 8,  # random-walk return probabilities in coords
         "max_distance": 5,  # shortest-path distance clip for attn_bias codes
         "edge_types": 4,  # edge/bond type codes on direct edges

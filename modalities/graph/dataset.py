@@ -84,7 +84,7 @@ def compute_structure(g: Data, config: dict, name: str) -> Structure:
         raise GraphInputError(
             f"graph {name}: edge type {int(et.max())} but adapter.edge_types={config['edge_types']}; raise adapter.edge_types"
         )
-    lap, _ = laplacian_pe(g.edge_index, g.num_nodes, config["lap_dims"])
+    lap, _ = laplacian_pe(g.edge_index, g.num_nodes, config["lap_dims"], config["lap_invariant"])
     rw = random_walk_pe(g.edge_index, g.num_nodes, config["rw_steps"])
     codes = structure_codes(g.edge_index, g.num_nodes, config["max_distance"], et)
     return Structure(lap.float(), rw.float(), codes.to(torch.uint8))

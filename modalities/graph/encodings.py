@@ -38,12 +38,15 @@ def canonical_signs(vectors: Tensor) -> Tensor:
     return vectors * sign
 
 
-def laplacian_pe(edge_index: Tensor, num_nodes: int, dims: int) -> tuple[Tensor, Tensor]:
+def laplacian_pe(edge_index: Tensor, num_nodes: int, dims: int, invariant: bool = True) -> tuple[Tensor, Tensor]:
     """The ``dims`` eigenvectors of the symmetric normalised Laplacian after the trivial one.
 
     Returns (vectors [n, dims], eigenvalues [dims]); graphs with fewer than ``dims + 1`` nodes are
     padded with zero columns (torch-geometric's ``AddLaplacianEigenvectorPE`` refuses them, and such
     graphs are common in MUTAG, ENZYMES and PROTEINS). Signs are canonical; training flips them.
+    With ``invariant``, eigenvectors of repeated eigenvalues are zeroed: any basis of such an
+    eigenspace is as valid as another, so keeping one would make a graph's embedding depend on the
+    order its nodes are listed in (symmetric molecules, leaf twins and cycles have such spaces).
     """
     out = torch.zeros(num_nodes, dims, dtype=torch.float64)
     vals = torch.zeros(dims, dtype=torch.float64)
@@ -55,7 +58,12 @@ def laplacian_pe(edge_index: Tensor, num_nodes: int, dims: int) -> tuple[Tensor,
     lap = torch.eye(num_nodes, dtype=torch.float64) - inv_sqrt[:, None] * a * inv_sqrt[None, :]
     w, v = torch.linalg.eigh(lap)
     k = min(dims, num_nodes - 1)
-    out[:, :k] = canonical_signs(v[:, 1 : k + 1])
+    vecs = canonical_signs(v[:, 1 : k + 1])
+    if invariant:
+        gap = (w[:, None] - w[None, :]).abs() < 1e-6
+        repeated = gap.sum(1) > 1
+        vecs = vecs * (~repeated[1 : k + 1]).to(vecs.dtype)
+    out[:, :k] = vecs
     vals[:k] = w[1 : k + 1]
     return out, vals
 

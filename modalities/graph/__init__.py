@@ -1,0 +1,1 @@
+"""Graph adapter: torch-geometric graphs as node tokens (see adapter.py)."""
