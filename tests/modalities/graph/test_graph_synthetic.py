@@ -1,0 +1,52 @@
+"""Synthetic families: fast, labelled, and not given away by node or edge counts or feature averages."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from modalities.graph.adapter import GraphAdapter
+from modalities.graph.io import read_csv_folder, read_tu
+from modalities.graph.synthetic import write_community_graph, write_ring_molecules
+
+
+def trivial_accuracy(gs) -> float:
+    """Node count, edge count and per-graph feature mean/std: what must not predict the class."""
+    X = np.array([[g.num_nodes, g.edge_index.shape[1], *g.x.mean(0).tolist(), *g.x.std(0).tolist()] for g in gs.graphs])
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    return float(cross_val_score(clf, X, gs.labels, cv=5).mean())
+
+
+def test_network_families_are_fast_and_counts_say_nothing(tmp_path):
+    t = time.time()
+    data = GraphAdapter().synthetic(tmp_path, 300, seed=0)
+    assert time.time() - t < 5
+    gs = read_tu(data["root"], tmp_path / "cache")
+    assert len(gs.graphs) == 300 and sorted(set(gs.labels)) == [0, 1, 2]
+    assert all(g.edge_index.shape[1] == 4 * g.num_nodes for g in gs.graphs)  # exactly 2n undirected edges
+    acc = trivial_accuracy(gs)
+    assert acc < 0.5, acc  # chance is 1/3
+
+
+def test_ring_molecules_counts_say_nothing(tmp_path):
+    gs = read_tu(write_ring_molecules(tmp_path, 200, seed=0), tmp_path / "cache")
+    assert len(gs.graphs) == 200 and all(hasattr(g, "edge_type") for g in gs.graphs)
+    assert all(g.edge_index.shape[1] == 2 * (g.num_nodes + 1) for g in gs.graphs)  # two rings: n + 1 bonds
+    acc = trivial_accuracy(gs)
+    assert acc < 0.65, acc  # chance is 1/2
+
+
+def test_community_graph_for_node_classification(tmp_path):
+    root = write_community_graph(tmp_path, nodes=600, communities=4, seed=0)
+    gs = read_csv_folder(root)
+    assert len(gs.graphs) == 1 and gs.graphs[0].num_nodes == 600
+    a = GraphAdapter({"task": "node", "max_nodes": 32})
+    ds = a.dataset({"root": str(root)}, train=True)
+    a.fit(ds)
+    assert len(ds) == 600 and len(ds.classes) == 4
+    s = ds[0]
+    assert s.patches.shape[0] <= 32 and s.label == ds.label(0)
