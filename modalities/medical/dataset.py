@@ -100,7 +100,9 @@ class MedicalDataset(TokenDataset):
         self.patients = [str(s.extra.get(cfg["patient_column"])) if s.extra.get(cfg["patient_column"]) else None for s in sources]
         self.k = int(cfg["crops_per_volume"]) if train else 1
         pad = list(cfg["roi"]) if train else None
-        self.volumes = self._cached(deterministic_transforms(cfg, with_seg=with_seg, pad_to=pad), pad)
+        # kept: inverting it (predicted masks back to the source space) needs these very instances
+        self.transform = deterministic_transforms(cfg, with_seg=with_seg, pad_to=pad)
+        self.volumes = self._cached(self.transform, pad)
         self.crops = random_crops(cfg, with_seg)
         self.center = center_crop(cfg["eval_roi"], with_seg) if cfg.get("eval_roi") else None
 
@@ -132,7 +134,10 @@ class MedicalDataset(TokenDataset):
             base = Path(self.cfg["cache_dir"] or os.environ.get("DOMAINFM_CACHE", Path.home() / ".cache" / "domainfm")) / "medical"
             folder = base / hashlib.sha1(key.encode()).hexdigest()[:16]
             folder.mkdir(parents=True, exist_ok=True)
-            return PersistentDataset(self.items, transform, cache_dir=folder)
+            # MetaTensors keep affine and the applied operations (needed to write masks back in the source
+            # space); their metadata holds numpy values, which torch's weights-only loader refuses, so cached
+            # files are unpickled in full: cache_dir must be a folder only this user writes to.
+            return PersistentDataset(self.items, transform, cache_dir=folder, track_meta=True, weights_only=False)
         raise ValueError(f"medical adapter: cache must be 'disk', 'memory' or 'none', not {kind!r}")
 
     # -- TokenDataset ------------------------------------------------------------------------------

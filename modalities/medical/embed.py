@@ -1,0 +1,78 @@
+"""Whole-volume embedding of any size: MONAI's sliding-window inferer over the encoder's token grid.
+
+Each window is cut into tokens exactly as in pretraining (``to_tokens``), encoded, and its token
+features are laid back on the window's patch grid. ``sliding_window_inference`` stitches the grids
+of overlapping windows into one feature map of the whole volume (an output 1/patch the input size),
+which is then pooled to one vector per study. A validity channel travels along, so voxels outside
+the scan (padding of small volumes, NaN) weigh nothing in the pooled vector.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from torch import Tensor
+
+from foundation.tokens import collate
+from modalities.medical.dataset import _plain, to_tokens
+from modalities.medical.preprocess import IMAGE, VALID
+
+
+class TokenGrid:
+    """A predictor for ``sliding_window_inference``: windows [b, C+1, *roi] -> features [b, D+1, *grid]."""
+
+    def __init__(self, encoder, cfg: dict, spacing: Tensor, layer: int | None = None) -> None:
+        self.encoder, self.cfg, self.spacing, self.layer = encoder, cfg, spacing, layer
+        self.patch = tuple(int(p) for p in cfg["patch"])
+
+    def __call__(self, windows: Tensor) -> Tensor:
+        c = int(self.cfg["channels"])
+        samples = []
+        for w in windows:
+            img = w[:c].cpu().as_subclass(torch.Tensor) if hasattr(w, "as_tensor") else w[:c].cpu()
+            s = to_tokens(img, w[c:].cpu(), self.cfg, "", "", None)
+            s.meta = {"spacing": self.spacing}
+            samples.append(s)
+        batch = collate(samples).to(next(self.encoder.parameters()).device)
+        enc = self.encoder(batch, return_layers=self.layer is not None)
+        feats = enc.tokens if self.layer is None else torch.nn.functional.layer_norm(enc.layers[self.layer], enc.tokens.shape[-1:])
+        keep = (~batch.padding).unsqueeze(-1).to(feats.dtype)
+        out = torch.cat([feats * keep, keep], -1)  # [b, N, D+1]
+        grid = [r // p for r, p in zip(windows.shape[2:], self.patch)]
+        return out.reshape(out.shape[0], *grid, out.shape[-1]).permute(0, 4, 1, 2, 3).to(windows.device)
+
+
+@torch.no_grad()
+def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer: int | None = None) -> dict[str, Tensor]:
+    """Pooled features of one preprocessed volume (``MedicalDataset.volume(i)``) under several poolings."""
+    image, valid = _plain(volume[IMAGE]).float(), _plain(volume[VALID]).float()
+    spacing = torch.as_tensor(volume[IMAGE].pixdim, dtype=torch.float32)[:3] if hasattr(volume[IMAGE], "pixdim") else torch.ones(3)
+    x = torch.cat([image, valid], 0)[None]
+    roi = [int(r) for r in cfg["sw_roi"]]
+    fmap = sliding_window_inference(x, roi, sw_batch_size, TokenGrid(encoder, cfg, spacing, layer),
+                                    overlap=float(cfg["sw_overlap"]), mode="constant", padding_mode="constant", cval=0.0)
+    fmap = fmap[0].flatten(1)  # [D+1, positions]
+    w = fmap[-1]
+    feats = fmap[:-1]
+    keep = w > 0.5
+    if not keep.any():
+        keep = w > 0
+    f = feats[:, keep] / w[keep]
+    mean = f.mean(1)
+    return {"mean": mean, "meanstd": torch.cat([mean, f.std(1, unbiased=False)]), "max": f.amax(1)}
+
+
+def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None) -> dict:
+    """One vector per volume of a ``MedicalDataset`` (any size), plus ids, paths and labels, as numpy."""
+    encoder.eval()
+    feats: dict[str, list] = {}
+    paths = []
+    for i in range(len(dataset.items)):
+        vol = dataset.volume(i)
+        for k, v in embed_volume(encoder, vol, dataset.cfg, sw_batch_size, layer).items():
+            feats.setdefault(k, []).append(v.float().cpu().numpy())
+        paths.append(vol["source"])
+    out = {k: np.stack(v) for k, v in feats.items()}
+    labels = dataset.labels if dataset.labels is not None else [-1] * len(paths)
+    out.update(ids=np.array(paths), paths=np.array(paths), labels=np.array(labels))
+    return out

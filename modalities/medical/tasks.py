@@ -1,0 +1,276 @@
+"""Downstream tasks on medical volumes: patient-wise splits, 3-d segmentation with a UNETR-style
+decoder over encoder layers (MONAI blocks), Dice (MONAI metrics), predicted masks written back as
+NIfTI in the source image's space, and a from-scratch supervised classifier baseline.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from monai.metrics import DiceMetric
+from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.transforms import Invertd
+from sklearn.model_selection import GroupShuffleSplit
+from torch import Tensor, nn
+
+from foundation.engine import warmup_cosine
+from foundation.tokens import collate
+from foundation.trunk import masked_mean
+from modalities.medical.dataset import MedicalDataset, _plain, to_tokens
+from modalities.medical.preprocess import IMAGE, SEG, VALID
+
+
+def patient_split(dataset: MedicalDataset, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Volume indices (train, test) with no patient on both sides; volumes without an id are their own patient."""
+    groups = [p if p is not None else f"__vol{i}" for i, p in enumerate(dataset.patients)]
+    split = GroupShuffleSplit(n_splits=1, test_size=test_fraction, random_state=seed)
+    tr, te = next(split.split(np.zeros(len(groups)), groups=groups))
+    return np.sort(tr), np.sort(te)
+
+
+# -- segmentation ------------------------------------------------------------------------------------
+def _stage_strides(patch: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Per upsampling stage (coarse -> fine), the stride of each axis: a 16x16x4 patch upsamples in
+    plane four times and through-plane twice."""
+    logs = []
+    for p in patch:
+        k = int(round(math.log2(p)))
+        if 2**k != p:
+            raise ValueError(f"segmentation needs power-of-two patch sizes, got {patch}")
+        logs.append(k)
+    s = max(logs)
+    return [tuple(2 if t <= k else 1 for k in logs) for t in range(s, 0, -1)]
+
+
+class UNETRDecoder(nn.Module):
+    """UNETR's decoder (Hatamizadeh et al. 2022) for any power-of-two patch and encoder depth.
+
+    Skips: the image itself at full resolution (``UnetrBasicBlock``), and shallow-to-deep encoder
+    layers upsampled to each finer level (chained ``UnetrPrUpBlock`` stages, so anisotropic patches
+    work); the final tokens are the bottleneck; ``UnetrUpBlock`` merges level by level.
+    """
+
+    def __init__(self, in_channels: int, width: int, depth: int, patch: tuple[int, int, int], classes: int, features: int = 16) -> None:
+        super().__init__()
+        self.strides = _stage_strides(patch)
+        s = len(self.strides)
+        self.layer_ids = [max(0, round(depth * j / s) - 1) for j in range(1, s)]  # level j=1..s-1
+        self.stem = UnetrBasicBlock(3, in_channels, features, kernel_size=3, stride=1, norm_name="instance", res_block=True)
+        self.skips = nn.ModuleList()
+        for j in range(1, s):
+            stages, ch = [], width
+            for t in range(s - j):  # from the token grid (level s) down to level j
+                out = features * 2**j
+                stages.append(UnetrPrUpBlock(3, ch, out, num_layer=0, kernel_size=3, stride=1,
+                                             upsample_kernel_size=self.strides[t], norm_name="instance", res_block=True))
+                ch = out
+            self.skips.append(nn.Sequential(*stages))
+        self.ups = nn.ModuleList()
+        ch = width
+        for j in range(s - 1, -1, -1):  # merge into level j
+            out = features * 2**j
+            self.ups.append(UnetrUpBlock(3, ch, out, kernel_size=3, upsample_kernel_size=self.strides[s - 1 - j], norm_name="instance", res_block=True))
+            ch = out
+        self.head = UnetOutBlock(3, features, classes)
+
+    def forward(self, image: Tensor, layers: list[Tensor], final: Tensor) -> Tensor:
+        """image [B, C, *S]; layers: per-block [B, C', *grid] maps; final [B, width, *grid]."""
+        s = len(self.strides)
+        skips = {0: self.stem(image)}
+        for j, block in zip(range(1, s), self.skips):
+            skips[j] = block(layers[self.layer_ids[j - 1]])
+        x = final
+        for j, up in zip(range(s - 1, -1, -1), self.ups):
+            x = up(x, skips[j])
+        return self.head(x)
+
+
+class SegmentationModel(nn.Module):
+    """Encoder (pretrained or fresh) + UNETR decoder. Input: a window [B, C+1, *roi] (image + validity)."""
+
+    def __init__(self, encoder, classes: int, features: int = 16) -> None:
+        super().__init__()
+        cfg = encoder.adapter.config
+        self.encoder, self.cfg = encoder, cfg
+        self.patch = tuple(int(p) for p in cfg["patch"])
+        self.decoder = UNETRDecoder(int(cfg["channels"]), encoder.width, encoder.config["depth"], self.patch, classes, features)
+
+    def forward(self, x: Tensor, spacing: Tensor | None = None) -> Tensor:
+        c = int(self.cfg["channels"])
+        samples = [to_tokens(w[:c].detach().cpu(), w[c:].detach().cpu(), self.cfg, "", "", None) for w in x.as_subclass(Tensor)]
+        if spacing is not None:
+            for s in samples:
+                s.meta = {"spacing": spacing}
+        batch = collate(samples).to(x.device)
+        enc = self.encoder(batch, return_layers=True)
+        grid = [r // p for r, p in zip(x.shape[2:], self.patch)]
+
+        def as_map(t: Tensor) -> Tensor:
+            return t.reshape(t.shape[0], *grid, t.shape[-1]).permute(0, 4, 1, 2, 3)
+
+        return self.decoder(x[:, :c].as_subclass(Tensor), [as_map(h) for h in enc.layers], as_map(enc.tokens))
+
+
+def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng: torch.Generator, per_volume: int) -> tuple[Tensor, Tensor]:
+    """Random ``roi`` windows (image + validity channel, and segmentation) with random flips."""
+    xs, ys = [], []
+    for vi in vols:
+        d = dataset.volume(vi)
+        dataset.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
+        for crop in dataset.crops(d)[:per_volume]:
+            x = torch.cat([_plain(crop[IMAGE]).float(), _plain(crop[VALID]).float()], 0)
+            y = _plain(crop[SEG]).long()
+            for ax in range(1, 4):
+                if bool(torch.rand((), generator=rng) < 0.5):
+                    x, y = x.flip(ax), y.flip(ax)
+            xs.append(x)
+            ys.append(y)
+    return torch.stack(xs), torch.stack(ys)
+
+
+def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
+                          lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5) -> list[float]:
+    """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve."""
+    classes = model.decoder.head.conv.conv.out_channels
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+    enc_params = list(model.encoder.parameters())
+    dec_params = list(model.decoder.parameters())
+    opt = torch.optim.AdamW([{"params": enc_params, "lr": lr * encoder_lr_scale}, {"params": dec_params, "lr": lr}], weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
+    rng = torch.Generator().manual_seed(seed)
+    losses = []
+    model.train()
+    spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
+    for _ in range(steps):
+        pick = torch.randperm(len(train_idx), generator=rng)[:batch_volumes].tolist()
+        x, y = _window_batch(dataset, [train_idx[i] for i in pick], dataset.cfg["roi"], rng, per_volume=2)
+        logits = model(x, spacing)
+        loss = loss_fn(logits, y.clamp(max=classes - 1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
+    return losses
+
+
+@torch.no_grad()
+def predict_volume(model: SegmentationModel, volume: dict, sw_batch_size: int = 4) -> Tensor:
+    """Label map [1, *S] of one preprocessed volume, by sliding windows over the whole volume."""
+    model.eval()
+    x = torch.cat([_plain(volume[IMAGE]).float(), _plain(volume[VALID]).float()], 0)[None]
+    spacing = torch.as_tensor(volume[IMAGE].pixdim, dtype=torch.float32)[:3]
+    roi = [int(r) for r in model.cfg["sw_roi"]]
+    logits = sliding_window_inference(x, roi, sw_batch_size, lambda w: model(w, spacing), overlap=float(model.cfg["sw_overlap"]), mode="gaussian")
+    return logits[0].argmax(0, keepdim=True)
+
+
+def dice_scores(model: SegmentationModel, dataset: MedicalDataset, idx: list[int], classes: int) -> np.ndarray:
+    """Mean foreground Dice (MONAI ``DiceMetric``, background excluded) per volume."""
+    metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
+    out = []
+    for i in idx:
+        d = dataset.volume(i)
+        pred = predict_volume(model, d)
+        y = _plain(d[SEG]).long()
+        p1 = F.one_hot(pred[0], classes).permute(3, 0, 1, 2)[None].float()
+        y1 = F.one_hot(y[0].clamp(max=classes - 1), classes).permute(3, 0, 1, 2)[None].float()
+        metric.reset()
+        metric(p1, y1)
+        out.append(float(torch.nanmean(metric.aggregate())))
+    return np.array(out)
+
+
+def write_prediction(pred: Tensor, volume: dict, dataset: MedicalDataset, out_path: str | Path) -> Path:
+    """Write a label map [1, *S] of a preprocessed volume of ``dataset`` as NIfTI in the *source* image's space.
+
+    MONAI's ``Invertd`` undoes the invertible steps of the dataset's preprocessing (foreground crop,
+    padding, resampling, reorientation) from the image's recorded operations, so the mask has the
+    source's shape, orientation, spacing and affine.
+    """
+    transform = dataset.transform
+    from monai.data import MetaTensor
+    from monai.utils import TraceKeys
+
+    d = dict(volume)
+    # a volume read back from the disk cache was transformed by instances of another process: match
+    # by the (deterministic) order of the pipeline instead of object ids
+    ops = [{**op, TraceKeys.ID: TraceKeys.NONE} for op in volume[IMAGE].applied_operations]
+    d[IMAGE] = MetaTensor(_plain(volume[IMAGE]), affine=volume[IMAGE].affine, meta=dict(volume[IMAGE].meta), applied_operations=ops)
+    d["pred"] = MetaTensor(pred.float(), affine=volume[IMAGE].affine, meta=dict(volume[IMAGE].meta), applied_operations=list(ops))
+    inv = Invertd(keys="pred", transform=transform, orig_keys=IMAGE, nearest_interp=True, to_tensor=True)
+    out = inv(d)["pred"]
+    affine = np.asarray(out.affine, dtype=np.float64)
+    arr = np.rint(_plain(out)[0].cpu().numpy()).astype(np.uint8)
+    out_path = Path(out_path)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    nib.save(nib.Nifti1Image(arr, affine), str(out_path))
+    return out_path
+
+
+# -- supervised from-scratch classifier (the "same size, same budget" baseline) -----------------
+class VolumeClassifier(nn.Module):
+    """Encoder + mean-pooled linear head, trained end to end on the labelled volumes only."""
+
+    def __init__(self, encoder, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(encoder.width, classes)
+
+    def forward(self, batch) -> Tensor:
+        enc = self.encoder(batch)
+        return self.head(masked_mean(enc.tokens, enc.padding))
+
+
+def train_classifier(model: VolumeClassifier, dataset: MedicalDataset, train_idx: list[int], labels: np.ndarray,
+                     steps: int, lr: float = 5e-4, batch_size: int = 8, seed: int = 0) -> float:
+    """Train on random crops (``dataset`` in train mode) of the labelled volumes; returns training accuracy
+    on their evaluation views, so an under-trained baseline is visible."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
+    rng = torch.Generator().manual_seed(seed)
+    y_all = torch.as_tensor(labels)
+    model.train()
+    for _ in range(steps):
+        pick = [train_idx[int(i)] for i in torch.randint(len(train_idx), (batch_size,), generator=rng)]
+        samples = []
+        for vi in pick:
+            j = int(torch.randint(dataset.k, (1,), generator=rng))
+            samples.append(dataset[(vi * dataset.k + j, int(torch.randint(2**31 - 1, (1,), generator=rng)))])
+        batch = collate(samples)
+        loss = F.cross_entropy(model(batch), y_all[pick])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    return float((predict_classes(model, dataset, train_idx) == labels[train_idx]).mean())
+
+
+@torch.no_grad()
+def predict_classes(model: VolumeClassifier, dataset: MedicalDataset, idx) -> np.ndarray:
+    """Class of each volume from its central crop (the deterministic view of a train-mode dataset)."""
+    model.eval()
+    out = []
+    for i in idx:
+        out.append(int(model(collate([dataset[int(i) * dataset.k]])).argmax(-1)))
+    model.train()
+    return np.array(out)
+
+
+def intensity_features(dataset: MedicalDataset) -> np.ndarray:
+    """The classical baseline: per-volume intensity statistics and histogram of the preprocessed volume."""
+    rows = []
+    for i in range(len(dataset.items)):
+        v = _plain(dataset.volume(i)[IMAGE]).float().flatten().numpy()
+        q = np.percentile(v, [1, 5, 25, 50, 75, 95, 99])
+        h = np.histogram(v, bins=16, range=(0.0, 1.0))[0] / v.size
+        rows.append(np.r_[v.mean(), v.std(), q, h])
+    return np.array(rows)
