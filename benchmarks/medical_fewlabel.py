@@ -1,0 +1,199 @@
+"""Does pretraining pay off with few labelled volumes? Synthetic cohort, paired seeds.
+
+1. Two synthetic cohorts: a pretraining cohort (unlabelled use) and a separate labelled cohort.
+2. MAE pretraining (recipe ``medical-mae``) on the pretraining cohort (or ``--run-dir`` of a finished run).
+3. Classification, k labelled volumes per class (k in --ks), for each seed a fresh patient-wise split
+   of the labelled cohort: linear probes (standardised, C and pooling by inner CV) on whole-volume
+   sliding-window embeddings of the pretrained encoder and of its random-init twin; the classical
+   baseline (intensity statistics + histogram, same probe); and a from-scratch supervised encoder of the
+   same size trained on the k labels (same steps for every k; its training accuracy is reported).
+4. Segmentation: UNETR decoder fine-tuned from the pretrained encoder vs the same model from scratch,
+   on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed.
+Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_interval).
+
+    OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py            # full (CPU: tens of minutes)
+    OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py --quick    # the reduced CI version
+
+Writes benchmarks/results/medical_fewlabel[_quick].json and .md (git commit, seeds, machine, wall time).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+warnings.filterwarnings("ignore")
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=Path(__file__).parent).strip()
+    except Exception:
+        return "unknown"
+
+
+def pretrain_encoder(args, pre_manifest: str, run_dir: Path):
+    from foundation.engine import pretrain
+    from foundation.export import encoder_from_run
+    from foundation.recipes import load_recipe
+
+    if not (run_dir / "encoder" / "config.json").exists():
+        recipe = load_recipe("medical-mae", [f"data.manifest={pre_manifest}", f"run.dir={run_dir}", "adapter.cache=memory",
+                                             f"train.steps={args.steps}", f"run.seed={args.seed}", "train.log_every=25"]
+                             + args.override)
+        pretrain(recipe, progress=False)
+    return encoder_from_run(run_dir)
+
+
+def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed):
+    from foundation.model import Encoder
+    from modalities.medical.tasks import VolumeClassifier, predict_classes, train_classifier
+
+    torch.manual_seed(seed)
+    model = VolumeClassifier(Encoder(encoder_like.adapter, **encoder_like.config), int(labels.max()) + 1)
+    train_acc = train_classifier(model, ds, list(train_idx), labels, steps=steps, seed=seed)
+    return model, train_acc, predict_classes
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="reduced version (CI)")
+    ap.add_argument("--pretrain-n", type=int, default=200)
+    ap.add_argument("--labelled-n", type=int, default=100)
+    ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
+    ap.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10])
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--scratch-steps", type=int, default=60)
+    ap.add_argument("--seg-train", type=int, default=5)
+    ap.add_argument("--seg-test", type=int, default=10)
+    ap.add_argument("--seg-steps", type=int, default=60)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default=None, help="folder for cohorts and the run (default: a temp dir)")
+    ap.add_argument("--run-dir", default=None, help="reuse a finished pretraining run")
+    ap.add_argument("--override", nargs="*", default=[], help="recipe overrides for pretraining")
+    ap.add_argument("--skip-seg", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.pretrain_n, args.labelled_n, args.steps, args.ks, args.seeds = 48, 40, 120, [5], 5
+        args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps = 30, 5, 6, 30
+    torch.set_num_threads(1)
+    t0 = time.time()
+    from foundation.evaluate import random_twin
+    from foundation.probes import few_shot_indices, linear_probe, paired_interval
+    from modalities.medical.dataset import MedicalDataset
+    from modalities.medical.embed import embed_studies
+    from modalities.medical.synthetic import write_cohort
+    from modalities.medical.tasks import SegmentationModel, dice_scores, finetune_segmentation, intensity_features, patient_split
+
+    work = Path(args.work or tempfile.mkdtemp(prefix="medical_fewlabel_"))
+    pre = work / "pre" / "manifest.csv"
+    if not pre.exists():
+        write_cohort(work / "pre", args.pretrain_n, seed=1000 + args.seed)
+    lab = work / "lab" / "manifest.csv"
+    if not lab.exists():
+        write_cohort(work / "lab", args.labelled_n, seed=2000 + args.seed)
+    run_dir = Path(args.run_dir) if args.run_dir else work / "run"
+    t_pre = time.time()
+    encoder = pretrain_encoder(args, str(pre), run_dir)
+    t_pre = time.time() - t_pre
+    metrics = (run_dir / "metrics.csv").read_text().strip().splitlines() if (run_dir / "metrics.csv").exists() else []
+    cfg = encoder.adapter.config
+    data = {"manifest": str(lab), "labels": "column:label"}
+    eval_ds = MedicalDataset(cfg, data, train=False)
+    train_ds = MedicalDataset(cfg, data, train=True)
+    labels = np.array(eval_ds.labels)
+    feats = {"pretrained": embed_studies(encoder, eval_ds), "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds)}
+    pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
+    pooled["intensity_stats"] = {"stats": intensity_features(eval_ds)}
+
+    rows, raw = [], {}
+    for k in args.ks:
+        acc = {m: [] for m in ("pretrained", "random_init", "intensity_stats", "scratch")}
+        scratch_train = []
+        for seed in range(args.seeds):
+            pool, test = patient_split(eval_ds, 0.4, seed)
+            tr = pool[few_shot_indices(labels[pool], k, seed)]
+            for m in ("pretrained", "random_init", "intensity_stats"):
+                res = linear_probe({p: x[tr] for p, x in pooled[m].items()}, labels[tr], {p: x[test] for p, x in pooled[m].items()}, labels[test], seed=seed)
+                acc[m].append(res["accuracy"])
+            model, train_acc, predict = scratch_classifier(encoder, train_ds, tr, labels, args.scratch_steps, seed)
+            acc["scratch"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
+            scratch_train.append(train_acc)
+            print(f"k={k} seed={seed} " + " ".join(f"{m}={v[-1]:.3f}" for m, v in acc.items()) + f" scratch_train={train_acc:.2f}", flush=True)
+        row = {"k": k, **{m: float(np.mean(v)) for m, v in acc.items()}, **{f"{m}_std": float(np.std(v)) for m, v in acc.items()},
+               "scratch_train_accuracy": float(np.mean(scratch_train))}
+        for other in ("random_init", "scratch", "intensity_stats"):
+            d, lo, hi = paired_interval(acc["pretrained"], acc[other])
+            row[f"vs_{other}"] = {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+        rows.append(row)
+        raw[k] = acc
+
+    seg = None
+    if not args.skip_seg:
+        from foundation.model import Encoder
+
+        seg_ds = MedicalDataset(cfg, data, train=True, with_seg=True)
+        dice = {"pretrained": [], "scratch": []}
+        for seed in range(args.seeds):
+            pool, test = patient_split(seg_ds, 0.4, seed)
+            rng = np.random.default_rng(seed)
+            tr = rng.permutation(pool)[: args.seg_train].tolist()
+            te = rng.permutation(test)[: args.seg_test].tolist()
+            for name in ("pretrained", "scratch"):
+                torch.manual_seed(seed)
+                enc = Encoder(encoder.adapter, **encoder.config)
+                if name == "pretrained":
+                    enc.load_state_dict(encoder.state_dict())
+                model = SegmentationModel(enc, classes=4)
+                finetune_segmentation(model, seg_ds, tr, steps=args.seg_steps, seed=seed)
+                dice[name].append(float(np.mean(dice_scores(model, seg_ds, te, 4))))
+            print(f"seg seed={seed} pretrained={dice['pretrained'][-1]:.3f} scratch={dice['scratch'][-1]:.3f}", flush=True)
+        d, lo, hi = paired_interval(dice["pretrained"], dice["scratch"])
+        seg = {"train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
+               "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
+               "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
+               "diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0), "raw": dice}
+
+    res = {"benchmark": "medical_fewlabel", "git_commit": git_commit(), "args": vars(args), "seeds": list(range(args.seeds)),
+           "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
+           "pretrain_seconds": t_pre, "pretrain_metrics_tail": metrics[-3:], "classification": rows, "raw": raw,
+           "segmentation": seg, "wall_time_s": time.time() - t0}
+    name = "medical_fewlabel_quick" if args.quick else "medical_fewlabel"
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
+    table = format_table(res)
+    (RESULTS / f"{name}.md").write_text(table)
+    print(table)
+
+
+def format_table(res: dict) -> str:
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py" + (" --quick" if res["args"]["quick"] else "")
+    lines = [f"Few-label medical volumes (synthetic cohort), {len(res['seeds'])} paired seeds; `{cmd}`; commit {res['git_commit'][:10]}, "
+             f"wall time {res['wall_time_s'] / 60:.1f} min.", "",
+             "| labels/class | MAE pretrained | random init | from scratch (train acc) | intensity stats | pretrained - random [95% CI] | pretrained - scratch [95% CI] | pretrained - stats [95% CI] |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in res["classification"]:
+        ci = lambda o: f"{r[o]['diff']:+.3f} [{r[o]['ci_low']:+.3f}, {r[o]['ci_high']:+.3f}]"  # noqa: E731
+        lines.append(f"| {r['k']} | {r['pretrained']:.3f} ± {r['pretrained_std']:.3f} | {r['random_init']:.3f} ± {r['random_init_std']:.3f} | "
+                     f"{r['scratch']:.3f} ± {r['scratch_std']:.3f} ({r['scratch_train_accuracy']:.2f}) | {r['intensity_stats']:.3f} ± {r['intensity_stats_std']:.3f} | "
+                     f"{ci('vs_random_init')} | {ci('vs_scratch')} | {ci('vs_intensity_stats')} |")
+    s = res.get("segmentation")
+    if s:
+        lines += ["", f"Segmentation ({s['train_volumes']} labelled volumes, {s['steps']} steps, Dice on {s['test_volumes']} held-out volumes):", "",
+                  "| fine-tuned from MAE | from scratch | difference [95% CI] |", "|---|---|---|",
+                  f"| {s['pretrained']:.3f} ± {s['pretrained_std']:.3f} | {s['scratch']:.3f} ± {s['scratch_std']:.3f} | {s['diff']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}] |"]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

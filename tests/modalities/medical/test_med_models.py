@@ -1,0 +1,140 @@
+"""Tokenizer, whole-volume embedding, segmentation head, masks in the source space, synthetic cohort."""
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from foundation.model import Encoder
+from foundation.tokens import collate
+from foundation.trunk import masked_mean
+from modalities.medical.adapter import MedicalAdapter
+from modalities.medical.dataset import MedicalDataset, to_tokens
+from modalities.medical.embed import embed_volume
+from modalities.medical.synthetic import make_volume, write_cohort
+from modalities.medical.tasks import SegmentationModel, UNETRDecoder, finetune_segmentation, predict_volume, write_prediction
+
+TINY = {"width": 32, "depth": 2, "heads": 2}
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cohort")
+    return root, write_cohort(root, 8, seed=3, size=(40, 40, 40))
+
+
+def test_tokenizer_is_token_local():
+    adapter = MedicalAdapter({"patch": [4, 4, 4], "roi": [16, 16, 16], "sw_roi": [16, 16, 16]})
+    tok = adapter.make_tokenizer(16)
+    torch.nn.init.normal_(tok.extent.weight)
+    x = torch.randn(2, 5, adapter.patch_dim)
+    meta = {"spacing": torch.tensor([[1.0, 1.0, 1.0], [0.5, 0.5, 3.0]])}
+    y = tok(x, meta)
+    x2 = x.clone()
+    x2[:, 1:] = torch.randn_like(x2[:, 1:])
+    assert torch.allclose(tok(x2, meta)[:, 0], y[:, 0])  # token 0 ignores the others
+    assert not torch.allclose(y[0, 0], tok(x[:1, :1].expand(2, 1, -1), meta)[1, 0])  # but sees its spacing
+
+
+def test_sliding_window_embedding_matches_plain_encoding_and_handles_any_size(small_cfg):
+    cfg = small_cfg(spacing=None)
+    adapter = MedicalAdapter(cfg)
+    torch.manual_seed(0)
+    enc = Encoder.build(adapter, TINY).eval()
+    from monai.data import MetaTensor
+
+    img = torch.rand(1, 32, 32, 32)
+    vol = {"image": MetaTensor(img, affine=torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0]))), "valid": torch.ones(1, 32, 32, 32)}
+    pooled = embed_volume(enc, vol, cfg)
+    s = to_tokens(img, torch.ones(1, 32, 32, 32), cfg, "x", "", None)
+    s.meta = {"spacing": torch.tensor([1.5, 1.5, 1.5])}
+    with torch.no_grad():
+        e = enc(collate([s]))
+    assert torch.allclose(pooled["mean"], masked_mean(e.tokens, e.padding)[0], atol=1e-5)
+    # a volume of any size, smaller than a window along one axis and larger along others
+    big = torch.rand(1, 20, 72, 50)
+    vol2 = {"image": MetaTensor(big, affine=torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0]))), "valid": torch.ones(1, 20, 72, 50)}
+    out = embed_volume(enc, vol2, cfg)
+    assert out["meanstd"].shape == (64,) and torch.isfinite(out["meanstd"]).all()
+    assert not torch.allclose(out["mean"], pooled["mean"])
+
+
+@pytest.mark.parametrize("patch,roi", [((8, 8, 8), (32, 32, 32)), ((16, 16, 4), (32, 32, 8))])
+def test_unetr_decoder_shapes(patch, roi):
+    dec = UNETRDecoder(1, 32, 4, patch, classes=3, features=4)
+    grid = [r // p for r, p in zip(roi, patch)]
+    layers = [torch.randn(2, 32, *grid) for _ in range(4)]
+    out = dec(torch.randn(2, 1, *roi), layers, torch.randn(2, 32, *grid))
+    assert out.shape == (2, 3, *roi)
+
+
+def test_segmentation_learns_and_masks_go_back_to_source_space(cohort, small_cfg):
+    root, data = cohort
+    cfg = small_cfg()
+    ds = MedicalDataset(cfg, {**data, "labels": None}, train=True, with_seg=True)
+    torch.manual_seed(0)
+    model = SegmentationModel(Encoder.build(MedicalAdapter(cfg), TINY), classes=4, features=8)
+    losses = finetune_segmentation(model, ds, [0, 1, 2], steps=16, lr=3e-3, batch_volumes=2)
+    assert np.mean(losses[-4:]) < 0.8 * np.mean(losses[:4])
+    v = ds.volume(3)
+    pred = predict_volume(model, v)
+    assert pred.shape == v["image"].shape
+    out = write_prediction(pred, v, ds, root / "pred" / "vol3.nii.gz")
+    src = nib.load(ds.items[3]["image"])
+    written = nib.load(str(out))
+    assert written.shape == src.shape and np.allclose(written.affine, src.affine)
+
+
+def test_ground_truth_round_trips_through_inverse_preprocessing(tmp_path, small_cfg):
+    """A mask in LPS orientation at 1x1x2.5 mm: preprocessed (RAS, 1.5 mm, cropped), inverted, equal to the source."""
+    img, seg = make_volume(1, np.random.default_rng(0), (40, 40, 16))
+    affine = np.array([[-1.0, 0, 0, 20], [0, -1.0, 0, 30], [0, 0, 2.5, -10], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(img, affine), str(tmp_path / "v.nii.gz"))
+    nib.save(nib.Nifti1Image(seg, affine), str(tmp_path / "v_seg.nii.gz"))
+    (tmp_path / "m.csv").write_text("path,seg\nv.nii.gz,v_seg.nii.gz\n")
+    ds = MedicalDataset(small_cfg(cache="disk", cache_dir=str(tmp_path / "cache")), {"manifest": str(tmp_path / "m.csv")}, train=True, with_seg=True)
+    v = ds.volume(0)
+    assert nib.aff2axcodes(v["image"].affine.numpy()) == ("R", "A", "S") and v["image"].shape[1:] != seg.shape
+    out = nib.load(str(write_prediction(v["seg"].as_tensor(), v, ds, tmp_path / "back.nii.gz")))
+    assert out.shape == seg.shape and np.allclose(out.affine, affine)
+    back = out.get_fdata().astype(int)
+    for c in (1, 2, 3):
+        inter = ((back == c) & (seg == c)).sum()
+        assert 2 * inter / ((back == c).sum() + (seg == c).sum()) > 0.75, c  # two nearest resamplings of small organs
+    # negative control: writing without the inverse (the preprocessed grid as is) does not match the source
+    assert v["seg"].shape[1:] != seg.shape or not np.array_equal(v["seg"].as_tensor()[0].numpy(), seg)
+
+
+def test_synthetic_cohort_hides_class_from_intensity_statistics(tmp_path):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X, y = [], []
+    for i in range(80):
+        img, seg = make_volume(i % 2, np.random.default_rng(i), (32, 32, 32))
+        h = np.histogram(img, bins=16, range=(0, 250))[0] / img.size
+        X.append(np.r_[img.mean(), img.std(), np.percentile(img, [5, 25, 50, 75, 95, 99]), h, (seg == 3).sum()])
+        y.append(i % 2)
+    acc = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)), np.array(X), y, cv=5).mean()
+    assert acc < 0.7, acc
+    data = write_cohort(tmp_path, 4, seed=0, spacing=(1.2, 1.2, 2.0), size=(24, 24, 16))
+    img = nib.load(str(tmp_path / "round" / "vol_0000.nii.gz"))
+    assert img.header.get_zooms()[:3] == pytest.approx((1.2, 1.2, 2.0)) and img.shape == (24, 24, 16)
+    seg = nib.load(str(tmp_path / "masks" / "vol_0000_seg.nii.gz")).get_fdata()
+    assert set(np.unique(seg)) == {0, 1, 2, 3}
+    assert data["labels"] == "column:label"
+
+
+def test_adapter_config_is_checked_and_travels_with_the_encoder(tmp_path):
+    with pytest.raises(ValueError, match="multiple of patch"):
+        MedicalAdapter({"patch": [16, 16, 16], "roi": [40, 40, 40]})
+    with pytest.raises(ValueError, match="unknown setting"):
+        MedicalAdapter({"spacng": [1, 1, 1]})
+    adapter = MedicalAdapter({"patch": [8, 8, 4], "roi": [32, 32, 8], "sw_roi": [32, 32, 8], "intensity": "ct", "ct_window": [-200, 300]})
+    enc = Encoder.build(adapter, TINY)
+    enc.save_pretrained(tmp_path / "enc")
+    again = Encoder.from_pretrained(tmp_path / "enc")
+    assert again.adapter.config == adapter.config and isinstance(again.adapter, MedicalAdapter)
