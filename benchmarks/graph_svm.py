@@ -61,16 +61,36 @@ def main() -> None:
         results["datasets"][f"{name}/{args.recipe}"] = r
         out.write_text(json.dumps(results, indent=1))
         print(f"{name} done in {r['wall_s']} s", flush=True)
-    print(f"\n| dataset | recipe | pretrained | random init | from scratch (train) | WL kernel | pre - random [95% CI] | k=10 pre / random |")
-    print("|---|---|---|---|---|---|---|---|")
+    table = render(results)
+    print(table)
+    out.with_suffix(".md").write_text(table)
+
+
+def render(results: dict) -> str:
+    """The README table, from the results file only (numbers are never typed by hand)."""
+    lines = ["| dataset | recipe (steps) | pretrained | random init | from scratch (train acc) | WL kernel "
+             "| pretrained - random, 95% CI | pretrained - scratch, 95% CI | k=10 labels/class: pretrained / random |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     for key, r in results["datasets"].items():
-        d = r["paired"]["pretrained_minus_random"]
+        name, recipe = key.split("/")
+        d, s = r["paired"]["pretrained_minus_random"], r["paired"]["pretrained_minus_scratch"]
         f = r["few_label"]
-        print(f"| {key.split('/')[0]} | {key.split('/')[1]} | {100 * r['pretrained']['mean']:.1f} ± {100 * r['pretrained']['std']:.1f} "
-              f"| {100 * r['random_init']['mean']:.1f} ± {100 * r['random_init']['std']:.1f} "
-              f"| {100 * r['from_scratch']['mean']:.1f} ({100 * r['from_scratch']['train_accuracy']:.0f}) "
-              f"| {100 * r['wl_kernel']['mean']:.1f} | {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] "
-              f"| {100 * f['pretrained']['10']['mean']:.1f} / {100 * f['random_init']['10']['mean']:.1f} |")
+        k = "10" if "10" in f["pretrained"] else sorted(f["pretrained"])[-1]
+        lines.append(
+            f"| {name} | {recipe} ({r['steps']}) | {pct(r['pretrained']['mean'])} ± {pct(r['pretrained']['std'])} "
+            f"| {pct(r['random_init']['mean'])} ± {pct(r['random_init']['std'])} "
+            f"| {pct(r['from_scratch']['mean'])} ({pct(r['from_scratch']['train_accuracy'])}) "
+            f"| {pct(r['wl_kernel']['mean'])} ± {pct(r['wl_kernel']['std'])} "
+            f"| {100 * d[0]:+.1f} [{100 * d[1]:+.1f}, {100 * d[2]:+.1f}] | {100 * s[0]:+.1f} [{100 * s[1]:+.1f}, {100 * s[2]:+.1f}] "
+            f"| {pct(f['pretrained'][k]['mean'])} / {pct(f['random_init'][k]['mean'])} |")
+    commits = sorted({r["commit"][:10] for r in results["datasets"].values()})
+    lines.append("")
+    lines.append(f"SVM: 10-fold CV x fold seeds {sorted({tuple(r['seeds']) for r in results['datasets'].values()})}, "
+                 f"mean ± std over fold seeds; from scratch: same encoder + linear head trained with labels on the "
+                 f"first seed's 10 folds; commit(s) {', '.join(commits)}; published GraphMAE: MUTAG 88.19 ± 1.26, "
+                 f"PROTEINS 75.30 ± 0.39.")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
