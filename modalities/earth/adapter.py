@@ -54,6 +54,7 @@ class EarthAdapter(Adapter):
         "band_dropout": 0.0,  # training views hide each band from the tokenizer with this probability
         "stats": None,  # {"mean": {band: v}, "std": {band: v}} filled by fit()
         "fit_max_chips": 2000,
+        "cache_chips": 1024,  # keep up to this many decoded chips in memory (small datasets re-read every epoch)
         "tokenizer_hidden": 128,
     }
     position_kind: ClassVar[str] = "sincos"
@@ -108,9 +109,8 @@ class EarthAdapter(Adapter):
             # Learn the band list from the first scene (descriptions / per-band files), then freeze it.
             self.config["bands"] = scenes[0].primary_bands
         for scene in scenes:
-            if scene.bands != self.channels:
-                raise ValueError(f"{scene.path}: bands {scene.bands} differ from the dataset's {self.channels}; "
-                                 "declare adapter.bands so every file is read the same way")
+            if not set(scene.bands) & set(self.channels):
+                raise ValueError(f"{scene.path}: bands {scene.bands} share none of the model's channels {self.channels}")
         return EarthDataset(scenes, self.config, train=train, on_error=on_error, skipped=skipped)
 
     def fit(self, dataset: EarthDataset) -> None:

@@ -43,6 +43,8 @@ class EarthDataset(TokenDataset):
     def __init__(self, scenes: list[Scene], cfg: dict, train: bool = False, on_error: str = "raise",
                  skipped: list[str] | None = None) -> None:
         self.scenes, self.cfg, self.train, self.on_error = scenes, cfg, train, on_error
+        self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per process (each worker its own)
+        self.channels = list(cfg["bands"]) + (list(cfg["pair_bands"]) if cfg.get("pair") else [])
         self.skipped = list(skipped or [])
         self.grids: list[Grid] = []
         self.chips: list[Chip] = []
@@ -82,21 +84,43 @@ class EarthDataset(TokenDataset):
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
-        """Chip ``index`` in physical units (reflectance, dB) with validity: [C, h, w] each."""
+        """Chip ``index`` in physical units (reflectance, dB) with validity: [C, h, w] each.
+
+        Bands come out in the model's channel order whatever the file's order; a channel the file
+        lacks (BigEarthNet has no B10) is all-invalid, a file band the model does not use is left out.
+        """
+        cached = self._cache.get(index)
+        if cached is not None:
+            return cached[0].copy(), cached[1].copy(), list(self.channels)
         chip = self.chips[index]
         scene, grid = self.scenes[chip.scene], self.grids[chip.scene]
-        data, valid, names = read_chip(scene.parts, grid, chip.window, self.cfg.get("nodata"))
-        data, valid = to_physical(data, valid, names, self.cfg, source=window_id(scene.path, chip.window))
+        cfg = {**self.cfg, **scene.decl}
+        data, valid, names = read_chip(scene.parts, grid, chip.window, cfg.get("nodata"))
+        data, valid = to_physical(data, valid, names, cfg, source=window_id(scene.path, chip.window))
+        data, valid, names = self._to_channels(data, valid, names)
         cloud = read_cloud(scene.cloud, grid, chip.window)
         if cloud is not None:
             from modalities.earth.bands import band
 
             optical = np.array([not band(n).is_sar for n in names])
             valid[optical] = apply_cloud_mask(valid[optical], cloud)
+        if len(self._cache) < int(self.cfg.get("cache_chips", 0)):
+            self._cache[index] = (data.copy(), valid.copy())
         return data, valid, names
 
+    def _to_channels(self, data: np.ndarray, valid: np.ndarray, names: list[str]):
+        if names == self.channels:
+            return data, valid, names
+        out = np.zeros((len(self.channels),) + data.shape[1:], np.float32)
+        ok = np.zeros(out.shape, bool)
+        for i, name in enumerate(names):
+            if name in self.channels:
+                j = self.channels.index(name)
+                out[j], ok[j] = data[i], valid[i]
+        return out, ok, list(self.channels)
+
     def _valid_fraction(self, scene: Scene, grid: Grid, window: Window) -> float:
-        data, valid, names = read_chip(scene.parts, grid, window, self.cfg.get("nodata"))
+        data, valid, names = read_chip(scene.parts, grid, window, {**self.cfg, **scene.decl}.get("nodata"))
         cloud = read_cloud(scene.cloud, grid, window)
         if cloud is not None:
             from modalities.earth.bands import band

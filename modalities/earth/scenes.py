@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from foundation.sources import Source, find_sources
-from modalities.earth.bands import canonical
+from modalities.earth.bands import PRESETS, canonical
 from modalities.earth.io import RasterPart, check_band_count, open_checked
 
 RASTER_EXTS = (".tif", ".tiff")
@@ -30,6 +30,7 @@ class Scene:
     extra: dict = field(default_factory=dict)
     n_primary: int = 1  # parts[:n_primary] are the primary file(s); the rest the SAR/optical companion
     source: str = ""  # the file or per-band folder the sample was found as
+    decl: dict = field(default_factory=dict)  # per-scene declaration (a manifest's preset/bands columns)
 
     @property
     def primary_bands(self) -> list[str]:
@@ -107,6 +108,11 @@ def companion_path(path: str, pair: str, pair_root: str | None, lookup: dict[str
         return lookup[name]
     if pair.startswith("regex:") and "=>" in pair:
         find, repl = pair[len("regex:"):].split("=>", 1)
+        if "/" in find:  # a rule over the whole path: regex:/s2/(.+)_S2\.tif$=>/s1/\1_S1.tif
+            target = re.sub(find, repl, path)
+            if target == path or not Path(target).exists():
+                raise FileNotFoundError(f"{path}: companion {target} (rule {pair!r}) does not exist")
+            return target
         other = re.sub(find, repl, Path(path).name)
         target = Path(path).parent / other
         if pair_root:  # companions in their own tree (s1/<Class>/x_S1.tif beside s2/<Class>/x_S2.tif)
@@ -124,6 +130,22 @@ def cloud_path(path: str, rule: str | None) -> str | None:
     find, repl = rule[len("regex:"):].split("=>", 1) if rule.startswith("regex:") else rule.split("=>", 1)
     target = Path(path).parent / re.sub(find, repl, Path(path).name)
     return str(target) if target.exists() and target.name != Path(path).name else None
+
+
+def row_declaration(row: dict, path: str) -> dict:
+    """A manifest row may declare its own file: a ``preset`` column and/or a ``bands`` column
+    (space/comma separated, file order). This is how one dataset mixes EuroSAT files (B8A last) with
+    files in registry order: each is read as declared, then mapped onto the model's channels."""
+    decl: dict = {}
+    preset = (row or {}).get("preset")
+    if preset:
+        if preset not in PRESETS:
+            raise ValueError(f"{path}: unknown preset {preset!r} in the manifest; known: {sorted(PRESETS)}")
+        decl.update({k: v for k, v in PRESETS[preset].items() if k != "layout"})
+    bands = (row or {}).get("bands")
+    if bands:
+        decl["bands"] = [canonical(b) for b in re.split(r"[\s,;]+", str(bands).strip()) if b]
+    return decl
 
 
 def find_scenes(data: dict, cfg: dict, on_error: str = "raise") -> tuple[list[Scene], list[str]]:
@@ -153,12 +175,13 @@ def find_scenes(data: dict, cfg: dict, on_error: str = "raise") -> tuple[list[Sc
         if cfg.get("include") and not re.search(cfg["include"], name):
             continue
         try:
-            parts = scene_parts(src.path, cfg.get("bands"))
+            decl = row_declaration(src.extra, src.path)
+            parts = scene_parts(src.path, decl.get("bands", cfg.get("bands")))
             n_primary = len(parts)
             if pair:
                 other = companion_path(src.path, pair, pair_root, lookup)
                 parts += scene_parts(other, cfg.get("pair_bands"))
-            scenes.append(Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path))
+            scenes.append(Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path, decl))
         except (ValueError, FileNotFoundError) as err:
             if on_error != "skip":
                 raise

@@ -186,3 +186,30 @@ def test_synthetic_scenes_are_labelled_georeferenced_and_defeat_band_statistics(
     acc = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000)),
                           np.array(feats), np.array(labels), cv=5).mean()
     assert acc < 0.35, f"band mean/std features separate the synthetic classes too well ({acc:.2f}; chance 0.17)"
+
+
+def test_manifest_mixes_band_orders_onto_one_channel_list(tmp_path, eurosat):
+    """EuroSAT (B8A last) and registry-order files in one dataset: every chip in the model's order."""
+    from modalities.earth.bands import S2_BANDS
+    from modalities.earth.synthetic import write_synthetic
+
+    e_file = sorted(eurosat.rglob("*.tif"))[0]
+    syn = write_synthetic(tmp_path / "syn", 2, seed=0, with_sar=False)
+    s_file = sorted((tmp_path / "syn").rglob("*.tif"))[0]
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"path,preset\n{e_file},eurosat_ms\n{s_file},\n")
+    a = EarthAdapter({"bands": S2_BANDS, "min_valid_fraction": 0.0})
+    ds = a.dataset({"manifest": str(manifest)}, train=False)
+    x, v, names = ds.read(0)
+    with rasterio.open(e_file) as f:
+        raw = f.read().astype(np.float32)
+    assert names == S2_BANDS and len(ds) == 2
+    np.testing.assert_allclose(x[names.index("B8A")], raw[12] * 1e-4, rtol=1e-6)  # file band 13 is B8A
+    np.testing.assert_allclose(x[names.index("B09")], raw[8] * 1e-4, rtol=1e-6)
+    # A 4-band model reads the same 13-band file as 4 channels (RGB+NIR), the rest left out.
+    b = EarthAdapter({"preset": "eurosat_ms", "bands": ["B02", "B03", "B04", "B08"]})
+    m4 = tmp_path / "m4.csv"
+    m4.write_text(f"path,preset\n{e_file},eurosat_ms\n")
+    s4 = b.dataset({"manifest": str(m4)}, train=False)[0]
+    assert s4.patches.shape[1] == 4 * 64 and s4.meta["wavelengths"].tolist() == pytest.approx([0.49, 0.56, 0.665, 0.842])
+    assert syn["labels"] == "folder"
