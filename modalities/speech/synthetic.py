@@ -50,10 +50,10 @@ def _resonate(x: np.ndarray, freqs: np.ndarray, bw: float, sr: int, block: int) 
 
 def synthesize(word: str, spk: dict, rng: np.random.Generator, sr: int = 16000) -> np.ndarray:
     """One take of ``word`` by speaker ``spk`` as float32 samples."""
-    block = sr // 200  # formants move every 5 ms
+    block = sr // 100  # formants move every 10 ms
     speed = rng.uniform(0.8, 1.25)
     durs = [rng.uniform(0.12, 0.2) * speed for _ in word]
-    n_blocks = [max(4, int(d * 200)) for d in durs]
+    n_blocks = [max(4, int(d * 100)) for d in durs]
     targets = np.array([VOWELS[v] for v in word], dtype=float) * spk["vtl"] * rng.uniform(0.97, 1.03, size=(len(word), 3))
     # per-block formant tracks: hold each vowel, glide linearly into the next over its first 40%
     tracks = []
