@@ -74,7 +74,7 @@ def render(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     for key, r in results["datasets"].items():
         name, recipe = key.split("/")
-        d, s = r["paired"]["pretrained_minus_random"], r["paired"]["pretrained_minus_scratch"]
+        d, s = r["paired"]["pretrained_minus_random"], r["paired"]["pretrained_minus_scratch"] or (float("nan"),) * 3
         f = r["few_label"]
         k = "10" if "10" in f["pretrained"] else sorted(f["pretrained"])[-1]
         lines.append(

@@ -97,18 +97,19 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds)
     # from scratch: same folds as the first seed, its own training and test accuracy per fold
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
-    split = split[: scratch_folds or folds]
+    split = split[: scratch_folds or folds] if scratch_steps else []  # scratch_steps=0: skip (e.g. a second recipe)
     sc_acc, sc_train = [], []
     for f, (tr, te) in enumerate(split):
         enc, head = train_scratch(adapter, recipe["model"], ds, tr, y, scratch_steps, seed=f)
         sc_acc.append(float((scratch_predict(enc, head, ds, te) == y[te]).mean()))
         sc_train.append(float((scratch_predict(enc, head, ds, tr) == y[tr]).mean()))
-    res["from_scratch"] = {"fold_accuracy": sc_acc, "mean": float(np.mean(sc_acc)), "train_accuracy": float(np.mean(sc_train)),
+    res["from_scratch"] = {"fold_accuracy": sc_acc, "mean": float(np.mean(sc_acc)) if sc_acc else float("nan"),
+                           "train_accuracy": float(np.mean(sc_train)) if sc_train else float("nan"),
                            "steps": scratch_steps, "folds": len(split)}
     pre_folds = np.array(res["pretrained"]["fold_accuracy"])
     res["paired"] = {
         "pretrained_minus_random": paired_interval(pre_folds, res["random_init"]["fold_accuracy"]),
-        "pretrained_minus_scratch": paired_interval(pre_folds[: len(sc_acc)], sc_acc),
+        "pretrained_minus_scratch": paired_interval(pre_folds[: len(sc_acc)], sc_acc) if sc_acc else None,
         "pretrained_minus_wl": paired_interval(pre_folds, res["wl_kernel"]["fold_accuracy"]),
     }
     # few labels: k per class from a stratified half, tested on the other half, paired seeds
