@@ -93,9 +93,9 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     """
     tr, seed = recipe["train"], int(recipe["run"]["seed"])
     run_dir = Path(recipe["run"]["dir"])
-    accelerator = Accelerator(mixed_precision=tr["precision"])
+    accelerator = Accelerator(mixed_precision=tr["precision"], cpu=not torch.cuda.is_available())
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    seed_everything(seed + rank)
+    seed_everything(seed)  # the same initial weights on every rank (the EMA teacher is copied from them)
     if accelerator.is_main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
@@ -110,6 +110,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     model = build_objective(recipe, encoder)
     teacher = model.make_teacher().to(device) if isinstance(model, JEPA) else None
 
+    seed_everything(seed + rank)  # from here on, per-rank randomness
     steps = int(tr["steps"])
     optimizer = torch.optim.AdamW(param_groups(model, tr["weight_decay"]), lr=tr["lr"], betas=tuple(tr["betas"]),
                                   fused=device.type == "cuda" or None)

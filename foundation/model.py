@@ -54,11 +54,9 @@ class Encoder(nn.Module):
         self.tokenizer = adapter.make_tokenizer(width)
         self.positions = make_positions(adapter.position_kind, adapter.coord_dims, width)
         self.register = nn.Parameter(torch.zeros(1, 1, width))
-        self.mask_embedding = nn.Parameter(torch.zeros(1, 1, width))  # used when masked tokens stay in the trunk
         self.bias_buckets = adapter.attn_bias_buckets
         self.trunk = Transformer(width, depth, heads, mlp_ratio, qkv_bias, bias_buckets=self.bias_buckets + 1 if self.bias_buckets else 0)
         nn.init.trunc_normal_(self.register, std=0.02)
-        nn.init.trunc_normal_(self.mask_embedding, std=0.02)
 
     @classmethod
     def build(cls, adapter: Adapter, model_cfg: dict) -> "Encoder":
@@ -68,12 +66,14 @@ class Encoder(nn.Module):
     def width(self) -> int:
         return self.config["width"]
 
-    def forward(self, batch: PatchBatch, keep: Visible | None = None, replace: Tensor | None = None, return_layers: bool = False) -> Encoded:
+    def forward(self, batch: PatchBatch, keep: Visible | None = None, replace: Tensor | None = None,
+                replacement: Tensor | None = None, return_layers: bool = False) -> Encoded:
         """Encode the kept tokens only (all tokens when ``keep`` is None).
 
         The tokenizer is called on the gathered visible patches, so hidden tokens cost nothing.
-        ``replace`` [B, N] swaps the tokenizer output of those tokens for a learned mask embedding
-        (GraphMAE-style: masked tokens stay in the trunk with their structure, not their values).
+        ``replace`` [B, N] swaps the tokenizer output of those tokens for ``replacement`` [1, 1, D], the
+        objective's learned mask embedding (GraphMAE-style: masked tokens stay in the trunk with their
+        structure and position, not their values).
         """
         if keep is None:
             patches, coords, padding, bias = batch.patches, batch.coords, batch.padding, batch.attn_bias
@@ -84,7 +84,7 @@ class Encoder(nn.Module):
         x = self.tokenizer(patches, batch.meta)
         if replace is not None:
             rep = replace if keep is None else gather_tokens(replace, keep.index)
-            x = torch.where(rep.unsqueeze(-1), self.mask_embedding.to(x.dtype), x)
+            x = torch.where(rep.unsqueeze(-1), replacement.to(x.dtype), x)
         x = x + self.positions(coords).to(x.dtype)
         x = torch.cat([self.register.expand(x.shape[0], -1, -1).to(x.dtype), x], 1)
         pad = torch.cat([padding.new_zeros(padding.shape[0], 1), padding], 1)

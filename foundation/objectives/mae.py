@@ -18,6 +18,9 @@ class MAE(nn.Module):
         adapter = encoder.adapter
         self.encoder, self.adapter, self.masking = encoder, adapter, dict(masking)
         self.mask_tokens_in_encoder = mask_tokens_in_encoder
+        if mask_tokens_in_encoder:
+            self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, encoder.width))
+            nn.init.trunc_normal_(self.encoder_mask_token, std=0.02)
         self.decoder_embed = nn.Linear(encoder.width, decoder_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_width))
         self.decoder_positions = make_positions(adapter.position_kind, adapter.coord_dims, decoder_width)
@@ -28,7 +31,7 @@ class MAE(nn.Module):
 
     def forward_encoder(self, batch: PatchBatch, hidden: Tensor):
         if self.mask_tokens_in_encoder:  # GraphMAE: hidden tokens stay in the trunk as mask embeddings
-            return self.encoder(batch, replace=hidden), None
+            return self.encoder(batch, replace=hidden, replacement=self.encoder_mask_token), None
         keep = visible_tokens(hidden, batch.padding)
         return self.encoder(batch, keep=keep), keep
 
