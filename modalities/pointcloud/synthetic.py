@@ -186,3 +186,36 @@ def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, points: int = 20
         (out / cls).mkdir(parents=True, exist_ok=True)
         write_ply(out / cls / f"{cls}_{i:05d}.ply", scan_object(cls, rng, points))
     return {"root": str(out), "labels": "folder"}
+
+
+def scan_scene(rng: np.random.Generator, points: int = 4096, size: float = 40.0) -> tuple[np.ndarray, np.ndarray]:
+    """A small airborne-LiDAR-like tile with per-point LAS classes: 2 ground (a gently sloped,
+    bumpy plane), 6 building (box roofs and walls), 5 high vegetation (trunk + crown). For the
+    segmentation head's tests and demos; coordinates in metres with a UTM-like offset."""
+    parts, labels = [], []
+    n_ground = points // 2
+    g = rng.random((n_ground, 2)) * size
+    slope = rng.normal(scale=0.03, size=2)
+    z = g @ slope + 0.3 * np.sin(g[:, 0] / 5) * np.cos(g[:, 1] / 7) + rng.normal(scale=0.05, size=n_ground)
+    parts.append(np.column_stack([g, z]))
+    labels.append(np.full(n_ground, 2))
+    rest = points - n_ground
+    kinds = rng.integers(0, 2, size=int(rng.integers(3, 7)))
+    counts = _split(rest, np.ones(len(kinds)))
+    for kind, n in zip(kinds, counts):
+        cx, cy = rng.uniform(5, size - 5, size=2)
+        base = float(np.array([cx, cy]) @ slope)
+        if kind == 0:  # building
+            w, d, h = rng.uniform(4, 10), rng.uniform(4, 10), rng.uniform(3, 12)
+            p = _box(n, rng, (w, d, h), (cx, cy, base + h / 2))
+            labels.append(np.full(n, 6))
+        else:  # tree
+            h, r = rng.uniform(4, 10), rng.uniform(1.5, 3.5)
+            c = _split(n, [1, 6])
+            trunk = _tube(c[0], rng, 0.2, h * 0.5, 0) + [cx, cy, base]
+            crown = _sphere(c[1], rng, r) * rng.uniform(0.7, 1.0, size=(c[1], 1)) + [cx, cy, base + h * 0.5 + r]
+            p = np.concatenate([trunk, crown])
+            labels.append(np.full(n, 5))
+        parts.append(p)
+    xyz = np.concatenate(parts) + rng.normal(scale=0.03, size=(points, 3)) + [500000.0, 4100000.0, 50.0]
+    return xyz, np.concatenate(labels)

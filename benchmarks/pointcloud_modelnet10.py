@@ -1,0 +1,303 @@
+"""ModelNet10 acceptance: does Point-MAE pretraining pay off with few labels?
+
+Protocol (DESIGN "How we prove a claim"):
+- A stratified hold-out (``--test-fraction``) of the 3,991 shapes is the test set; pretraining sees
+  only the other shapes, without labels. Test shapes never touch pretraining, probe tuning or
+  early stopping.
+- Pretrained encoder vs the same architecture randomly initialised (frozen features; pooling and
+  regularisation chosen by inner CV on the training labels), and vs the same architecture trained
+  from scratch, supervised, on the same labelled shapes (its training accuracy is reported).
+- k = 10 labels per class over ``--seeds`` paired seeds: overall accuracy (OA) and class-balanced
+  accuracy (mAcc); a win is a paired 95% t-interval above zero.
+- Linear SVM on all training labels (as the field reports), OA and mAcc.
+- The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes) on the test split.
+
+    OMP_NUM_THREADS=1 python benchmarks/pointcloud_modelnet10.py            # full run (~45 min, 2 cores)
+    python benchmarks/pointcloud_modelnet10.py --quick                      # smoke run (minutes)
+
+Writes ``benchmarks/results/pointcloud_modelnet10[-tag].json`` and ``.md`` (git commit, seeds,
+machine, wall time) and, unless ``--no-export``, the pretrained encoder to ``--work/encoder``.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.model_selection import train_test_split
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from foundation.embed import embed_dataset  # noqa: E402
+from foundation.engine import pretrain, warmup_cosine  # noqa: E402
+from foundation.evaluate import random_twin  # noqa: E402
+from foundation.model import Encoder  # noqa: E402
+from foundation.probes import few_shot_indices, paired_interval  # noqa: E402
+from foundation.recipes import load_recipe  # noqa: E402
+from foundation.tokens import collate  # noqa: E402
+from foundation.trunk import masked_max, masked_mean  # noqa: E402
+from modalities.base import adapter_class, sample_seed  # noqa: E402
+from modalities.pointcloud.tasks import accuracies, few_shot_eval, probe  # noqa: E402
+
+POOLINGS = ("mean", "max", "meanstd", "cls", "mid_meanstd")
+
+
+def shared_data() -> Path:
+    return Path(os.environ.get("DOMAINFM_SHARED_DATA", REPO.parent / "shared" / "data")) / "pointcloud" / "modelnet10"
+
+
+def split(labels: np.ndarray, test_fraction: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    idx = np.arange(len(labels))
+    pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=seed)
+    return np.sort(pool), np.sort(test)
+
+
+def write_manifest(path: Path, files: list[str], labels: list[str]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows(zip(files, labels))
+    return path
+
+
+def pretrained_encoder(args, manifest: Path) -> tuple[Encoder, dict]:
+    run_dir = args.work / "pretrain"
+    overrides = [f"data.manifest={manifest}", "data.root=", f"run.dir={run_dir}", f"run.seed={args.pretrain_seed}",
+                 f"train.steps={args.steps}", "data.num_workers=1"] + args.override
+    recipe = load_recipe(args.recipe, overrides)
+    if not (run_dir / "encoder" / "config.json").exists():
+        pretrain(recipe, progress=args.progress)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return Encoder.from_pretrained(run_dir / "encoder"), {"recipe": recipe, "summary": summary}
+
+
+def pooled_split(feats: dict, idx: np.ndarray) -> dict:
+    return {p: feats[p][idx] for p in POOLINGS}
+
+
+def probe_pooled(kind: str, feats: dict, y: np.ndarray, tr: np.ndarray, te: np.ndarray, poolings=POOLINGS) -> dict:
+    """Pick the pooling by inner CV on the training labels (``probe`` tunes C inside), then score on test."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    best, best_cv = poolings[0], -1.0
+    if len(poolings) > 1:
+        folds = int(min(5, np.bincount(y[tr]).min()))
+        for p in poolings:
+            model = make_pipeline(StandardScaler(), LinearSVC(C=0.01, max_iter=5000, dual="auto"))
+            cv = cross_val_score(model, feats[p][tr], y[tr], cv=StratifiedKFold(folds, shuffle=True, random_state=0)).mean()
+            if cv > best_cv:
+                best, best_cv = p, cv
+    out = probe(kind, feats[best][tr], y[tr], feats[best][te], y[te])
+    out["pooling"] = best
+    return out
+
+
+class Classifier(torch.nn.Module):
+    """The encoder plus a linear head on [mean, max] of its tokens: the from-scratch supervised baseline."""
+
+    def __init__(self, encoder: Encoder, classes: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = torch.nn.Linear(2 * encoder.width, classes)
+
+    def forward(self, batch) -> torch.Tensor:
+        enc = self.encoder(batch)
+        return self.head(torch.cat([masked_mean(enc.tokens, enc.padding), masked_max(enc.tokens, enc.padding)], -1))
+
+
+def supervised_scratch(adapter, model_cfg: dict, dataset, labels: np.ndarray, tr: np.ndarray, te: np.ndarray, steps: int,
+                       batch_size: int, lr: float, seed: int) -> dict:
+    """Train the same architecture from random init on the labelled shapes (with the pretraining's augmentation)."""
+    torch.manual_seed(seed)
+    model = Classifier(Encoder.build(adapter, model_cfg), int(labels.max()) + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
+    rng = np.random.default_rng(seed)
+    model.train()
+    for step in range(steps):
+        pick = rng.choice(tr, size=min(batch_size, len(tr)), replace=False)
+        batch = collate([dataset[(int(i), sample_seed(seed, step, int(i)))] for i in pick])
+        loss = torch.nn.functional.cross_entropy(model(batch), torch.as_tensor(labels[pick]), label_smoothing=0.1)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+    model.eval()
+
+    @torch.no_grad()
+    def predict(idx):
+        return np.concatenate([model(collate([dataset[int(i)] for i in idx[s: s + 64]])).argmax(-1).numpy()
+                               for s in range(0, len(idx), 64)])
+
+    out = accuracies(labels[te], predict(te))
+    out["train_acc"] = float((predict(tr) == labels[tr]).mean())
+    return out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", type=Path, default=shared_data())
+    ap.add_argument("--recipe", default="pointcloud-mae")
+    ap.add_argument("--override", nargs="*", default=[], help="extra recipe overrides key=value")
+    ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
+    ap.add_argument("--test-fraction", type=float, default=0.4)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--seeds", type=int, default=5)
+    ap.add_argument("--pretrain-seed", type=int, default=0)
+    ap.add_argument("--sup-steps", type=int, default=200, help="optimiser steps of each from-scratch supervised run")
+    ap.add_argument("--sup-batch", type=int, default=16)
+    ap.add_argument("--sup-lr", type=float, default=5e-4)
+    ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--subset", type=int, default=0, help="use only this many shapes (smoke runs)")
+    ap.add_argument("--quick", action="store_true", help="smoke run: 40 pretraining steps, 600 shapes, 2 seeds")
+    ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_pointcloud_modelnet10")
+    ap.add_argument("--tag", default="")
+    ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.steps, args.subset, args.seeds, args.sup_steps, args.episodes = 40, 600, 2, 30, 3
+        args.tag = args.tag or "quick"
+        args.work = args.work.with_name(args.work.name + "-quick")
+    torch.set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    # An accuracy experiment, not a timing: it does not wait for the timed-benchmark lock (its
+    # timings are reported with the machine's load average, for orientation only).
+    result = run(args)
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "modalities/pointcloud", "benchmarks/pointcloud_modelnet10.py",
+                                 "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
+    result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
+                      "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
+                      "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
+                                  "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
+    name = "pointcloud_modelnet10" + (f"-{args.tag}" if args.tag else "")
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / f"{name}.json").write_text(json.dumps(result, indent=1, default=float))
+    table = format_table(result)
+    (args.out / f"{name}.md").write_text(table + "\n")
+    print(table)
+    return result
+
+
+def run(args) -> dict:
+    adapter_cls = adapter_class("pointcloud")
+    files = sorted(str(p) for p in args.data.rglob("*.pcd"))
+    if not files:
+        raise SystemExit(f"no .pcd files under {args.data}")
+    names = [Path(f).parent.name for f in files]
+    if args.subset:
+        keep, _ = train_test_split(np.arange(len(files)), train_size=args.subset, stratify=names, random_state=0)
+        keep = np.sort(keep)
+        files, names = [files[i] for i in keep], [names[i] for i in keep]
+    classes = sorted(set(names))
+    labels = np.array([classes.index(n) for n in names])
+    pool, test = split(labels, args.test_fraction)
+    manifest = write_manifest(args.work / "all.csv", files, names)
+    pre_manifest = write_manifest(args.work / "pretrain.csv", [files[i] for i in pool], [names[i] for i in pool])
+    t = time.perf_counter()
+    encoder, info = pretrained_encoder(args, pre_manifest)
+    timings = {"pretrain_s": info["summary"].get("wall_s", time.perf_counter() - t)}
+    adapter = encoder.adapter
+    eval_ds = adapter.dataset({"manifest": str(manifest), "labels": "column:label"}, train=False)
+    assert list(eval_ds.classes) == classes and [eval_ds.label(i) for i in range(len(eval_ds))] == labels.tolist()
+    t = time.perf_counter()
+    feats = {"pretrained": embed_dataset(encoder, eval_ds, batch_size=64),
+             "random_init": embed_dataset(random_twin(encoder, seed=args.pretrain_seed), eval_ds, batch_size=64)}
+    timings["embed_s"] = time.perf_counter() - t
+
+    # -- k labels per class, paired seeds ------------------------------------------------------
+    t = time.perf_counter()
+    few: dict[str, list[dict]] = {"pretrained": [], "random_init": [], "scratch_supervised": []}
+    train_ds = adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)
+    model_cfg = dict(encoder.config)
+    for seed in range(args.seeds):
+        tr = pool[few_shot_indices(labels[pool], args.k, seed)]
+        for m in ("pretrained", "random_init"):
+            few[m].append(probe_pooled("linear", feats[m], labels, tr, test))
+        few["scratch_supervised"].append(supervised_scratch(adapter, model_cfg, train_ds, labels, tr, test, args.sup_steps,
+                                                            args.sup_batch, args.sup_lr, seed))
+        print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
+    timings["few_label_s"] = time.perf_counter() - t
+
+    # -- linear SVM on all training labels -------------------------------------------------------
+    t = time.perf_counter()
+    svm = {m: probe_pooled("svm", feats[m], labels, pool, test) for m in ("pretrained", "random_init")}
+    timings["svm_s"] = time.perf_counter() - t
+
+    # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
+    t = time.perf_counter()
+    episodes = {}
+    for m in ("pretrained", "random_init"):
+        x = feats[m][svm[m]["pooling"]][test]
+        episodes[m] = {}
+        for way in (5, 10):
+            for shot in (10, 20):
+                try:
+                    episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
+                except ValueError as err:
+                    episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
+    timings["episodes_s"] = time.perf_counter() - t
+
+    comparisons = {}
+    for metric in ("oa", "macc"):
+        for other in ("random_init", "scratch_supervised"):
+            a = [r[metric] for r in few["pretrained"]]
+            b = [r[metric] for r in few[other]]
+            mean, lo, hi = paired_interval(a, b)
+            comparisons[f"pretrained-vs-{other}-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+    return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
+            "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
+            "svm_all_labels": svm, "episodes": episodes, "timings": timings}
+
+
+def _ms(rows: list[dict], key: str) -> str:
+    v = np.array([r[key] for r in rows])
+    return f"{v.mean():.3f} ± {v.std():.3f}"
+
+
+def format_table(res: dict) -> str:
+    meta = res.get("meta", {})
+    few, cmp_ = res["few_label"], res["comparisons"]
+    lines = [f"# ModelNet10: pretrained vs random init vs from-scratch supervised ({res['n_shapes']} shapes, "
+             f"{res['n_pool']} train / {res['n_test']} test, stratified)", "",
+             f"commit {meta.get('git_commit', '?')}{' (dirty)' if meta.get('dirty') else ''}, {meta.get('machine', {}).get('platform', '')}, "
+             f"{meta.get('machine', {}).get('torch_threads', '?')} thread(s), wall {meta.get('wall_s', 0):.0f} s; "
+             f"pretraining {meta.get('pretrain_steps')} steps, final loss {res['pretrain'].get('final_loss', float('nan')):.4f} "
+             f"(first {res['pretrain'].get('first_loss', float('nan')):.4f})", "",
+             f"## k = {meta.get('k')} labels per class, {len(few['pretrained'])} paired seeds (test OA / mAcc, mean ± std)", "",
+             "| method | OA | mAcc | train acc |", "| --- | --- | --- | --- |"]
+    for m in ("pretrained", "random_init", "scratch_supervised"):
+        lines.append(f"| {m} | {_ms(few[m], 'oa')} | {_ms(few[m], 'macc')} | {_ms(few[m], 'train_acc')} |")
+    lines += ["", "| paired difference | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
+    for name, c in cmp_.items():
+        lines.append(f"| {name} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
+    lines += ["", "## Linear SVM on all training labels", "", "| method | OA | mAcc | train acc | pooling |", "| --- | --- | --- | --- | --- |"]
+    for m, r in res["svm_all_labels"].items():
+        lines.append(f"| {m} | {r['oa']:.3f} | {r['macc']:.3f} | {r['train_acc']:.3f} | {r['pooling']} |")
+    lines += ["", "## Few-shot episodes on the test split (linear SVM per episode, 20 queries/class, mean ± std)", "",
+              "| method | " + " | ".join(res["episodes"]["pretrained"]) + " |", "| --- |" + " --- |" * len(res["episodes"]["pretrained"])]
+    for m, e in res["episodes"].items():
+        cells = [f"{v['mean']:.3f} ± {v['std']:.3f}" if "mean" in v else "n/a" for v in e.values()]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
