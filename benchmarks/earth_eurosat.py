@@ -47,7 +47,7 @@ from modalities.earth.adapter import EarthAdapter  # noqa: E402
 from modalities.earth.bands import S2_BANDS  # noqa: E402
 from modalities.earth.synthetic import write_synthetic  # noqa: E402
 
-POOLINGS = ("meanstd", "mean", "max", "cls", "mid_meanstd")  # the first is used when k=1 (no inner CV)
+POOLINGS = ("meanstd", "mean", "mid_meanstd")  # chosen by inner CV; the first is used when k=1 (no inner CV)
 RGBN = ["B02", "B03", "B04", "B08"]
 
 
@@ -183,10 +183,10 @@ def table(res: dict, ks: list[int], ref: str = "pretrained") -> tuple[str, list[
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="pretraining steps (earth-mae recipe)")
-    ap.add_argument("--synthetic", type=int, default=600, help="synthetic chips added to pretraining")
-    ap.add_argument("--seeds", type=int, default=10, help="repeated splits for the linear probes")
+    ap.add_argument("--synthetic", type=int, default=300, help="synthetic chips added to pretraining")
+    ap.add_argument("--seeds", type=int, default=5, help="repeated splits for the linear probes")
     ap.add_argument("--scratch-seeds", type=int, default=5, help="splits on which the from-scratch model is trained (0: skip)")
-    ap.add_argument("--scratch-steps", type=int, default=150)
+    ap.add_argument("--scratch-steps", type=int, default=100)
     ap.add_argument("--scratch-lr", type=float, default=1e-3)
     ap.add_argument("--ks", default="1,5,10")
     ap.add_argument("--test-per-class", type=int, default=4)
