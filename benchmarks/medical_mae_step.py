@@ -6,7 +6,7 @@ batch, threads, AdamW. The timed step is the whole step: forward (masking includ
 masked patches' per-patch normalised targets, backward, optimiser. Inputs are prepared beforehand
 for both (our tokens come from DataLoader workers in training; MONAI's loop also needs the target
 patches). Peak memory: CUDA's allocator peak on a GPU; on CPU the peak of the profiler's
-allocation timeline for one step.
+memory timeline for one step (tensor allocations made during the step, weights and optimiser state excluded).
 
     python benchmarks/medical_mae_step.py [--size 96 --patch 16 --width 384 --depth 6 ...]
 
@@ -97,13 +97,16 @@ def peak_memory(fn, device) -> float:
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
     from torch.profiler import ProfilerActivity, profile
+    from torch.profiler._memory_profiler import Action
 
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=True, with_stack=True) as prof:
         fn()
-    events = sorted((e for e in prof.events() if e.name == "[memory]"), key=lambda e: e.time_range.start)
-    cur = peak = 0
-    for e in events:
-        cur += e.cpu_memory_usage
+    cur = peak = 0  # tensors alive before the step (weights, optimiser state) are PREEXISTING: not counted
+    for _, action, _, size in prof._memory_profile().timeline:
+        if action == Action.CREATE:
+            cur += size
+        elif action == Action.DESTROY:
+            cur -= size
         peak = max(peak, cur)
     return peak / 2**20
 
@@ -127,7 +130,7 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=6)
     ap.add_argument("--heads", type=int, default=6)
     ap.add_argument("--mlp-ratio", type=float, default=4.0)
-    ap.add_argument("--dec-width", type=int, default=128)
+    ap.add_argument("--dec-width", type=int, default=96)  # MONAI's 3-d sin-cos needs a multiple of 6
     ap.add_argument("--dec-depth", type=int, default=2)
     ap.add_argument("--dec-heads", type=int, default=4)
     ap.add_argument("--mask-ratio", type=float, default=0.75)

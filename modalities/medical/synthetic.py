@@ -1,8 +1,8 @@
 """A synthetic cohort of labelled 3-d scans with segmentation masks, written as NIfTI with spacing.
 
 Each volume holds a body (ellipsoid with smooth texture), several organs of random size, position and
-contrast, and lesions whose *shape* is the class: class 0 has two compact round lesions, class 1
-one elongated lesion of the same total volume and the same contrast distribution. So the per-volume
+contrast, and three lesions whose *shape* is the class: round in class 0, elongated (3.5:1, randomly
+oriented) in class 1, at the same volumes and the same contrast distribution. So the per-volume
 mean, std and histogram do not give the class away (a test checks this); seeing shape does. A
 multiplicative bias field, Rician-like noise and a random global gain make it scanner-like.
 
@@ -56,22 +56,21 @@ def make_volume(label: int, rng: np.random.Generator, size: tuple[int, int, int]
         m &= body
         seg[m] = 2
         img[m] = base + rng.choice([-1, 1]) * rng.uniform(25, 60) + 5 * mid[m]
-    # lesions: the class is their shape, at equal volume and equal contrast distribution
+    # lesions: the class is their shape (three round ones, or three elongated ones of the same volume),
+    # at the same contrast distribution, so only shape tells the classes apart
     contrast = rng.uniform(50, 90)
-    vol = rng.uniform(0.8, 1.2) * 2 * (4 / 3) * np.pi * (0.085 * n.mean()) ** 3
-    if label == 0:
-        r = (vol / 2 / (4 / 3 * np.pi)) ** (1 / 3)
-        shapes = [(np.full(3, r), np.eye(3)) for _ in range(2)]
-    else:
-        r = 0.6 * (vol / 2 / (4 / 3 * np.pi)) ** (1 / 3)
-        length = vol / (4 / 3 * np.pi * r * r)
-        shapes = [(np.array([length, r, r]), _rotation(rng))]
     placed = np.zeros(size, bool)
-    for radii_l, rot_l in shapes:
-        for _ in range(20):  # lesions lie inside the body, apart from each other
-            c = centre + (rng.uniform(-0.45, 0.45, 3) * radii) @ rot.T
+    for _ in range(3):
+        vol = rng.uniform(0.7, 1.3) * (4 / 3) * np.pi * (0.1 * n.mean()) ** 3
+        if label == 0:
+            radii_l, rot_l = np.full(3, (vol / (4 / 3 * np.pi)) ** (1 / 3)), np.eye(3)
+        else:
+            r = (vol / (4 / 3 * np.pi) / 3.5) ** (1 / 3)
+            radii_l, rot_l = np.array([3.5 * r, r, r]), _rotation(rng)
+        for _ in range(200):  # inside the body, apart from each other (equal volumes in both classes)
+            c = centre + (rng.uniform(-0.5, 0.5, 3) * radii) @ rot.T
             m = ((((grid - c) @ rot_l) / radii_l) ** 2).sum(-1) <= 1
-            if not (m & placed).any() and (m & body).sum() >= 0.95 * m.sum():
+            if not (m & placed).any() and (m & body).sum() == m.sum():
                 break
         placed |= m
         seg[m] = 3
