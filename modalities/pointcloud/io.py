@@ -411,8 +411,8 @@ def read_text(path: str | Path, columns=None) -> PointCloud:
         [float(t) for t in first]
     except ValueError:
         header, lines = [t.lower() for t in first], lines[1:]
-    if len(lines) == 1 and len(lines[0].split(sep) if sep else lines[0].split()) == 1 and path and str(path).endswith(".pts"):
-        lines = lines[1:]  # .pts files may start with a point count
+    if len(lines) > 1 and len(first) == 1 and header is None and len(lines[1].split(sep) if sep else lines[1].split()) >= 3:
+        lines = lines[1:]  # .pts (and some .xyz) files start with the point count
     try:
         data = np.array([[float(t) for t in (ln.split(sep) if sep else ln.split())] for ln in lines], dtype=np.float64)
     except ValueError as err:

@@ -97,6 +97,8 @@ def test_npy_npz_text_bin_round_trip(tmp_path, cloud):
         np.testing.assert_allclose(got.xyz, xyz, rtol=1e-5, err_msg=name)
         np.testing.assert_allclose(got.feature(["intensity"])[:, 0], inten, rtol=1e-5, err_msg=name)
     assert read_cloud(tmp_path / "a.npz", columns="kitti").point_labels.tolist() == list(range(300))
+    (tmp_path / "a.pts").write_text("3\n0 0 0\n1 0 0\n0 1 0\n")  # a point count first, as .pts files have
+    assert read_cloud(tmp_path / "a.pts").xyz.tolist() == [[0, 0, 0], [1, 0, 0], [0, 1, 0]]
 
 
 def test_off_surface_sampling_is_area_weighted(tmp_path):
