@@ -117,3 +117,23 @@ def test_layer_weighted_probe_finds_the_informative_layer():
     probe = fit_layer_probe(x[::2], y[::2], 4, steps=100)
     assert (predict_layer_probe(probe, x[1::2]) == y[1::2]).mean() > 0.9
     assert int(torch.softmax(probe.weights, 0).argmax()) == 1
+
+
+def test_exported_encoder_embeds_with_its_own_preprocessing(small, tmp_path, synthetic_dir):
+    enc, ds = small
+    enc.save_pretrained(tmp_path / "enc")
+    back = Encoder.from_pretrained(tmp_path / "enc")
+    assert back.adapter.config == enc.adapter.config  # sample rate, mel settings and statistics travel with it
+    fresh = back.adapter.dataset({"root": str(synthetic_dir)}, train=False)
+    a = embed_utterances(enc, ds, indices=[0, 1])["meanstd"]
+    b = embed_utterances(back, fresh, indices=[0, 1])["meanstd"]
+    np.testing.assert_allclose(a, b, atol=1e-5)
+    # negative control: other normalisation statistics give other embeddings
+    import json
+
+    cfg = json.loads((tmp_path / "enc" / "config.json").read_text())
+    cfg["adapter"]["mel_mean"] = [v + 1.0 for v in cfg["adapter"]["mel_mean"]]
+    (tmp_path / "enc" / "config.json").write_text(json.dumps(cfg))
+    changed = Encoder.from_pretrained(tmp_path / "enc")
+    c = embed_utterances(changed, changed.adapter.dataset({"root": str(synthetic_dir)}, train=False), indices=[0, 1])["meanstd"]
+    assert np.abs(a - c).max() > 1e-2
