@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 from affine import Affine
 
 from modalities.earth.io import write_geotiff
@@ -69,3 +70,39 @@ def spatial_block_split(dataset, block_m: float, test_fraction: float = 0.3, see
     test_blocks = {uniq[j] for j in order[:n_test]}
     is_test = np.array([k in test_blocks for k in keys])
     return np.flatnonzero(~is_test), np.flatnonzero(is_test)
+
+
+def read_label_chip(label_path: str, dataset, index: int, ignore: int = -1) -> np.ndarray:
+    """A per-pixel label raster (e.g. Sen1Floods11 ``LabelHand``) over chip ``index``'s window, on its grid.
+
+    Read with nearest resampling (labels are categories); nodata/NaN become ``ignore``.
+    """
+    from rasterio.enums import Resampling
+
+    from modalities.earth.io import RasterPart, read_part
+
+    chip = dataset.chips[index]
+    data, valid = read_part(RasterPart(label_path, ("label",)), dataset.grids[chip.scene], chip.window,
+                            resampling=Resampling.nearest)
+    out = np.where(valid[0], data[0], ignore).astype(np.int64)
+    return out
+
+
+class SegmentationHead(torch.nn.Module):
+    """A light per-pixel decoder: each token predicts its patch's p x p pixel classes (a linear
+    layer after LayerNorm), then patches are put back in place. Cheap enough to train on a frozen
+    encoder with a few labelled scenes; for sharper edges fine-tune the encoder too."""
+
+    def __init__(self, width: int, patch: int, classes: int) -> None:
+        super().__init__()
+        self.patch, self.classes = patch, classes
+        self.norm = torch.nn.LayerNorm(width)
+        self.proj = torch.nn.Linear(width, classes * patch * patch)
+
+    def forward(self, tokens: torch.Tensor, grid_shape: tuple[int, int]) -> torch.Tensor:
+        """tokens [B, N, W] in row-major grid order -> logits [B, classes, gh*p, gw*p]."""
+        b, n, _ = tokens.shape
+        gh, gw = grid_shape
+        p, c = self.patch, self.classes
+        x = self.proj(self.norm(tokens)).view(b, gh, gw, c, p, p)
+        return x.permute(0, 3, 1, 4, 2, 5).reshape(b, c, gh * p, gw * p)
