@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -47,13 +48,25 @@ def _series_dir(path: str) -> bool:
     return is_series_dir(path)
 
 
+# file names that are segmentation masks, not images, in the folder layout (``data.exclude`` overrides)
+EXCLUDE = r"(_seg|_mask|_label|_labels)\.nii(\.gz)?$"
+
+
 def list_sources(data: dict) -> list[Source]:
-    """Sources for ``data`` (root/manifest/labels); a series folder given as root is one volume."""
+    """Sources for ``data`` (root/manifest/labels); a series folder given as root is one volume.
+
+    In the folder layout, masks named ``*_seg``/``*_mask``/``*_label(s)`` ``.nii[.gz]`` are not volumes.
+    """
     root, manifest, labels = data.get("root"), data.get("manifest"), data.get("labels")
     if root and not manifest and _series_dir(str(root)):
         return [Source(str(root), None)]
     found = find_sources(root, manifest, labels, extensions=NIFTI_EXTENSIONS + DICOM_EXTENSIONS,
                          is_sample_dir=lambda p: _series_dir(str(p)))
+    skip = re.compile(data.get("exclude") or EXCLUDE) if not manifest else None
+    if skip is not None:  # segmentation masks stored beside their images are not volumes to pretrain on
+        found = [s for s in found if not skip.search(Path(s.path).name)]
+        if not found:
+            raise FileNotFoundError(f"only files matching {skip.pattern!r} (masks) under {root}")
     if labels == "folder":  # a series folder's class is the folder above it, as for a file
         for s in found:
             if Path(s.path).is_dir():
