@@ -16,9 +16,16 @@ def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
     return Encoder(encoder.adapter, **encoder.config)
 
 
+PROBE_POOLINGS = ("meanstd", "mid_meanstd", "max")
+
+
 def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_fraction: float = 0.3,
-                     batch_size: int = 64, progress: bool = False) -> dict:
-    """Pretrained vs random-init linear probes on paired few-label splits of ``dataset``."""
+                     batch_size: int = 64, progress: bool = False, poolings: tuple[str, ...] = PROBE_POOLINGS) -> dict:
+    """Pretrained vs random-init linear probes on paired few-label splits of ``dataset``.
+
+    Each encoder's pooling is chosen among ``poolings`` by inner CV on the training labels, the
+    same way for both, so neither side is handicapped by a pooling that suits the other.
+    """
     feats = {"pretrained": embed_dataset(encoder, dataset, batch_size, progress=progress),
              "random_init": embed_dataset(random_twin(encoder), dataset, batch_size)}
     labels = feats["pretrained"]["labels"]
@@ -26,7 +33,7 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
         raise ValueError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
     idx = np.arange(len(labels))
     pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=12345)
-    pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
+    pooled = {m: {k: f[k] for k in poolings} for m, f in feats.items()}
     res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
     rows = []
     for k in ks:

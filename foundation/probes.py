@@ -32,7 +32,7 @@ def _logreg(c: float):
 
 
 def _inner_folds(y: np.ndarray) -> int:
-    return int(min(5, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
+    return int(min(3, np.bincount(np.unique(y, return_inverse=True)[1]).min()))
 
 
 def select_by_inner_cv(candidates: dict[str, tuple], y: np.ndarray, seed: int = 0):

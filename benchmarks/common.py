@@ -1,0 +1,51 @@
+"""Shared by benchmark scripts: one lock so timed benchmarks take turns, and results files that
+record the git commit, machine and wall time next to the numbers."""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+
+
+@contextlib.contextmanager
+def timing_lock(name: str = "domainfm-benchmarks"):
+    """Timed benchmarks never run side by side: each waits for this machine-wide lock."""
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.lock"
+    with open(path, "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def machine() -> dict:
+    import torch
+
+    info = {"python": platform.python_version(), "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "threads": torch.get_num_threads()}
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    except OSError:
+        return "unknown"
+
+
+def write_results(name: str, payload: dict, started: float) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = RESULTS / f"{name}.json"
+    payload = {"commit": git_commit(), "machine": machine(), "wall_s": round(time.time() - started, 1), **payload}
+    out.write_text(json.dumps(payload, indent=2))
+    return out
