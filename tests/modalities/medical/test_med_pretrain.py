@@ -31,3 +31,17 @@ def test_pretrain_on_real_and_synthetic_volumes(tmp_path, nifti_dir, dicom_serie
     assert enc.adapter.config["spacing"] == [3.0, 3.0, 3.0]
     ds = enc.adapter.dataset({"root": str(root)}, train=True)
     assert len(ds.items) == 4 + 3 and any(s.path.endswith("mr_series") for s in ds.sources)
+
+
+def test_medical_recipes_resolve_and_build_their_adapter():
+    from foundation.model import Encoder
+    from modalities.base import adapter_from_config
+
+    for name in ("medical-mae", "medical-jepa", "medical-mae-gpu", "medical-jepa-gpu"):
+        r = load_recipe(name, [])
+        assert r["modality"] == "medical" and r["objective"] in name
+        adapter = adapter_from_config("medical", r["adapter"])
+        if "gpu" not in name:
+            assert Encoder.build(adapter, r["model"]).width == r["model"]["width"]
+        if r["objective"] == "mae":
+            assert r["masking"]["kind"] == "block"
