@@ -115,6 +115,11 @@ def test_manifest_with_seg_patient_and_extra_channel(tmp_path, small_cfg):
     assert s.patches.shape == (64, 2 * 512) and MedicalAdapter(cfg).patch_dim == 1024
     d = ds.volume(0)
     assert d["image"].shape[0] == 2 and d["seg"].shape[1:] == d["image"].shape[1:]
+    from modalities.medical.tasks import patient_split
+
+    for seed in range(4):  # patient-wise: both scans of a patient fall on the same side
+        tr, te = patient_split(ds, 0.5, seed)
+        assert {ds.patients[i] for i in tr}.isdisjoint({ds.patients[i] for i in te}) and len(tr) == len(te) == 2
 
 
 def test_dicom_folder_of_series_ids_carry_no_patient_fields(dicom_series, tmp_path, small_cfg):
