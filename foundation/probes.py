@@ -15,6 +15,7 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
 
@@ -28,7 +29,7 @@ def few_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def _logreg(c: float):
-    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=300))
 
 
 def _inner_folds(y: np.ndarray) -> int:
@@ -51,6 +52,7 @@ def select_by_inner_cv(candidates: dict[str, tuple], y: np.ndarray, seed: int = 
     return best, best_score
 
 
+@threadpool_limits.wrap(limits=1)  # tiny problems: BLAS threads only add contention
 def linear_probe(Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.ndarray | dict, yte: np.ndarray, seed: int = 0) -> dict:
     """Standardised logistic regression; C (and, given dicts of features, the pooling) by inner CV."""
     tr = Xtr if isinstance(Xtr, dict) else {"features": Xtr}

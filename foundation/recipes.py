@@ -98,6 +98,11 @@ def _lookup(recipe: dict, dotted: str) -> tuple[dict, str]:
 
 def _coerce(dotted: str, old: Any, raw: str) -> Any:
     value = yaml.safe_load(raw) if raw != "" else None
+    if isinstance(value, str):  # YAML 1.1 reads 2e-3 as a string; users mean a number
+        try:
+            value = float(value) if any(ch in value.lower() for ch in ".e") else int(value)
+        except ValueError:
+            pass
     if value is None:
         if dotted in NULLABLE or old is None:
             return None
