@@ -59,13 +59,19 @@ def cmd_export(args) -> int:
     return 0
 
 
-def cmd_embed(args) -> int:
-    from foundation.embed import embed_dataset
+def _exported_and_data(args):
+    """The exported encoder and DATA read with the preprocessing stored in it."""
     from foundation.model import Encoder
 
     encoder = Encoder.from_pretrained(args.model_dir)
     spec = _data_spec(args.data, args.overrides)
-    dataset = encoder.adapter.dataset(spec["data"], train=False)
+    return encoder, encoder.adapter.dataset(spec["data"], train=False), spec
+
+
+def cmd_embed(args) -> int:
+    from foundation.embed import embed_dataset
+
+    encoder, dataset, _ = _exported_and_data(args)
     out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
     if args.pooling not in out:
         raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {[k for k in out if k not in ('ids', 'paths', 'labels')]}")
@@ -76,11 +82,8 @@ def cmd_embed(args) -> int:
 
 def cmd_probe(args) -> int:
     from foundation.evaluate import few_label_report, format_report
-    from foundation.model import Encoder
 
-    encoder = Encoder.from_pretrained(args.model_dir)
-    spec = _data_spec(args.data, args.overrides)
-    dataset = encoder.adapter.dataset(spec["data"], train=False)
+    encoder, dataset, spec = _exported_and_data(args)
     rep = few_label_report(encoder, dataset, spec["probe"]["k"], spec["probe"]["seeds"], spec["probe"]["test_fraction"])
     print(format_report(rep))
     return 0

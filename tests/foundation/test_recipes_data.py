@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from foundation.data import TrainSampler, eval_indices
 from foundation.recipes import RecipeError, load_recipe, recipe_names
@@ -57,3 +58,18 @@ def test_eval_sees_every_sample_once_in_order():
     for n, world in [(10, 3), (7, 2), (1, 2), (9, 1)]:
         joined = [i for r in range(world) for i in eval_indices(n, world, r)]
         assert joined == list(range(n))
+
+
+class _Numbers(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(23))
+
+
+def test_iterable_datasets_are_sharded_over_ranks_and_workers_exactly_once():
+    from foundation.data import ShardedIterable
+
+    seen = []
+    for rank in range(2):
+        loader = torch.utils.data.DataLoader(ShardedIterable(_Numbers(), world=2, rank=rank), batch_size=None, num_workers=2)
+        seen += list(loader)
+    assert sorted(int(x) for x in seen) == list(range(23))
