@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=5e-4)
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--skip-scratch", action="store_true", help="leave out the from-scratch supervised baseline (ablations)")
+    ap.add_argument("--skip-episodes", action="store_true", help="leave out the few-shot episode protocol (ablations)")
     ap.add_argument("--subset", type=int, default=0, help="use only this many shapes (smoke runs)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 40 pretraining steps, 600 shapes, 2 seeds")
     ap.add_argument("--work", type=Path, default=REPO / "runs" / "bench_pointcloud_modelnet10")
@@ -230,9 +232,11 @@ def run(args) -> dict:
         tr = pool[few_shot_indices(labels[pool], args.k, seed)]
         for m in ("pretrained", "random_init"):
             few[m].append(probe_pooled("linear", feats[m], labels, tr, test))
-        few["scratch_supervised"].append(supervised_scratch(adapter, model_cfg, train_ds, labels, tr, test, args.sup_steps,
-                                                            args.sup_batch, args.sup_lr, seed))
-        print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
+        if not args.skip_scratch:
+            few["scratch_supervised"].append(supervised_scratch(adapter, model_cfg, train_ds, labels, tr, test, args.sup_steps,
+                                                                args.sup_batch, args.sup_lr, seed))
+        print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few if few[m]), flush=True)
+    few = {m: rows for m, rows in few.items() if rows}
     timings["few_label_s"] = time.perf_counter() - t
 
     # -- linear SVM on all training labels -------------------------------------------------------
@@ -243,7 +247,7 @@ def run(args) -> dict:
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
     t = time.perf_counter()
     episodes = {}
-    for m in ("pretrained", "random_init"):
+    for m in () if args.skip_episodes else ("pretrained", "random_init"):
         x = feats[m][svm[m]["pooling"]][test]
         episodes[m] = {}
         for way in (5, 10):
@@ -256,7 +260,7 @@ def run(args) -> dict:
 
     comparisons = {}
     for metric in ("oa", "macc"):
-        for other in ("random_init", "scratch_supervised"):
+        for other in [o for o in ("random_init", "scratch_supervised") if o in few]:
             a = [r[metric] for r in few["pretrained"]]
             b = [r[metric] for r in few[other]]
             mean, lo, hi = paired_interval(a, b)
@@ -282,7 +286,7 @@ def format_table(res: dict) -> str:
              f"(first {res['pretrain'].get('first_loss', float('nan')):.4f})", "",
              f"## k = {meta.get('k')} labels per class, {len(few['pretrained'])} paired seeds (test OA / mAcc, mean ± std)", "",
              "| method | OA | mAcc | train acc |", "| --- | --- | --- | --- |"]
-    for m in ("pretrained", "random_init", "scratch_supervised"):
+    for m in few:
         lines.append(f"| {m} | {_ms(few[m], 'oa')} | {_ms(few[m], 'macc')} | {_ms(few[m], 'train_acc')} |")
     lines += ["", "| paired difference | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
     for name, c in cmp_.items():
@@ -290,6 +294,9 @@ def format_table(res: dict) -> str:
     lines += ["", "## Linear SVM on all training labels", "", "| method | OA | mAcc | train acc | pooling |", "| --- | --- | --- | --- | --- |"]
     for m, r in res["svm_all_labels"].items():
         lines.append(f"| {m} | {r['oa']:.3f} | {r['macc']:.3f} | {r['train_acc']:.3f} | {r['pooling']} |")
+    if not res["episodes"]:
+        lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
+        return "\n".join(lines)
     lines += ["", "## Few-shot episodes on the test split (linear SVM per episode, 20 queries/class, mean ± std)", "",
               "| method | " + " | ".join(res["episodes"]["pretrained"]) + " |", "| --- |" + " --- |" * len(res["episodes"]["pretrained"])]
     for m, e in res["episodes"].items():
