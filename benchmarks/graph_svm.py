@@ -40,6 +40,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--scratch-steps", type=int, default=150)
     ap.add_argument("--scratch-folds", type=int, default=10, help="folds of the first seed that train a from-scratch model")
+    ap.add_argument("--poolings", nargs="+", default=["mean", "meanstd", "max", "mid_meanstd"])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--override", nargs="*", default=[])
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "graph_svm.json"))
@@ -57,7 +58,7 @@ def main() -> None:
         t = time.time()
         r = compare_encoders(data, args.recipe, [f"train.steps={args.steps}", *args.override], folds=10,
                              seeds=tuple(args.seeds), scratch_steps=args.scratch_steps,
-                             scratch_folds=args.scratch_folds)
+                             scratch_folds=args.scratch_folds, poolings=tuple(args.poolings))
         r.update(commit=commit, machine=f"{platform.node()} {platform.processor() or platform.machine()} "
                  f"threads={torch.get_num_threads()}", seeds=args.seeds, wall_s=round(time.time() - t, 1))
         results["datasets"][f"{name}/{args.recipe}"] = r

@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 POOLINGS = ("mean", "meanstd", "max", "mid_meanstd")
 
 
-def pooled(emb: dict) -> dict[str, np.ndarray]:
-    return {p: emb[p] for p in POOLINGS if p in emb}
+def pooled(emb: dict, poolings: tuple[str, ...] = POOLINGS) -> dict[str, np.ndarray]:
+    return {p: emb[p] for p in poolings if p in emb}
 
 
 def train_scratch(adapter, model_cfg: dict, dataset, train_idx: np.ndarray, y: np.ndarray, steps: int,
@@ -67,7 +67,8 @@ def scratch_predict(enc: Encoder, head: nn.Linear, dataset, idx: np.ndarray, bat
 
 def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list[str] = (), folds: int = 10,
                      seeds: tuple[int, ...] = (0, 1, 2), scratch_steps: int = 200, scratch_folds: int | None = None,
-                     ks: tuple[int, ...] = (5, 10), few_seeds: int = 5, run_dir: str | None = None) -> dict:
+                     ks: tuple[int, ...] = (5, 10), few_seeds: int = 5, run_dir: str | None = None,
+                     poolings: tuple[str, ...] = POOLINGS) -> dict:
     """Pretrain (labels unused) on ``data``, then SVM k-fold CV on frozen features of the pretrained
     and of a randomly initialised encoder (same folds), a from-scratch supervised model of the same size
     on the folds of the first seed, the WL-subtree kernel features, and few-label linear probes."""
@@ -91,9 +92,9 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     rand = Encoder.build(adapter, recipe["model"]).eval()
     emb_rand = embed_dataset(rand, ds, batch_size=64, device="cpu")
     res: dict = {"n_graphs": len(ds), "classes": int(y.max()) + 1, "pretrain_s": round(t_pre, 1),
-                 "recipe": recipe_name, "overrides": list(overrides), "steps": int(recipe["train"]["steps"])}
-    res["pretrained"] = svm_cv(pooled(emb_pre), y, folds, seeds)
-    res["random_init"] = svm_cv(pooled(emb_rand), y, folds, seeds)
+                 "recipe": recipe_name, "overrides": list(overrides), "poolings": list(poolings), "steps": int(recipe["train"]["steps"])}
+    res["pretrained"] = svm_cv(pooled(emb_pre, poolings), y, folds, seeds)
+    res["random_init"] = svm_cv(pooled(emb_rand, poolings), y, folds, seeds)
     res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds)
     # from scratch: same folds as the first seed, its own training and test accuracy per fold
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
@@ -116,7 +117,7 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     rng = np.random.default_rng(0)
     perm = rng.permutation(len(y))
     pool, test = np.sort(perm[: len(y) // 2]), np.sort(perm[len(y) // 2 :])
-    few = compare_few_shot({"pretrained": pooled(emb_pre), "random_init": pooled(emb_rand)}, y, pool, test, list(ks), few_seeds)
+    few = compare_few_shot({"pretrained": pooled(emb_pre, poolings), "random_init": pooled(emb_rand, poolings)}, y, pool, test, list(ks), few_seeds)
     res["few_label"] = {name: {str(k): {"mean": float(np.mean([r["accuracy"] for r in v])),
                                          "accuracies": [r["accuracy"] for r in v]} for k, v in per.items()}
                         for name, per in few.items()}
