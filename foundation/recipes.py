@@ -123,7 +123,7 @@ def _coerce(dotted: str, old: Any, raw: str) -> Any:
         if not isinstance(value, list):
             raise RecipeError(f"{dotted} expects a list such as [1, 5, 10], got {raw!r}")
     elif isinstance(old, str) and not isinstance(value, str):
-        value = str(value)
+        value = raw  # YAML reads no/yes/on/off as booleans; a text setting means the text
     return value
 
 

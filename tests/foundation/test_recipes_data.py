@@ -7,7 +7,8 @@ from foundation.recipes import RecipeError, load_recipe, recipe_names
 
 def test_named_recipes_resolve_and_overrides_apply():
     assert "grid-mae" in recipe_names()
-    r = load_recipe("grid-mae", ["train.steps=7", "model.width=64", "data.labels=pattern:^(\\d)_", "adapter.patch=[2, 2]", "train.lr=2e-3"])
+    r = load_recipe("grid-mae", ["train.steps=7", "model.width=64", "data.labels=pattern:^(\\d)_", "adapter.patch=[2, 2]", "train.lr=2e-3", "train.precision=no"])
+    assert r["train"]["precision"] == "no"
     assert r["train"]["lr"] == 0.002
     assert r["train"]["steps"] == 7 and r["model"]["width"] == 64 and r["adapter"]["patch"] == [2, 2]
     assert r["data"]["labels"] == "pattern:^(\\d)_"
