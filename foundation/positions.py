@@ -4,7 +4,6 @@ Adapters name a kind; the core builds one per width (encoder, MAE decoder, JEPA 
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from foundation.grid import sincos_embedding

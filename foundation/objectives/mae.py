@@ -8,7 +8,7 @@ from torch import Tensor, nn
 from foundation.masking import sample_mask, visible_tokens
 from foundation.model import Encoder, with_register_bias
 from foundation.positions import make_positions
-from foundation.tokens import PatchBatch, gather_tokens
+from foundation.tokens import PatchBatch
 from foundation.trunk import Transformer
 
 

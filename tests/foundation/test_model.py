@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from foundation.masking import sample_mask
 from foundation.model import Encoder
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE

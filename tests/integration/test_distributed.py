@@ -6,7 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 
 from modalities.grid.synthetic import write_texture_dataset
 

@@ -12,8 +12,7 @@ from foundation.model import Encoder
 from foundation.probes import linear_probe
 from foundation.recipes import load_recipe
 
-CI_RECIPE = ["model.width=64", "model.depth=3", "model.heads=4", "mae.decoder_width=64", "mae.decoder_depth=1",
-             "train.steps=700", "train.batch_size=32", "train.lr=2e-3", "masking.ratio=0.6", "train.log_every=50"]
+CI_RECIPE = ["train.log_every=50"]  # the grid-mae recipe as shipped (the demo's)
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def test_trivial_statistics_are_near_chance(texture_data):
     order = rng.permutation(len(x))
     tr, te = order[: len(x) // 2], order[len(x) // 2:]
     acc = linear_probe(feats[tr], labels[tr], feats[te], labels[te])["accuracy"]
-    assert acc < 1 / 3 + 0.12, f"mean/std/histogram features separate the classes ({acc:.2f}): the dataset proves nothing"
+    assert acc < 1 / 4 + 0.12, f"mean/std/histogram features separate the classes ({acc:.2f}): the dataset proves nothing"
 
 
 def test_mae_loss_falls_well_below_the_trivial_predictor(pretrained):
@@ -46,6 +45,7 @@ def test_mae_loss_falls_well_below_the_trivial_predictor(pretrained):
 def test_pretrained_probe_beats_random_init_with_paired_interval(pretrained, texture_data):
     encoder = Encoder.from_pretrained(pretrained / "encoder")
     dataset = encoder.adapter.dataset({"root": str(texture_data), "labels": "folder"}, train=False)
-    report = few_label_report(encoder, dataset, ks=[10], seeds=5)
-    row = report["rows"][0]
-    assert row["beats"], report["rows"]
+    report = few_label_report(encoder, dataset, ks=[3, 5], seeds=5)
+    k3, k5 = report["rows"]
+    assert k3["beats"], report["rows"]  # paired 95% interval of (pretrained - random init) above zero
+    assert k5["diff"] > 0, report["rows"]

@@ -1,7 +1,6 @@
 """Exact resume: interrupted mid-epoch (workers, augmentation, accumulation, EMA on) then resumed
 must end where an uninterrupted run ends; skipping the RNG restore must not (negative control)."""
 import pytest
-import torch
 from safetensors.torch import load_file
 
 from foundation import checkpoint
