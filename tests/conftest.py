@@ -34,5 +34,5 @@ def texture_data(tmp_path_factory) -> Path:
     from modalities.grid.adapter import GridAdapter
 
     root = tmp_path_factory.mktemp("textures")
-    GridAdapter().synthetic(root, 360, seed=0)
+    GridAdapter().synthetic(root, 600, seed=0)
     return root

@@ -1,11 +1,11 @@
 """A learnable synthetic grid dataset whose classes trivial statistics cannot tell apart.
 
-Each image is a sum of two oriented gratings; the class is the *angle between them* (parallel,
-45 deg or perpendicular), while the absolute orientation, frequencies, phases, contrast and the noise
-level are random. Every image is standardised to zero mean and
-unit variance, so per-sample mean/std/histogram features sit at chance. Telling classes apart
-needs how orientations co-occur, which a pretrained encoder can learn and a random one has
-no reason to expose linearly.
+Each image is a field of small isotropic dots laid along parallel lines; the class is the
+orientation of the lines (0, 45, 90 or 135 degrees). Line spacing, dot spacing along the lines,
+phase, positional jitter and noise are random, and every image is standardised to zero mean and
+unit variance. Dots are round, so a single 4x4 patch carries almost no orientation cue and the
+per-sample mean/std/histogram sits at chance: the class lives only in how dots relate *across*
+patches, which masked reconstruction has to learn and a random encoder does not expose linearly.
 """
 from __future__ import annotations
 
@@ -13,18 +13,26 @@ from pathlib import Path
 
 import numpy as np
 
-CLASSES = {"parallel": 0.0, "diagonal": 45.0, "crossed": 90.0}
+CLASSES = {"deg000": 0.0, "deg045": 45.0, "deg090": 90.0, "deg135": 135.0}
 
 
-def texture_image(rng: np.random.Generator, relative_angle_deg: float, size: int = 32) -> np.ndarray:
+def dotted_lines_image(rng: np.random.Generator, angle_deg: float, size: int = 32) -> np.ndarray:
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-    base = rng.uniform(0, np.pi)
-    img = np.zeros((size, size), np.float32)
-    for angle in (base, base + np.deg2rad(relative_angle_deg + rng.normal(0, 4))):
-        freq = rng.uniform(0.1, 0.2)
-        phase = rng.uniform(0, 2 * np.pi)
-        img += rng.uniform(0.6, 1.0) * np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
-    img += rng.normal(0, rng.uniform(0.05, 0.15), img.shape)
+    theta = np.deg2rad(angle_deg + rng.normal(0, 4))
+    along, across = rng.uniform(4.5, 5.5), rng.uniform(5.5, 7.0)
+    u, v = np.array([np.cos(theta), np.sin(theta)]), np.array([-np.sin(theta), np.cos(theta)])
+    reach = int(np.ceil(size / min(along, across))) + 2
+    centre = size / 2 + rng.uniform(-across, across, 2)
+    points = []
+    for i in range(-reach, reach + 1):
+        shift = rng.uniform(0, along)
+        j = np.arange(-reach, reach + 1)
+        p = centre + np.outer(j * along + shift + rng.normal(0, 0.6, j.size), u) + np.outer(i * across + rng.normal(0, 0.4, j.size), v)
+        points.append(p[(p > -3).all(1) & (p < size + 3).all(1)])
+    pts = np.concatenate(points)
+    d2 = (xx[None] - pts[:, 0, None, None]) ** 2 + (yy[None] - pts[:, 1, None, None]) ** 2
+    img = np.exp(-d2 / 2.0).sum(0)
+    img += rng.normal(0, rng.uniform(0.02, 0.06), img.shape)
     img = (img - img.mean()) / (img.std() + 1e-6)
     return img[None].astype(np.float32)
 
@@ -36,4 +44,4 @@ def write_texture_dataset(out_dir: Path, n: int, seed: int = 0, size: int = 32) 
     for i in range(n):
         name = names[i % len(names)]
         (out_dir / name).mkdir(parents=True, exist_ok=True)
-        np.save(out_dir / name / f"{i:05d}.npy", texture_image(rng, CLASSES[name], size))
+        np.save(out_dir / name / f"{i:05d}.npy", dotted_lines_image(rng, CLASSES[name], size))
