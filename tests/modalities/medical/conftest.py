@@ -2,27 +2,17 @@
 missing data fails under CI=true and skips with a reason elsewhere)."""
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[3]
+from tests.shared_data import shared_root
+from tests.shared_data import shared_data as require
 
 
 def shared_data() -> Path:
-    return Path(os.environ.get("DOMAINFM_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def require(rel: str) -> Path:
-    path = shared_data() / rel
-    if not path.exists():
-        msg = f"shared data {path} is missing (set DOMAINFM_SHARED_DATA)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+    return shared_root()
 
 
 @pytest.fixture
