@@ -1,25 +1,9 @@
 """Small graphs the graph tests share (a module, not conftest, so imports are unambiguous)."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
-import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[3]
-
-
-def shared_data(relative: str) -> Path:
-    """``$DOMAINFM_SHARED_DATA/relative`` (default ``<repo>/../shared/data``): fail under CI, skip elsewhere."""
-    root = Path(os.environ.get("DOMAINFM_SHARED_DATA", REPO.parent / "shared" / "data"))
-    path = root / relative
-    if not path.exists():
-        msg = f"shared data {path} not found (set DOMAINFM_SHARED_DATA to the folder holding graphs/)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(msg)
-        pytest.skip(msg)
-    return path
+from tests.shared_data import shared_data  # noqa: F401 - re-exported for the graph tests
 
 
 def path_graph(n: int) -> torch.Tensor:
