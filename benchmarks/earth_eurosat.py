@@ -31,18 +31,17 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from foundation.finetune import train_from_scratch  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
 from foundation.probes import few_shot_indices, linear_probe, paired_interval  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
-from foundation.tokens import collate  # noqa: E402
 from modalities.earth.adapter import EarthAdapter  # noqa: E402
 from modalities.earth.bands import S2_BANDS  # noqa: E402
 from modalities.earth.synthetic import write_synthetic  # noqa: E402
@@ -82,52 +81,6 @@ def band_stats_features(ds) -> np.ndarray:
 def pooled(enc: Encoder, ds) -> dict[str, np.ndarray]:
     out = embed_dataset(enc, ds, batch_size=64)
     return {p: out[p] for p in POOLINGS}
-
-
-def masked_meanstd(tokens: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-    w = (~padding).float().unsqueeze(-1)
-    n = w.sum(1).clamp(min=1)
-    mean = (tokens * w).sum(1) / n
-    std = (((tokens - mean[:, None]) ** 2 * w).sum(1) / n).clamp(min=1e-6).sqrt()
-    return torch.cat([mean, std], -1)
-
-
-def train_from_scratch(adapter, model_cfg: dict, ds, pick: np.ndarray, test_idx: np.ndarray, labels: np.ndarray,
-                       steps: int, lr: float, seed: int, batch_size: int = 32) -> dict:
-    """Same encoder + linear head on mean/std pooling, trained on the k labelled chips only
-    (rot90/flip training views), AdamW with warm-up and cosine decay, for ``steps`` steps."""
-    torch.manual_seed(seed)
-    enc = Encoder.build(adapter, model_cfg)
-    head = torch.nn.Linear(2 * enc.width, int(labels.max()) + 1)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))))
-    g = np.random.default_rng(seed)
-    bs = min(batch_size, len(pick))
-
-    def logits(samples):
-        out = enc(collate(samples))
-        return head(masked_meanstd(out.tokens, out.padding))
-
-    enc.train()
-    for step in range(steps):
-        idx = g.choice(pick, bs, replace=False)
-        samples = [ds[(int(i), seed * 100_003 + step * 1_000 + j)] for j, i in enumerate(idx)]
-        loss = F.cross_entropy(logits(samples), torch.as_tensor(labels[idx]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    enc.eval()
-
-    @torch.no_grad()
-    def accuracy(idx: np.ndarray) -> float:
-        preds = [logits([ds[int(i)] for i in idx[s:s + 64]]).argmax(1) for s in range(0, len(idx), 64)]
-        return float((torch.cat(preds).numpy() == labels[idx]).mean())
-
-    return {"accuracy": accuracy(test_idx), "train_accuracy": accuracy(pick)}
 
 
 def split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

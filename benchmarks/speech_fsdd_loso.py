@@ -36,15 +36,15 @@ import torch.nn.functional as F
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from foundation.finetune import train_from_scratch  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
 from foundation.probes import few_shot_indices, linear_probe, paired_interval  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
-from foundation.tokens import collate  # noqa: E402
 from modalities.base import adapter_from_config  # noqa: E402
-from modalities.speech.tasks import cosine_trials, equal_error_rate, mean_std  # noqa: E402
+from modalities.speech.tasks import cosine_trials, equal_error_rate  # noqa: E402
 
 DIGIT = re.compile(r"^(\d)_")
 SPEAKER = re.compile(r"^\d_([a-z]+)_")
@@ -76,45 +76,6 @@ def classical_features(dataset) -> dict[str, np.ndarray]:
 
 
 # -- supervised from scratch ----------------------------------------------------------------------------
-def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test_idx: np.ndarray, labels: np.ndarray,
-                       steps: int, lr: float, seed: int, batch_size: int = 32) -> dict:
-    """Same encoder architecture + a linear head on mean/std pooling, trained on the labelled clips
-    only (augmented training views), for ``steps`` AdamW steps with warm-up and cosine decay."""
-    torch.manual_seed(seed)
-    enc = Encoder.build(adapter, model_cfg)
-    head = torch.nn.Linear(2 * enc.width, int(labels.max()) + 1)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))))
-    g = np.random.default_rng(seed)
-    bs = min(batch_size, len(pick))
-
-    def logits(samples):
-        batch = collate(samples)
-        out = enc(batch)
-        return head(mean_std(out.tokens, out.padding))
-
-    enc.train()
-    for step in range(steps):
-        idx = g.choice(pick, bs, replace=False)
-        samples = [dataset[(int(i), seed * 100_003 + step * 1_000 + j)] for j, i in enumerate(idx)]
-        loss = F.cross_entropy(logits(samples), torch.as_tensor(labels[idx]))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    enc.eval()
-
-    @torch.no_grad()
-    def accuracy(idx: np.ndarray) -> float:
-        preds = [logits([dataset[int(i)] for i in idx[s : s + 64]]).argmax(1) for s in range(0, len(idx), 64)]
-        return float((torch.cat(preds).numpy() == labels[idx]).mean())
-
-    return {"accuracy": accuracy(test_idx), "train_accuracy": accuracy(pick)}
-
-
 # -- one fold ----------------------------------------------------------------------------------------------
 def run_fold(args, test_speaker: str, files: list[Path], work: Path) -> dict:
     speakers = np.array([SPEAKER.match(f.name).group(1) for f in files])
