@@ -20,6 +20,7 @@ import numpy as np
 import torch
 import yaml
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from tqdm.auto import tqdm
 
 from foundation import checkpoint
@@ -93,6 +94,10 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     """
     tr, seed = recipe["train"], int(recipe["run"]["seed"])
     run_dir = Path(recipe["run"]["dir"])
+    if AcceleratorState._shared_state:
+        # a second run in one process (notebook, tests) with another precision: Accelerate keeps its
+        # settings in a process-wide singleton, so clear them (the distributed setup is kept)
+        AcceleratorState._reset_state(reset_partial_state=False)
     accelerator = Accelerator(mixed_precision=tr["precision"], cpu=not torch.cuda.is_available())
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     seed_everything(seed)  # the same initial weights on every rank (the EMA teacher is copied from them)

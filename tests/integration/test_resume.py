@@ -82,3 +82,20 @@ def test_non_finite_loss_stops_with_step_and_samples_named(small_data, tmp_path,
     with pytest.raises(engine.TrainingDiverged, match=r"non-finite loss nan at step 3.*last good checkpoint: .*step-0000003"):
         pretrain(r, progress=False)
     assert checkpoint.latest(tmp_path / "nan").name == "step-0000003"
+
+
+def test_jepa_exports_the_ema_teacher_and_bf16_autocast_trains(small_data, tmp_path):
+    pretrain(recipe(small_data, tmp_path / "jepa", "jepa"), progress=False)
+    teacher = load_file(str(checkpoint.latest(tmp_path / "jepa") / "teacher.safetensors"))
+    exported = load_file(str(tmp_path / "jepa" / "encoder" / "model.safetensors"))
+    student = {k[len("encoder."):]: v for k, v in load_file(str(checkpoint.latest(tmp_path / "jepa") / "model.safetensors")).items()
+               if k.startswith("encoder.")}
+    assert exported.keys() == teacher.keys() and all(float((exported[k] - teacher[k]).abs().max()) == 0 for k in teacher)
+    assert max(float((student[k] - teacher[k]).abs().max()) for k in teacher) > 0  # the teacher, not the student
+
+    r = recipe(small_data, tmp_path / "bf16", "mae")
+    r["train"]["precision"] = "bf16"
+    pretrain(r, progress=False)
+    import json
+    summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
