@@ -11,7 +11,7 @@ Evaluation/embedding: every sample exactly once, in order; rank r reads a contig
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
@@ -25,10 +25,17 @@ log = logging.getLogger(__name__)
 class TrainSampler(Sampler):
     """Yields ``(index, seed)`` pairs of this rank's share of one epoch, starting at ``start_batch``."""
 
-    def __init__(self, n: int, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0) -> None:
+    def __init__(self, n: int, batch_size: int, world: int = 1, rank: int = 0, seed: int = 0,
+                 lengths: Sequence[int] | None = None, bucket_batches: int = 32) -> None:
+        """``lengths`` (tokens per sample, e.g. a dataset's ``lengths``) turns on bucketing: within
+        windows of ``bucket_batches`` global batches, samples are sorted by length before being cut
+        into batches, and batch order is shuffled, so padding shrinks while every epoch stays a
+        seeded permutation (and resume stays exact)."""
         if n < world * batch_size:
             raise ValueError(f"dataset of {n} samples is smaller than one global batch ({world} x {batch_size}); lower train.batch_size")
         self.n, self.batch_size, self.world, self.rank, self.seed = n, batch_size, world, rank, seed
+        self.lengths = None if lengths is None else torch.as_tensor(list(lengths), dtype=torch.float64)
+        self.bucket_batches = bucket_batches
         self.epoch, self.start_batch = 0, 0
 
     @property
@@ -45,9 +52,18 @@ class TrainSampler(Sampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.n, generator=g)[: self.batches_per_epoch * self.world * self.batch_size]
+        if self.lengths is not None:
+            order = self._bucketed(order, g)
         mine = order.view(self.batches_per_epoch, self.world, self.batch_size)[self.start_batch:, self.rank].reshape(-1)
         for idx in mine.tolist():
             yield idx, sample_seed(self.seed, self.epoch, idx)
+
+    def _bucketed(self, order: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        step = self.world * self.batch_size
+        window = step * self.bucket_batches
+        chunks = [c[self.lengths[c].argsort(stable=True)] for c in order.split(window)]
+        batches = torch.cat(chunks).view(-1, step)
+        return batches[torch.randperm(batches.shape[0], generator=g)].reshape(-1)
 
     def __len__(self) -> int:
         return (self.batches_per_epoch - self.start_batch) * self.batch_size

@@ -131,7 +131,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
-    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed)
+    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=getattr(dataset, "lengths", None))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
         log.info("dropping %d of %d samples per epoch (world %d x batch %d)", sampler.dropped_per_epoch, len(dataset), world, tr["batch_size"])
     loader = train_loader(dataset, sampler, recipe["data"])

@@ -74,3 +74,22 @@ def test_iterable_datasets_are_sharded_over_ranks_and_workers_exactly_once():
         loader = torch.utils.data.DataLoader(ShardedIterable(_Numbers(), world=2, rank=rank), batch_size=None, num_workers=2)
         seen += list(loader)
     assert sorted(int(x) for x in seen) == list(range(23))
+
+
+def test_length_bucketing_cuts_padding_keeps_the_sample_set_and_resumes_exactly():
+    lengths = torch.randint(1, 200, (400,), generator=torch.Generator().manual_seed(0)).tolist()
+
+    def padding(sampler):
+        idx = [i for i, _ in sampler]
+        batches = torch.tensor([lengths[i] for i in idx]).view(-1, 8)
+        return int((batches.max(1).values.unsqueeze(1) - batches).sum()), sorted(idx)
+
+    plain_pad, plain_set = padding(TrainSampler(400, 8, 1, 0, seed=1))
+    bucket_pad, bucket_set = padding(TrainSampler(400, 8, 1, 0, seed=1, lengths=lengths))
+    assert bucket_set == plain_set and bucket_pad < plain_pad / 4
+    full = list(TrainSampler(400, 8, 1, 0, seed=1, lengths=lengths))
+    s = TrainSampler(400, 8, 1, 0, seed=1, lengths=lengths)
+    s.set_position(0, 7)
+    assert list(s) == full[56:]
+    ranks = [[i for i, _ in TrainSampler(400, 8, 2, r, seed=1, lengths=lengths)] for r in range(2)]
+    assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) == len(ranks[1]) == 200
