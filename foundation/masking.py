@@ -71,13 +71,21 @@ def span_scores(coords: Tensor, padding: Tensor, g=None, axis: int = 0, span: in
 SCORES = {"random": random_scores, "block": block_scores, "tube": tube_scores, "span": span_scores}
 
 
-def sample_mask(coords: Tensor, padding: Tensor, kind: str = "random", ratio: float = 0.75, generator: torch.Generator | None = None, **kwargs) -> Tensor:
-    """MAE-style mask [B, N], True = hidden from the encoder."""
-    if kind not in SCORES:
-        raise ValueError(f"unknown masking kind {kind!r}; choose one of {sorted(SCORES)} (multiblock is JEPA's)")
+def sample_mask(coords: Tensor, padding: Tensor, kind: str = "random", ratio: float = 0.75, generator: torch.Generator | None = None,
+                scores=None, **kwargs) -> Tensor:
+    """MAE-style mask [B, N], True = hidden from the encoder.
+
+    ``scores(kind, coords, padding, generator, **kwargs)`` supplies kinds the core does not know
+    (an adapter's ``mask_scores``); the count, padding and one-visible rules stay the core's.
+    """
     if not 0.0 <= ratio < 1.0:
         raise ValueError(f"mask ratio must be in [0, 1), got {ratio}")
-    score = SCORES[kind](coords, padding, generator, **kwargs)
+    if kind in SCORES:
+        score = SCORES[kind](coords, padding, generator, **kwargs)
+    elif scores is not None:
+        score = scores(kind, coords, padding, generator, **kwargs)
+    else:
+        raise ValueError(f"unknown masking kind {kind!r}; choose one of {sorted(SCORES)} (multiblock is JEPA's)")
     return select_lowest(score, padding, num_masked(padding, ratio))
 
 

@@ -31,7 +31,6 @@ DEFAULTS: dict[str, Any] = {
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
     "objective": ("mae", "jepa"),
-    "masking.kind": ("random", "block", "tube", "span"),
     "train.precision": ("no", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
 }
@@ -158,7 +157,11 @@ def validate(recipe: dict) -> dict:
 
     if recipe["modality"] not in ADAPTERS:
         raise RecipeError(f"modality {recipe['modality']!r} is not one of {', '.join(sorted(ADAPTERS))}")
-    known = adapter_class(recipe["modality"]).defaults
+    cls = adapter_class(recipe["modality"])
+    kinds = ("random", "block", "tube", "span", *cls.mask_kinds)
+    if recipe["masking"]["kind"] not in kinds:
+        raise RecipeError(f"masking.kind={recipe['masking']['kind']!r} is not one of {', '.join(kinds)}")
+    known = cls.defaults
     bad = sorted(set(recipe["adapter"]) - set(known))
     if bad:
         raise RecipeError(f"unknown adapter key(s) {bad} for modality {recipe['modality']!r}; known: {', '.join(sorted(known))}")

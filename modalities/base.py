@@ -101,6 +101,8 @@ class Adapter(ABC):
     # >0: ``attn_bias`` holds integer structure codes in [0, buckets) (e.g. clipped shortest-path
     # distance); the trunk learns one additive bias per code and head. 0: float bias or none.
     attn_bias_buckets: ClassVar[int] = 0
+    # mask kinds this adapter adds to the core's (random, block, tube, span); see ``mask_scores``
+    mask_kinds: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: dict | None = None) -> None:
         config = dict(config or {})
@@ -145,6 +147,12 @@ class Adapter(ABC):
     def reconstruction_loss(self, pred: Tensor, targets: Tensor, target_valid: Tensor, mask: Tensor) -> Tensor:
         """MAE loss on masked tokens' valid targets; override for set losses such as Chamfer."""
         return masked_mse(pred, targets, target_valid, mask)
+
+    def mask_scores(self, kind: str, coords: Tensor, padding: Tensor, attn_bias: Tensor | None,
+                    generator: torch.Generator | None, **kwargs) -> Tensor:
+        """Token scores [B, N] for an adapter-specific mask kind (the lowest are hidden), for
+        structure the coordinates do not carry, such as hop distance in a graph."""
+        raise ValueError(f"{self.name} adapter has no mask kind {kind!r}; it offers {list(self.mask_kinds)}")
 
     def preprocessing(self) -> dict:
         """What travels with an exported encoder: the full adapter config."""

@@ -52,7 +52,10 @@ class MAE(nn.Module):
         return self.head(x[:, 1:])
 
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        hidden = sample_mask(batch.coords, batch.padding, generator=generator, **self.masking)
+        def adapter_scores(kind, coords, padding, g, **kw):
+            return self.adapter.mask_scores(kind, coords, padding, batch.attn_bias, g, **kw)
+
+        hidden = sample_mask(batch.coords, batch.padding, generator=generator, scores=adapter_scores, **self.masking)
         enc, keep = self.forward_encoder(batch, hidden)
         pred = self.forward_decoder(batch, enc, keep)
         loss = self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, hidden)

@@ -18,6 +18,7 @@ from modalities.base import Adapter, TokenDataset
 from modalities.graph.dataset import GraphTokenDataset, NodeTokenDataset, node_features
 from modalities.graph.encodings import num_codes
 from modalities.graph.io import load_graphs
+from modalities.graph.masking import hop_block_scores
 from modalities.graph.tokenizer import NodeTokenizer, scaled_cosine_error
 
 log = logging.getLogger(__name__)
@@ -28,8 +29,9 @@ class GraphAdapter(Adapter):
 
     name = "graph"
     position_kind = "linear"
-    # GraphMAE masks random nodes at a high ratio; hop blocks are in modalities.graph.masking.
+    # GraphMAE masks random nodes at a high ratio; ``masking.kind: hop`` hides hop-distance balls.
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random", "ratio": 0.5}
+    mask_kinds = ("hop",)
     defaults: ClassVar[dict[str, Any]] = {
         "task": "graph",  # graph: one sample per graph; node: k-hop subgraph per node of one graph
         "feature_dim": 0,  # width P of the node features; 0 = take it from the training data
@@ -122,6 +124,13 @@ class GraphAdapter(Adapter):
         return {"root": str(root), "labels": "dataset"}
 
     # -- model parts ---------------------------------------------------------------------------
+    def mask_scores(self, kind: str, coords: Tensor, padding: Tensor, attn_bias: Tensor | None,
+                    generator: torch.Generator | None, blocks: int = 2, **_) -> Tensor:
+        """``hop``: hop distance (from the ``attn_bias`` codes) to the nearest of ``blocks`` seed nodes."""
+        if kind != "hop" or attn_bias is None:
+            return super().mask_scores(kind, coords, padding, attn_bias, generator)
+        return hop_block_scores(attn_bias, padding, int(self.config["max_distance"]), blocks, generator)
+
     def make_tokenizer(self, width: int) -> nn.Module:
         return NodeTokenizer(self.patch_dim, width)
 

@@ -130,3 +130,18 @@ def test_large_graph_cropping_keeps_samples_bounded():
     assert s.patches.shape[0] == 64 and s.attn_bias.shape == (64, 64)
     assert torch.equal(ds[0].patches, s.patches)
     assert ds[(0, 5)].patches.shape[0] == 64
+
+
+def test_hop_masking_is_a_recipe_mask_kind_of_the_core_mae():
+    from foundation.objectives.mae import MAE
+    from foundation.recipes import RecipeError, load_recipe
+
+    a, ds, enc = build([Data(x=torch.randn(20, 5), edge_index=path_graph(20)), typed_graph(12, 1)])
+    mae = MAE(enc.train(), {"kind": "hop", "ratio": 0.3, "blocks": 1}, 16, 1, 2)
+    seen = {}
+    enc.tokenizer.register_forward_hook(lambda m, i, o: seen.__setitem__("n", i[0].shape[1]))
+    loss, info = mae(collate([ds[0], ds[1]]), torch.Generator().manual_seed(0))
+    assert torch.isfinite(loss) and info["masked_tokens"] == 6 + 3 and seen["n"] == 14
+    assert load_recipe("graph-mae", ["masking.kind=hop"])["masking"]["kind"] == "hop"
+    with pytest.raises(RecipeError, match="masking.kind='hop' is not one of"):
+        load_recipe("grid-mae", ["masking.kind=hop"])
