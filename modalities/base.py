@@ -118,9 +118,9 @@ class Adapter(ABC):
         """P: values per token as the tokenizer receives them."""
 
     @property
-    @abstractmethod
     def target_dim(self) -> int:
-        """T: values per token the MAE decoder predicts."""
+        """T: values per token the MAE decoder predicts (by default the patch itself)."""
+        return self.patch_dim
 
     @property
     @abstractmethod

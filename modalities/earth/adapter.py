@@ -92,10 +92,6 @@ class EarthAdapter(Adapter):
         return len(self.channels) * int(self.config["patch_size"]) ** 2
 
     @property
-    def target_dim(self) -> int:
-        return self.patch_dim
-
-    @property
     def coord_dims(self) -> int:
         return 2
 

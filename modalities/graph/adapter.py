@@ -66,10 +66,6 @@ class GraphAdapter(Adapter):
         return int(self.config["feature_dim"])
 
     @property
-    def target_dim(self) -> int:
-        return self.patch_dim
-
-    @property
     def coord_dims(self) -> int:
         return int(self.config["lap_dims"]) + int(self.config["rw_steps"])
 

@@ -80,8 +80,6 @@ class GridAdapter(Adapter):
     def patch_dim(self) -> int:
         return self.config["channels"] * math.prod(self.config["patch"])
 
-    target_dim = patch_dim
-
     @property
     def coord_dims(self) -> int:
         return len(self.config["patch"])

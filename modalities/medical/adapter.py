@@ -70,10 +70,6 @@ class MedicalAdapter(Adapter):
         return int(self.config["channels"]) * math.prod(self.config["patch"])
 
     @property
-    def target_dim(self) -> int:
-        return self.patch_dim
-
-    @property
     def coord_dims(self) -> int:
         return 3
 

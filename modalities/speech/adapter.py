@@ -54,10 +54,6 @@ class SpeechAdapter(Adapter):
         return int(self.config["patch"][0]) * int(self.config["patch"][1])
 
     @property
-    def target_dim(self) -> int:
-        return self.patch_dim
-
-    @property
     def coord_dims(self) -> int:
         return 2
 
