@@ -161,11 +161,19 @@ def read_ply(path: str | Path) -> PointCloud:
 
 def write_ply(path: str | Path, xyz: np.ndarray, features: dict[str, np.ndarray] | None = None, binary: bool = True) -> None:
     """Write float32 vertices (and float32 feature properties) as PLY."""
-    features = features or {}
-    cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], **features}
+    cols, data = _float_columns(xyz, features)
     header = ["ply", f"format {'binary_little_endian' if binary else 'ascii'} 1.0", f"element vertex {len(xyz)}"]
     header += [f"property float {c}" for c in cols] + ["end_header"]
-    data = np.stack([np.asarray(v, np.float32) for v in cols.values()], 1)
+    _write_header_and_rows(path, header, data, binary)
+
+
+def _float_columns(xyz: np.ndarray, features: dict[str, np.ndarray] | None) -> tuple[list[str], np.ndarray]:
+    """Column names and a float32 [N, C] table of xyz plus feature columns (PLY and PCD writers)."""
+    cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], **(features or {})}
+    return list(cols), np.stack([np.asarray(v, np.float32) for v in cols.values()], 1)
+
+
+def _write_header_and_rows(path: str | Path, header: list[str], data: np.ndarray, binary: bool) -> None:
     with open(path, "wb") as f:
         f.write(("\n".join(header) + "\n").encode())
         if binary:
@@ -306,19 +314,12 @@ def _unique(names: list[str]) -> list[str]:
 
 
 def write_pcd(path: str | Path, xyz: np.ndarray, features: dict[str, np.ndarray] | None = None, binary: bool = True) -> None:
-    features = features or {}
-    cols = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2], **features}
-    data = np.stack([np.asarray(v, np.float32) for v in cols.values()], 1)
+    cols, data = _float_columns(xyz, features)
     k = len(cols)
     header = ["# .PCD v0.7 - Point Cloud Data file format", "VERSION 0.7", "FIELDS " + " ".join(cols), "SIZE " + " ".join(["4"] * k),
               "TYPE " + " ".join(["F"] * k), "COUNT " + " ".join(["1"] * k), f"WIDTH {len(xyz)}", "HEIGHT 1",
               "VIEWPOINT 0 0 0 1 0 0 0", f"POINTS {len(xyz)}", f"DATA {'binary' if binary else 'ascii'}"]
-    with open(path, "wb") as f:
-        f.write(("\n".join(header) + "\n").encode())
-        if binary:
-            f.write(data.astype("<f4").tobytes())
-        else:
-            np.savetxt(f, data, fmt="%.7g")
+    _write_header_and_rows(path, header, data, binary)
 
 
 # -- LAS / LAZ ---------------------------------------------------------------------------------------
