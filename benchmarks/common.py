@@ -26,6 +26,20 @@ def timing_lock(name: str = "domainfm-benchmarks"):
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def time_steps(fn, device, steps: int) -> float:
+    """Seconds per call of ``fn`` over ``steps`` calls, synchronising the GPU around the loop."""
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) / steps
+
+
 def machine() -> dict:
     import torch
 

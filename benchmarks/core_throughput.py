@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.common import timing_lock, write_results  # noqa: E402
+from benchmarks.common import time_steps, timing_lock, write_results  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
 from foundation.objectives.jepa import JEPA, ema_update  # noqa: E402
 from foundation.objectives.mae import MAE  # noqa: E402
@@ -57,12 +57,7 @@ def measure(objective: str, width: int, depth: int, heads: int, image: int, batc
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = time.perf_counter() - t
+    dt = time_steps(step, device, steps) * steps
     return {"objective": objective, "width": width, "depth": depth, "tokens": (image // 16) ** 2, "batch": batch,
             "precision": precision, "samples_per_s": round(batch * steps / dt, 1), "peak_mem_mb": round(peak_mb(device))}
 

@@ -18,12 +18,16 @@ import argparse
 import json
 import platform
 import subprocess
+import sys
 import time
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import time_steps  # noqa: E402
 
 warnings.filterwarnings("ignore")
 
@@ -109,17 +113,6 @@ def peak_memory(fn, device) -> float:
             cur -= size
         peak = max(peak, cur)
     return peak / 2**20
-
-
-def time_steps(fn, device, steps: int) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
 
 
 def main() -> None:
