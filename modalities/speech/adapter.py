@@ -36,7 +36,10 @@ class SpeechAdapter(Adapter):
         "high_freq": None,  # null = Nyquist of the lowest native rate seen in the data
         "frame_length_ms": 25.0,
         "frame_shift_ms": 10.0,
-        "patch": [4, 8],  # frames x mel bands per token (40 ms x 8 bands)
+        # frames x mel bands per token; null bands = all of them: one token per 40 ms frame, as in
+        # SSAST's frame patches, which beat square patches on speech tasks (a digit is a sequence of
+        # full spectra; splitting bands into separate tokens lets pooling blur the spectral shape)
+        "patch": [4, None],
         "max_seconds": 2.0,  # random crops (training) / centre crops (evaluation); null = whole clips
         "mel_mean": None,  # per-band statistics fitted on training data
         "mel_std": None,
@@ -51,7 +54,12 @@ class SpeechAdapter(Adapter):
     # -- shapes ------------------------------------------------------------------------------------
     @property
     def patch_dim(self) -> int:
-        return int(self.config["patch"][0]) * int(self.config["patch"][1])
+        frames, bands = self.config["patch"]
+        if bands is None:
+            if self.config["n_mels"] is None:
+                raise ValueError("speech adapter: patch bands follow n_mels, which is derived from the data: build a dataset first or set adapter.n_mels")
+            bands = self.config["n_mels"]
+        return int(frames) * int(bands)
 
     @property
     def coord_dims(self) -> int:
@@ -75,6 +83,8 @@ class SpeechAdapter(Adapter):
                 log.info("speech: mel range capped at %.0f Hz, the Nyquist of the lowest native rate (%d Hz)", lowest / 2, lowest)
         n_mels, high = features.resolve_mel(rate, c["n_mels"], float(c["low_freq"]), c["high_freq"], float(c["frame_length_ms"]))
         c["n_mels"], c["high_freq"] = n_mels, high
+        if c["patch"][1] is None:
+            c["patch"] = [int(c["patch"][0]), int(n_mels)]
 
     def dataset(self, data: dict, train: bool) -> SpeechDataset:
         sources = find_sources(data.get("root"), data.get("manifest"), data.get("labels"), extensions=AUDIO_EXTENSIONS)

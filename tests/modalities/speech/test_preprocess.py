@@ -96,8 +96,20 @@ def test_short_clip_gives_tokens_and_long_clip_is_cropped(tmp_path):
     assert batch.padding[1].sum() == long.patches.shape[0] - short.patches.shape[0]
 
 
-def test_tokens_round_trip_to_the_spectrogram_and_carry_time_freq_coords(synthetic_dir):
+def test_default_tokens_are_full_band_frames(synthetic_dir):
+    """The default patch spans every mel band: one token per 4 frames, bands resolved from the data."""
     a = adapter_from_config("speech", {})
+    ds = a.dataset({"root": str(synthetic_dir)}, train=False)
+    a.fit(ds)
+    assert a.config["patch"] == [4, a.config["n_mels"]] and a.patch_dim == 4 * a.config["n_mels"]
+    spec = ds.spectrogram(ds.crop(ds.waveform(0), None))
+    s = ds[0]
+    assert s.patches.shape == (math.ceil(spec.shape[0] / 4), a.patch_dim)
+    assert (s.coords[:, 1] == 0).all() and (s.coords[:, 0] == torch.arange(s.patches.shape[0])).all()
+
+
+def test_tokens_round_trip_to_the_spectrogram_and_carry_time_freq_coords(synthetic_dir):
+    a = adapter_from_config("speech", {"patch": [4, 8]})
     ds = a.dataset({"root": str(synthetic_dir)}, train=False)
     a.fit(ds)
     spec = ds.spectrogram(ds.crop(ds.waveform(0), None))
