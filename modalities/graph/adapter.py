@@ -41,6 +41,7 @@ class GraphAdapter(Adapter):
         "lap_dims": 8,  # Laplacian eigenvectors in coords (zero-padded on smaller graphs)
         "lap_invariant": True,  # zero eigenvectors of repeated eigenvalues (basis-ambiguous, node-order dependent)
         "rw_steps": 8,  # random-walk return probabilities in coords
+        "rw_features": False,  # True: random-walk encodings are node features (masked, reconstructed), not coords
         "max_distance": 5,  # shortest-path distance clip for attn_bias codes
         "edge_types": 4,  # edge/bond type codes on direct edges
         "max_nodes": 1024,  # graphs above this are cut to a k-hop neighbourhood
@@ -67,7 +68,8 @@ class GraphAdapter(Adapter):
 
     @property
     def coord_dims(self) -> int:
-        return int(self.config["lap_dims"]) + int(self.config["rw_steps"])
+        c = self.config
+        return int(c["lap_dims"]) + (0 if c.get("rw_features") else int(c["rw_steps"]))
 
     # -- data ----------------------------------------------------------------------------------
     def dataset(self, data: dict, train: bool) -> TokenDataset:
@@ -82,7 +84,7 @@ class GraphAdapter(Adapter):
         if any(has_x) and not all(has_x):
             missing = graphs.names[has_x.index(False)]
             raise ValueError(f"graph {missing}: has no node features while others do (inconsistent feature widths)")
-        raw_width = (graphs.graphs[0].x.shape[1] if has_x[0] else 0) + int(c["degree_features"])
+        raw_width = self._raw_width(graphs.graphs[0])
         if not c["feature_dim"]:
             c["feature_dim"] = raw_width
         if raw_width == 0:
@@ -110,7 +112,9 @@ class GraphAdapter(Adapter):
         c["feature_mean"], c["feature_std"] = mean.tolist(), std.tolist()
 
     def _raw_width(self, g) -> int:
-        return (g.x.shape[1] if getattr(g, "x", None) is not None else 0) + int(self.config["degree_features"])
+        c = self.config
+        return ((g.x.shape[1] if getattr(g, "x", None) is not None else 0) + int(c["degree_features"])
+                + (int(c["rw_steps"]) if c.get("rw_features") else 0))
 
     def synthetic(self, out_dir: str | Path, n: int, seed: int = 0) -> dict:
         """Network families (SBM, small-world, scale-free) with matched node and edge counts, as TU files."""
@@ -131,4 +135,12 @@ class GraphAdapter(Adapter):
         return NodeTokenizer(self.patch_dim, width)
 
     def reconstruction_loss(self, pred: Tensor, targets: Tensor, target_valid: Tensor, mask: Tensor) -> Tensor:
-        return scaled_cosine_error(pred, targets, target_valid, mask, float(self.config["sce_alpha"]))
+        """GraphMAE's scaled cosine error; with ``rw_features`` the node features and the random-walk
+        encoding (the last ``rw_steps`` columns) are two targets, each with its own cosine, so the
+        structure columns cannot drown a one-hot atom type."""
+        c, alpha = self.config, float(self.config["sce_alpha"])
+        k = int(c["rw_steps"]) if c.get("rw_features") else 0
+        if not k or k >= pred.shape[-1]:
+            return scaled_cosine_error(pred, targets, target_valid, mask, alpha)
+        return (scaled_cosine_error(pred[..., :-k], targets[..., :-k], target_valid[..., :-k], mask, alpha)
+                + scaled_cosine_error(pred[..., -k:], targets[..., -k:], target_valid[..., -k:], mask, alpha))

@@ -48,10 +48,12 @@ def degree_onehot(edge_index: Tensor, num_nodes: int, buckets: int) -> Tensor:
     return torch.nn.functional.one_hot(deg.clamp(max=buckets - 1), buckets).float()
 
 
-def node_features(g: Data, config: dict, name: str, degree: Tensor | None = None) -> Tensor:
-    """The node feature matrix the tokenizer sees: raw x (+ degree one-hot), standardised, zero-padded.
+def node_features(g: Data, config: dict, name: str, degree: Tensor | None = None, rw: Tensor | None = None) -> Tensor:
+    """The node feature matrix the tokenizer sees: raw x (+ degree one-hot) (+ random-walk return
+    probabilities with ``rw_features``), standardised, zero-padded.
 
-    ``degree`` overrides the degrees counted in ``g`` (a sampled subgraph's nodes keep their full degree).
+    ``degree`` overrides the degrees counted in ``g`` (a sampled subgraph's nodes keep their full degree);
+    ``rw`` passes the graph's cached random-walk encoding.
     """
     parts = []
     if getattr(g, "x", None) is not None:
@@ -60,6 +62,8 @@ def node_features(g: Data, config: dict, name: str, degree: Tensor | None = None
         k = config["degree_features"]
         parts.append(degree_onehot(g.edge_index, g.num_nodes, k) if degree is None
                      else torch.nn.functional.one_hot(degree.clamp(max=k - 1), k).float())
+    if config.get("rw_features") and config["rw_steps"]:
+        parts.append((rw if rw is not None else random_walk_pe(g.edge_index, g.num_nodes, config["rw_steps"])).float())
     if not parts:
         raise GraphInputError(f"graph {name}: has no node features; set adapter.degree_features=K to use degree one-hots")
     x = torch.cat(parts, 1)
@@ -90,14 +94,17 @@ def compute_structure(g: Data, config: dict, name: str) -> Structure:
     return Structure(lap.float(), rw.float(), codes.to(torch.uint8))
 
 
-def graph_tokens(x: Tensor, s: Structure, rng: torch.Generator | None, **fields) -> SampleTokens:
-    """Assemble one sample; the training view flips each Laplacian eigenvector's sign at random."""
+def graph_tokens(x: Tensor, s: Structure, rng: torch.Generator | None, rw_in_features: bool = False, **fields) -> SampleTokens:
+    """Assemble one sample; the training view flips each Laplacian eigenvector's sign at random.
+    With ``rw_in_features`` the random-walk encoding is already in ``x`` (a feature, so it is masked
+    and reconstructed), and ``coords`` hold the Laplacian eigenvectors only."""
     lap = s.lap
     if rng is not None and lap.shape[1]:
         signs = torch.randint(0, 2, (lap.shape[1],), generator=rng).float() * 2 - 1
         lap = lap * signs
+    coords = lap if rw_in_features else torch.cat([lap, s.rw], 1)
     return SampleTokens(
-        patches=x, coords=torch.cat([lap, s.rw], 1), targets=x.clone(),
+        patches=x, coords=coords, targets=x.clone(),
         target_valid=torch.ones_like(x, dtype=torch.bool), attn_bias=s.codes.long(), **fields,
     )
 
@@ -139,8 +146,8 @@ class GraphTokenDataset(TokenDataset):
             s = self._cache.get(index)
             if s is None:
                 s = self._cache[index] = compute_structure(g, self.config, name)
-        x = node_features(g, self.config, name)
-        return graph_tokens(x, s, rng, id=name, path=self.set.source, label=self.label(index))
+        x = node_features(g, self.config, name, rw=s.rw)
+        return graph_tokens(x, s, rng, bool(self.config.get("rw_features")), id=name, path=self.set.source, label=self.label(index))
 
 
 class NodeTokenDataset(TokenDataset):
@@ -184,6 +191,7 @@ class NodeTokenDataset(TokenDataset):
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
         sub, nodes = self.subgraph(index, rng)
         name = f"{self.set.names[0]}:node {index}"
-        x = node_features(sub, self.config, name, degree=self.csr.degree()[nodes])
-        return graph_tokens(x, compute_structure(sub, self.config, name), rng, id=name,
+        s = compute_structure(sub, self.config, name)
+        x = node_features(sub, self.config, name, degree=self.csr.degree()[nodes], rw=s.rw)
+        return graph_tokens(x, s, rng, bool(self.config.get("rw_features")), id=name,
                             path=self.set.source, label=self.label(index))

@@ -12,61 +12,79 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn import functional as F
 
-from foundation.embed import embed_dataset
+from foundation.data import eval_loader
+from foundation.finetune import train_from_scratch
 from foundation.model import Encoder
 from foundation.probes import compare_few_shot, paired_interval
-from foundation.tokens import collate
-from foundation.trunk import masked_mean
+from foundation.trunk import masked_max, masked_mean
 from modalities.graph.tasks import svm_cv, wl_features
 
 log = logging.getLogger(__name__)
-POOLINGS = ("mean", "meanstd", "max", "mid_meanstd")
+# Frozen-feature poolings the SVM's inner CV chooses from: the last layer's mean and max, and (as GIN,
+# InfoGraph and GraphMAE read graphs out) the concatenation over every layer, input embedding included,
+# of each layer's mean (``layers_mean``) or mean and max (``layers_meanmax``).
+POOLINGS = ("mean", "max", "layers_mean", "layers_meanmax")
 
 
 def pooled(emb: dict, poolings: tuple[str, ...] = POOLINGS) -> dict[str, np.ndarray]:
     return {p: emb[p] for p in poolings if p in emb}
 
 
-def train_scratch(adapter, model_cfg: dict, dataset, train_idx: np.ndarray, y: np.ndarray, steps: int,
-                  batch_size: int = 32, lr: float = 1e-3, seed: int = 0) -> tuple[Encoder, nn.Linear]:
-    """A from-scratch supervised model of the same size: the encoder plus a linear head on mean-pooled
-    tokens, trained end to end with cross-entropy for ``steps`` steps (AdamW, cosine decay)."""
-    torch.manual_seed(seed)
-    enc = Encoder.build(adapter, model_cfg)
-    head = nn.Linear(enc.width, int(y.max()) + 1)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
-    g = torch.Generator().manual_seed(seed)
-    enc.train()
-    for step in range(steps):
-        pick = train_idx[torch.randint(len(train_idx), (batch_size,), generator=g).numpy()]
-        batch = collate([dataset[(int(i), seed * 100003 + step * batch_size + j)] for j, i in enumerate(pick)])
-        out = enc(batch)
-        loss = F.cross_entropy(head(masked_mean(out.tokens, out.padding)), torch.as_tensor(y[pick]))
-        opt.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    return enc.eval(), head
-
-
 @torch.no_grad()
-def scratch_predict(enc: Encoder, head: nn.Linear, dataset, idx: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    preds = []
-    for s in range(0, len(idx), batch_size):
-        batch = collate([dataset[int(i)] for i in idx[s : s + batch_size]])
-        out = enc(batch)
-        preds.append(head(masked_mean(out.tokens, out.padding)).argmax(-1).numpy())
-    return np.concatenate(preds)
+def graph_embeddings(encoder: Encoder, dataset, batch_size: int = 64) -> dict[str, np.ndarray]:
+    """Frozen graph embeddings: the encoder's own poolings plus layer-wise readouts.
+
+    Each layer's node tokens (the trunk's input, i.e. node-feature embedding plus positions, then each
+    block's output, layer-normalised) are mean- and max-pooled over the graph's real nodes only.
+    """
+    encoder.eval()
+    captured: dict[str, torch.Tensor] = {}
+    hook = encoder.trunk.blocks[0].register_forward_pre_hook(lambda _m, args: captured.__setitem__("x0", args[0]))
+    feats: dict[str, list] = {}
+    try:
+        for batch in eval_loader(dataset, batch_size):
+            out = encoder.pooled(batch)
+            enc = encoder(batch, return_layers=True)
+            pad = enc.padding
+            layers = [captured["x0"][:, 1:]] + list(enc.layers)  # drop the register token
+            layers = [F.layer_norm(h, h.shape[-1:]) for h in layers]
+            out["layers_mean"] = torch.cat([masked_mean(h, pad) for h in layers], -1)
+            out["layers_meanmax"] = torch.cat([torch.cat([masked_mean(h, pad), masked_max(h, pad)], -1) for h in layers], -1)
+            for k, v in out.items():
+                feats.setdefault(k, []).append(v.float().numpy())
+    finally:
+        hook.remove()
+    return {k: np.concatenate(v) for k, v in feats.items()}
+
+
+def scratch_baseline(adapter, model_cfg: dict, dataset, y: np.ndarray, split: list, steps: int,
+                     lrs: tuple[float, ...] = (3e-4, 1e-3), batch_size: int = 32) -> dict:
+    """From-scratch supervised model of the same size and step budget as pretraining: the encoder plus
+    a linear head (:func:`foundation.finetune.train_from_scratch`), its learning rate tuned on a
+    validation quarter of the first fold's training graphs (test folds never touch the choice), then
+    trained on each fold's training graphs and tested on its test graphs."""
+    from sklearn.model_selection import train_test_split
+
+    tr0 = split[0][0]
+    fit, val = train_test_split(tr0, test_size=0.25, stratify=y[tr0], random_state=0)
+    tuning = {lr: train_from_scratch(adapter, model_cfg, dataset, fit, val, y, steps, lr, seed=0, batch_size=batch_size)
+              for lr in lrs}
+    lr = max(lrs, key=lambda v: tuning[v]["accuracy"])
+    acc, train_acc = [], []
+    for f, (tr, te) in enumerate(split):
+        r = train_from_scratch(adapter, model_cfg, dataset, tr, te, y, steps, lr, seed=f, batch_size=batch_size)
+        acc.append(r["accuracy"])
+        train_acc.append(r["train_accuracy"])
+    return {"fold_accuracy": acc, "mean": float(np.mean(acc)) if acc else float("nan"),
+            "train_accuracy": float(np.mean(train_acc)) if train_acc else float("nan"),
+            "steps": steps, "folds": len(split), "lr": lr,
+            "lr_tuning": {str(k): v["accuracy"] for k, v in tuning.items()}}
 
 
 def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list[str] = (), folds: int = 10,
-                     seeds: tuple[int, ...] = (0, 1, 2), scratch_steps: int = 200, scratch_folds: int | None = None,
+                     seeds: tuple[int, ...] = (0, 1, 2), scratch_steps: int | None = None, scratch_folds: int | None = None,
                      ks: tuple[int, ...] = (5, 10), few_seeds: int = 5, run_dir: str | None = None,
                      poolings: tuple[str, ...] = POOLINGS) -> dict:
     """Pretrain (labels unused) on ``data``, then SVM k-fold CV on frozen features of the pretrained
@@ -87,26 +105,25 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     adapter = encoder.adapter
     ds = adapter.dataset({**recipe["data"], "labels": "dataset"}, train=False)
     y = np.array([ds.label(i) for i in range(len(ds))])
-    emb_pre = embed_dataset(encoder, ds, batch_size=64, device="cpu")
+    emb_pre = graph_embeddings(encoder, ds)
     torch.manual_seed(int(recipe["run"]["seed"]) + 1)
     rand = Encoder.build(adapter, recipe["model"]).eval()
-    emb_rand = embed_dataset(rand, ds, batch_size=64, device="cpu")
+    emb_rand = graph_embeddings(rand, ds)
     res: dict = {"n_graphs": len(ds), "classes": int(y.max()) + 1, "pretrain_s": round(t_pre, 1),
                  "recipe": recipe_name, "overrides": list(overrides), "poolings": list(poolings), "steps": int(recipe["train"]["steps"])}
     res["pretrained"] = svm_cv(pooled(emb_pre, poolings), y, folds, seeds)
     res["random_init"] = svm_cv(pooled(emb_rand, poolings), y, folds, seeds)
     res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds)
-    # from scratch: same folds as the first seed, its own training and test accuracy per fold
+    # from scratch: same folds as the first seed; by default the same number of steps as pretraining
+    steps = int(recipe["train"]["steps"]) if scratch_steps is None else scratch_steps
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
-    split = split[: scratch_folds or folds] if scratch_steps else []  # scratch_steps=0: skip (e.g. a second recipe)
-    sc_acc, sc_train = [], []
-    for f, (tr, te) in enumerate(split):
-        enc, head = train_scratch(adapter, recipe["model"], ds, tr, y, scratch_steps, seed=f)
-        sc_acc.append(float((scratch_predict(enc, head, ds, te) == y[te]).mean()))
-        sc_train.append(float((scratch_predict(enc, head, ds, tr) == y[tr]).mean()))
-    res["from_scratch"] = {"fold_accuracy": sc_acc, "mean": float(np.mean(sc_acc)) if sc_acc else float("nan"),
-                           "train_accuracy": float(np.mean(sc_train)) if sc_train else float("nan"),
-                           "steps": scratch_steps, "folds": len(split)}
+    split = split[: scratch_folds or folds]
+    if steps:  # scratch_steps=0: skip (e.g. a second recipe)
+        res["from_scratch"] = scratch_baseline(adapter, recipe["model"], ds, y, split, steps,
+                                               batch_size=int(recipe["train"]["batch_size"]))
+    else:
+        res["from_scratch"] = {"fold_accuracy": [], "mean": float("nan"), "train_accuracy": float("nan"), "steps": 0, "folds": 0}
+    sc_acc = res["from_scratch"]["fold_accuracy"]
     pre_folds = np.array(res["pretrained"]["fold_accuracy"])
     res["paired"] = {
         "pretrained_minus_random": paired_interval(pre_folds, res["random_init"]["fold_accuracy"]),
