@@ -145,3 +145,43 @@ def test_hop_masking_is_a_recipe_mask_kind_of_the_core_mae():
     assert load_recipe("graph-mae", ["masking.kind=hop"])["masking"]["kind"] == "hop"
     with pytest.raises(RecipeError, match="masking.kind='hop' is not one of"):
         load_recipe("grid-mae", ["masking.kind=hop"])
+
+
+def test_rw_features_are_masked_node_features_and_coords_keep_the_laplacian():
+    from modalities.graph.encodings import random_walk_pe
+
+    g = typed_graph(12, 5)
+    a, ds, enc = build([g, typed_graph(9, 6)], rw_features=True, lap_dims=4, rw_steps=6)
+    assert a.patch_dim == 5 + 6 and a.coord_dims == 4
+    s = ds[0]
+    assert s.coords.shape == (12, 4) and s.patches.shape == (12, 11)
+    rw = random_walk_pe(g.edge_index, 12, 6).float()
+    std = torch.tensor(a.config["feature_std"][-6:]).float()
+    mean = torch.tensor(a.config["feature_mean"][-6:]).float()
+    assert torch.allclose(s.patches[:, -6:] * std + mean, rw, atol=1e-4)
+    assert torch.equal(s.targets, s.patches)
+    # the SCE is split per target group: a perfect structure part and a wrong feature part cost 1, not ~0
+    t = torch.cat([torch.eye(5)[:1], torch.ones(1, 6)], 1).expand(1, 3, 11).clone()
+    pred = t.clone()
+    pred[..., :5] = -pred[..., :5]
+    loss = a.reconstruction_loss(pred, t, torch.ones_like(t, dtype=torch.bool), torch.ones(1, 3, dtype=torch.bool))
+    assert abs(float(loss) - 4.0) < 1e-4  # (1 - cos(-u, u)) ** 2 = 4 on the feature group, 0 on the structure group
+    # the default (rw in coords) keeps the old layout
+    a0, ds0, _ = build([g], lap_dims=4, rw_steps=6)
+    assert a0.coord_dims == 10 and ds0[0].patches.shape == (12, 5)
+
+
+def test_layerwise_readout_is_order_invariant_and_never_sees_padding():
+    from modalities.graph.evaluation import graph_embeddings
+
+    g = typed_graph(13, 1)
+    perm = torch.randperm(13, generator=torch.Generator().manual_seed(3))
+    a, ds, enc = build([g, permuted(g, perm), typed_graph(30, 4)], rw_features=True)
+    e = graph_embeddings(enc, ds, batch_size=3)
+    alone = graph_embeddings(enc, torch.utils.data.Subset(ds, [0]), batch_size=1)
+    assert e["layers_meanmax"].shape[1] == 2 * 32 * (MODEL["depth"] + 1)
+    for pool in ("layers_mean", "layers_meanmax", "mean", "max"):
+        assert abs(e[pool][0] - e[pool][1]).max() < 1e-4, pool  # permuted copy: same embedding
+        assert abs(e[pool][0] - alone[pool][0]).max() < 1e-4, pool  # batched with a bigger graph: same embedding
+    assert abs(e["layers_mean"][0] - e["layers_mean"][2]).max() > 1e-2  # a different graph differs
+
