@@ -27,6 +27,7 @@ from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
+from foundation.objectives.contrast import Contrast
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
 from foundation.tokens import collate
@@ -43,6 +44,9 @@ def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
     if recipe["objective"] == "mae":
         masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
         return MAE(encoder, masking, **recipe["mae"])
+    if recipe["objective"] == "contrast":
+        masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
+        return Contrast(encoder, masking, **recipe["contrast"])
     j = recipe["jepa"]
     masking = {"targets": j["targets"], "target_scale": j["target_scale"], "context_scale": j["context_scale"]}
     return JEPA(encoder, masking, j["predictor_width"], j["predictor_depth"], j["predictor_heads"])

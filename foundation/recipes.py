@@ -21,6 +21,7 @@ DEFAULTS: dict[str, Any] = {
     "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False},
     "jepa": {"predictor_width": 128, "predictor_depth": 3, "predictor_heads": 4, "ema_start": 0.996, "ema_end": 1.0,
              "targets": 4, "target_scale": [0.15, 0.2], "context_scale": [0.85, 1.0]},
+    "contrast": {"proj_dim": 128, "temperature": 0.1},
     "train": {"steps": 600, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-5, "warmup_steps": 50, "weight_decay": 0.05,
               "betas": [0.9, 0.95], "accumulation": 1, "precision": "no", "clip": 1.0, "checkpoint_every": 200,
               "log_every": 10, "monitor_every": 100, "keep_checkpoints": 2},
@@ -30,7 +31,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
-    "objective": ("mae", "jepa"),
+    "objective": ("mae", "jepa", "contrast"),
     "train.precision": ("no", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
 }

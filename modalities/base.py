@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
-from foundation.tokens import SampleTokens
+from foundation.tokens import PatchBatch, SampleTokens
 
 log = logging.getLogger(__name__)
 
@@ -153,6 +153,13 @@ class Adapter(ABC):
         """Token scores [B, N] for an adapter-specific mask kind (the lowest are hidden), for
         structure the coordinates do not carry, such as hop distance in a graph."""
         raise ValueError(f"{self.name} adapter has no mask kind {kind!r}; it offers {list(self.mask_kinds)}")
+
+    def view_augment(self, batch: PatchBatch, generator: torch.Generator | None) -> PatchBatch:
+        """A freshly augmented view of a whole batch, on the device (contrastive pretraining calls it
+        once per view so the two views of a sample differ by more than their masks). Default: the
+        batch unchanged; adapters whose augmentation can act on tokens (point clouds: rotate and
+        scale patches and centres together) override it."""
+        return batch
 
     def preprocessing(self) -> dict:
         """What travels with an exported encoder: the full adapter config."""
