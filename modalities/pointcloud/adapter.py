@@ -4,8 +4,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, ClassVar
 
+import dataclasses
+import math
+
+import torch
 from torch import Tensor, nn
 
+from foundation.tokens import PatchBatch
 from modalities.base import Adapter
 from modalities.pointcloud.dataset import PointCloudDataset, make_dataset
 from modalities.pointcloud.ops import chamfer_distance
@@ -97,6 +102,28 @@ class PointCloudAdapter(Adapter):
 
     def make_tokenizer(self, width: int) -> nn.Module:
         return MiniPointNet(int(self.config["group_size"]), self.channels, width, int(self.config["tokenizer_hidden"]))
+
+    def view_augment(self, batch: PatchBatch, generator: torch.Generator | None) -> PatchBatch:
+        """Rotate (about the up axis, if ``rotate``) and anisotropically scale each sample's groups and
+        centres together, on the device: the same as augmenting the cloud before grouping (FPS and kNN
+        are unchanged by rotation; by mild scaling nearly so). Only the xyz channels move; extra
+        channels (intensity, colour) stay; normals, if present, are not turned (use rotate=false)."""
+        b, n, _ = batch.coords.shape
+        dev, dt = batch.coords.device, batch.coords.dtype
+        m = torch.eye(3, device=dev, dtype=dt).repeat(b, 1, 1)
+        if self.config.get("rotate", False):
+            a = torch.rand(b, generator=generator, device=dev).to(dt) * 2 * math.pi
+            i, j = [k for k in range(3) if k != "xyz".index(self.config["up_axis"])]
+            m[:, i, i], m[:, i, j], m[:, j, i], m[:, j, j] = a.cos(), -a.sin(), a.sin(), a.cos()
+        lo, hi = self.config.get("scale", (1.0, 1.0))
+        s = lo + (hi - lo) * torch.rand(b, 3, generator=generator, device=dev).to(dt)
+        m = m * s.unsqueeze(-1)  # x' = diag(s) R x: rotate, then scale the axes
+        coords = torch.einsum("bij,bnj->bni", m, batch.coords)
+        k, c = int(self.config["group_size"]), self.channels
+        pts = batch.patches.reshape(b, n, k, c)
+        xyz = torch.einsum("bij,bnkj->bnki", m, pts[..., :3])
+        patches = torch.cat([xyz, pts[..., 3:]], -1).reshape(b, n, k * c)
+        return dataclasses.replace(batch, patches=patches, coords=coords)
 
     def reconstruction_loss(self, pred: Tensor, targets: Tensor, target_valid: Tensor, mask: Tensor) -> Tensor:
         """Squared-L2 Chamfer distance between predicted and true points of each masked group.

@@ -35,11 +35,13 @@ def _cv(y: np.ndarray) -> StratifiedKFold | int:
     return StratifiedKFold(n_splits=max(2, min(5, smallest)), shuffle=True, random_state=0)
 
 
-def probe(kind: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray) -> dict[str, float]:
+def probe(kind: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
+          return_predictions: bool = False) -> dict:
     """Fit a probe (``linear`` logistic regression, ``svm`` linear SVM, ``knn``) and score it on the test set.
 
     Hyper-parameters (C, k) come from stratified inner CV on the training set; returns OA, mAcc and
-    the training accuracy (an under-fitted probe is then visible).
+    the training accuracy (an under-fitted probe is then visible), and with ``return_predictions``
+    the test predictions (``pred``), for paired comparisons on the same test samples.
     """
     ytr, yte = np.asarray(ytr), np.asarray(yte)
     if kind == "linear":
@@ -53,8 +55,11 @@ def probe(kind: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.
         raise ValueError(f"unknown probe {kind!r}: use linear, svm or knn")
     search = GridSearchCV(make_pipeline(StandardScaler(), model), grid, cv=_cv(ytr), n_jobs=1)
     search.fit(xtr, ytr)
-    out = accuracies(yte, search.predict(xte))
+    pred = search.predict(xte)
+    out = accuracies(yte, pred)
     out["train_acc"] = float((search.predict(xtr) == ytr).mean())
+    if return_predictions:
+        out["pred"] = pred
     return out
 
 
