@@ -161,6 +161,18 @@ def run_fold(args, test_speaker: str, files: list[Path], work: Path) -> dict:
     return fold
 
 
+def finished_fold(args, test_speaker: str, files: list[Path]) -> dict:
+    """One fold's results, saved as soon as they exist: an interrupted grid loses only the fold in flight."""
+    saved = args.work / f"fold-{test_speaker}" / f"result-{'+'.join(args.objectives)}-k{'_'.join(map(str, args.ks))}-s{args.seeds}.json"
+    if args.resume and saved.exists():
+        return json.loads(saved.read_text())
+    fold = run_fold(args, test_speaker, files, args.work)
+    tmp = saved.with_suffix(".tmp")
+    tmp.write_text(json.dumps(fold, default=float))
+    tmp.replace(saved)
+    return json.loads(saved.read_text())
+
+
 # -- the table -----------------------------------------------------------------------------------------------
 def summarise(folds: list[dict], objectives: list[str], ks: list[int]) -> tuple[list[dict], str]:
     """Paired differences over all (fold, seed) pairs: pretrained minus each baseline."""
@@ -211,7 +223,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--progress", action="store_true")
-    ap.add_argument("--resume", action="store_true", help="continue interrupted pretraining runs in --work instead of restarting them")
+    ap.add_argument("--resume", action="store_true", help="reuse finished folds and continue interrupted pretraining runs in --work instead of restarting them")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -222,7 +234,7 @@ def main(argv: list[str] | None = None) -> dict:
     folds = args.folds or speakers
     t0 = time.perf_counter()
     # Accuracy, not speed, is measured here: no timing lock, so MAE and JEPA grids may run side by side.
-    results = [run_fold(args, s, files, args.work) for s in folds]
+    results = [finished_fold(args, s, files) for s in folds]
     rows, table = summarise(results, args.objectives, args.ks)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "modalities/speech", "benchmarks", "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
