@@ -40,6 +40,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=300)
     ap.add_argument("--scratch-steps", type=int, default=None, help="default: the pretraining steps (same budget)")
     ap.add_argument("--scratch-folds", type=int, default=5, help="folds of the first seed that train a from-scratch model")
+    ap.add_argument("--scratch-lrs", type=float, nargs="+", default=[3e-4, 1e-3],
+                    help="from-scratch learning rates tried on a validation split of the first training fold (one: no tuning)")
     ap.add_argument("--poolings", nargs="+", default=list(POOLINGS))
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--override", nargs="*", default=[])
@@ -58,7 +60,8 @@ def main() -> None:
         t = time.time()
         r = compare_encoders(data, args.recipe, [f"train.steps={args.steps}", *args.override], folds=10,
                              seeds=tuple(args.seeds), scratch_steps=args.scratch_steps,
-                             scratch_folds=args.scratch_folds, poolings=tuple(args.poolings))
+                             scratch_folds=args.scratch_folds, poolings=tuple(args.poolings),
+                             scratch_lrs=tuple(args.scratch_lrs))
         r.update(commit=commit, machine=f"{platform.node()} {platform.processor() or platform.machine()} "
                  f"threads={torch.get_num_threads()}", seeds=args.seeds, wall_s=round(time.time() - t, 1))
         results["datasets"][f"{name}/{args.recipe}"] = r

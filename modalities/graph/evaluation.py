@@ -70,8 +70,8 @@ def scratch_baseline(adapter, model_cfg: dict, dataset, y: np.ndarray, split: li
     tr0 = split[0][0]
     fit, val = train_test_split(tr0, test_size=0.25, stratify=y[tr0], random_state=0)
     tuning = {lr: train_from_scratch(adapter, model_cfg, dataset, fit, val, y, steps, lr, seed=0, batch_size=batch_size)
-              for lr in lrs}
-    lr = max(lrs, key=lambda v: tuning[v]["accuracy"])
+              for lr in lrs} if len(lrs) > 1 else {}
+    lr = max(lrs, key=lambda v: tuning[v]["accuracy"]) if tuning else lrs[0]
     acc, train_acc = [], []
     for f, (tr, te) in enumerate(split):
         r = train_from_scratch(adapter, model_cfg, dataset, tr, te, y, steps, lr, seed=f, batch_size=batch_size)
@@ -86,7 +86,7 @@ def scratch_baseline(adapter, model_cfg: dict, dataset, y: np.ndarray, split: li
 def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list[str] = (), folds: int = 10,
                      seeds: tuple[int, ...] = (0, 1, 2), scratch_steps: int | None = None, scratch_folds: int | None = None,
                      ks: tuple[int, ...] = (5, 10), few_seeds: int = 5, run_dir: str | None = None,
-                     poolings: tuple[str, ...] = POOLINGS) -> dict:
+                     poolings: tuple[str, ...] = POOLINGS, scratch_lrs: tuple[float, ...] = (3e-4, 1e-3)) -> dict:
     """Pretrain (labels unused) on ``data``, then SVM k-fold CV on frozen features of the pretrained
     and of a randomly initialised encoder (same folds), a from-scratch supervised model of the same size
     on the folds of the first seed, the WL-subtree kernel features, and few-label linear probes."""
@@ -119,7 +119,7 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
     split = split[: scratch_folds or folds]
     if steps:  # scratch_steps=0: skip (e.g. a second recipe)
-        res["from_scratch"] = scratch_baseline(adapter, recipe["model"], ds, y, split, steps,
+        res["from_scratch"] = scratch_baseline(adapter, recipe["model"], ds, y, split, steps, tuple(scratch_lrs),
                                                batch_size=int(recipe["train"]["batch_size"]))
     else:
         res["from_scratch"] = {"fold_accuracy": [], "mean": float("nan"), "train_accuracy": float("nan"), "steps": 0, "folds": 0}

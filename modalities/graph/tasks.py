@@ -21,7 +21,7 @@ def _svm() -> object:
     """Standardised features, then a linear-kernel SVM (libsvm, as GraphMAE and InfoGraph evaluate):
     exact and fast on a few thousand graphs even with thousands of feature columns, where liblinear's
     LinearSVC stalls at its iteration limit."""
-    return make_pipeline(StandardScaler(), SVC(kernel="linear", C=1.0))
+    return make_pipeline(StandardScaler(), SVC(kernel="linear", C=1.0, max_iter=100_000))
 
 
 def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: int = 10,
