@@ -110,6 +110,9 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     resume_from = checkpoint.latest(run_dir)
     state = json.loads((resume_from / "state.json").read_text()) if resume_from else None
+    if state is not None and state["step"] >= int(tr["steps"]) and (run_dir / "summary.json").exists():
+        log.info("%s already finished its %d steps: nothing to resume", run_dir, state["step"])
+        return run_dir  # rerunning a finished run (e.g. a benchmark with --resume) must not retrain or crash
 
     adapter = adapter_from_config(recipe["modality"], state["adapter"] if state else recipe["adapter"])
     dataset = adapter.dataset(recipe["data"], train=True)

@@ -62,6 +62,11 @@ def test_checkpoints_are_atomic_and_pruned(small_data, tmp_path):
     assert checkpoint.latest(tmp_path / "run").name == "step-0000008"
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 9
     assert list((tmp_path / "run" / "tensorboard").iterdir())
+    # rerunning the finished run returns it untouched: no retraining, no crash, same encoder
+    summary, weights = (tmp_path / "run" / "summary.json").read_text(), final_state(tmp_path / "run")
+    assert pretrain(recipe(small_data, tmp_path / "run", "mae"), progress=False) == tmp_path / "run"
+    assert (tmp_path / "run" / "summary.json").read_text() == summary and max_gap(final_state(tmp_path / "run"), weights) == 0
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 9
 
 
 def test_non_finite_loss_stops_with_step_and_samples_named(small_data, tmp_path, monkeypatch):
