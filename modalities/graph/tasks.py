@@ -58,15 +58,24 @@ def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: i
 def wl_features(graphs, iterations: int = 3) -> np.ndarray:
     """Weisfeiler-Lehman subtree label counts (Shervashidze et al. 2011), the classical baseline.
 
-    Initial labels are the argmax of one-hot node features (or all equal for featureless graphs);
+    Initial labels are the node's discrete (0/1) feature columns, e.g. one-hot atom types (all equal
+    for featureless graphs or graphs with continuous attributes only);
     each round relabels a node by its label and the sorted multiset of its neighbours' labels.
     """
     vocab: dict = {}
     rows: list[Counter] = []
-    for g in graphs:
+    xs = [getattr(g, "x", None) for g in graphs]
+    binary = None
+    if all(x is not None for x in xs) and xs:
+        allx = torch.cat(xs)
+        binary = ((allx == 0) | (allx == 1)).all(0)
+        if not bool(binary.any()):
+            binary = None  # only continuous columns: WL has no discrete labels, all nodes start equal
+    for g, x in zip(graphs, xs):
         n = int(g.num_nodes)
-        x = getattr(g, "x", None)
-        lab = [("0",)] * n if x is None else [(tuple(np.round(r, 3).tolist()),) for r in x.numpy()]
+        # discrete (0/1, e.g. one-hot label) columns only: continuous attributes (ENZYMES) would make every
+        # node its own label and the kernel a lookup table of node ids
+        lab = [("0",)] * n if x is None or binary is None else [(tuple(r),) for r in x[:, binary].to(torch.int8).tolist()]
         adj = defaultdict(list)
         for a, b in g.edge_index.t().tolist():
             adj[a].append(b)
