@@ -113,7 +113,7 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
                  "recipe": recipe_name, "overrides": list(overrides), "poolings": list(poolings), "steps": int(recipe["train"]["steps"])}
     res["pretrained"] = svm_cv(pooled(emb_pre, poolings), y, folds, seeds)
     res["random_init"] = svm_cv(pooled(emb_rand, poolings), y, folds, seeds)
-    res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds)
+    res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds, kernel=True)
     # from scratch: same folds as the first seed; by default the same number of steps as pretraining
     steps = int(recipe["train"]["steps"]) if scratch_steps is None else scratch_steps
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
