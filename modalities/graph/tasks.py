@@ -15,6 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import SVC
 
 SVM_C = (0.001, 0.01, 0.1, 1.0)
+KERNEL_C = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # a cosine-normalised kernel (entries <= 1) needs larger C
 
 
 def _svm() -> object:
@@ -43,7 +44,7 @@ def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 for name, X in feats.items():
-                    gs = GridSearchCV(*((SVC(kernel="precomputed", max_iter=100_000), {"C": SVM_C}) if kernel
+                    gs = GridSearchCV(*((SVC(kernel="precomputed", max_iter=100_000), {"C": KERNEL_C}) if kernel
                                         else (_svm(), {"svc__C": SVM_C})),
                                       cv=StratifiedKFold(inner, shuffle=True, random_state=seed)).fit(X[np.ix_(tr, tr)] if kernel else X[tr], y[tr])
                     if gs.best_score_ > best[0]:
