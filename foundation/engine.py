@@ -41,15 +41,14 @@ class TrainingDiverged(RuntimeError):
 
 
 def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
+    masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
     if recipe["objective"] == "mae":
-        masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
         return MAE(encoder, masking, **recipe["mae"])
     if recipe["objective"] == "contrast":
-        masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
         return Contrast(encoder, masking, **recipe["contrast"])
     j = recipe["jepa"]
-    masking = {"targets": j["targets"], "target_scale": j["target_scale"], "context_scale": j["context_scale"]}
-    return JEPA(encoder, masking, j["predictor_width"], j["predictor_depth"], j["predictor_heads"])
+    blocks = {"targets": j["targets"], "target_scale": j["target_scale"], "context_scale": j["context_scale"]}
+    return JEPA(encoder, blocks, j["predictor_width"], j["predictor_depth"], j["predictor_heads"])
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
+from foundation.masking import sample_mask as core_sample_mask
 from foundation.tokens import PatchBatch, SampleTokens
 
 log = logging.getLogger(__name__)
@@ -153,6 +154,14 @@ class Adapter(ABC):
         """Token scores [B, N] for an adapter-specific mask kind (the lowest are hidden), for
         structure the coordinates do not carry, such as hop distance in a graph."""
         raise ValueError(f"{self.name} adapter has no mask kind {kind!r}; it offers {list(self.mask_kinds)}")
+
+    def sample_mask(self, batch: PatchBatch, masking: dict, generator: torch.Generator | None) -> Tensor:
+        """The core's MAE-style mask for ``batch`` (True = hidden), with this adapter's own kinds
+        (``mask_scores``) available beside the core's; every masked objective draws its masks here."""
+        def scores(kind, coords, padding, g, **kw):
+            return self.mask_scores(kind, coords, padding, batch.attn_bias, g, **kw)
+
+        return core_sample_mask(batch.coords, batch.padding, generator=generator, scores=scores, **masking)
 
     def view_augment(self, batch: PatchBatch, generator: torch.Generator | None) -> PatchBatch:
         """A freshly augmented view of a whole batch, on the device (contrastive pretraining calls it

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from foundation.masking import sample_mask, visible_tokens
+from foundation.masking import visible_tokens
 from foundation.model import Encoder
 from foundation.tokens import PatchBatch
 from foundation.trunk import masked_max, masked_mean
@@ -34,11 +34,8 @@ class Contrast(nn.Module):
 
     def embed_view(self, batch: PatchBatch, generator: torch.Generator | None) -> Tensor:
         """One masked view of every sample: encode the visible tokens, pool [max, mean], project, normalise."""
-        def adapter_scores(kind, coords, padding, g, **kw):
-            return self.adapter.mask_scores(kind, coords, padding, batch.attn_bias, g, **kw)
-
         batch = self.adapter.view_augment(batch, generator)
-        hidden = sample_mask(batch.coords, batch.padding, generator=generator, scores=adapter_scores, **self.masking)
+        hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc = self.encoder(batch, keep=visible_tokens(hidden, batch.padding))
         pooled = torch.cat([masked_max(enc.tokens, enc.padding), masked_mean(enc.tokens, enc.padding)], -1)
         return F.normalize(self.projector(pooled).float(), dim=-1)

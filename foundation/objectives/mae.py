@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from foundation.masking import sample_mask, visible_tokens
+from foundation.masking import visible_tokens
 from foundation.model import Encoder, with_register_bias
 from foundation.positions import make_positions
 from foundation.tokens import PatchBatch
@@ -52,10 +52,7 @@ class MAE(nn.Module):
         return self.head(x[:, 1:])
 
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
-        def adapter_scores(kind, coords, padding, g, **kw):
-            return self.adapter.mask_scores(kind, coords, padding, batch.attn_bias, g, **kw)
-
-        hidden = sample_mask(batch.coords, batch.padding, generator=generator, scores=adapter_scores, **self.masking)
+        hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc, keep = self.forward_encoder(batch, hidden)
         pred = self.forward_decoder(batch, enc, keep)
         loss = self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, hidden)
