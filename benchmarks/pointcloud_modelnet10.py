@@ -48,7 +48,7 @@ from foundation.model import Encoder  # noqa: E402
 from foundation.probes import few_shot_indices, paired_interval  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from foundation.tokens import collate  # noqa: E402
-from foundation.trunk import masked_max, masked_mean, masked_std  # noqa: E402
+from foundation.trunk import masked_max, masked_mean, masked_mean_std  # noqa: E402
 from modalities.base import adapter_class, sample_seed  # noqa: E402
 from modalities.pointcloud.tasks import accuracies, few_shot_eval, probe  # noqa: E402
 
@@ -108,9 +108,9 @@ def embed(encoder: Encoder, views: list, batch_size: int = 128) -> dict[str, np.
         pad, tok = enc.padding, enc.tokens
         layers = [torch.nn.functional.layer_norm(h, h.shape[-1:]) for h in enc.layers]
         mid = layers[len(layers) // 2]
-        feats = {"max": masked_max(tok, pad), "meanstd": torch.cat([masked_mean(tok, pad), masked_std(tok, pad)], -1),
+        feats = {"max": masked_max(tok, pad), "meanstd": masked_mean_std(tok, pad),
                  "maxmean": torch.cat([masked_max(tok, pad), masked_mean(tok, pad)], -1),
-                 "mid_meanstd": torch.cat([masked_mean(mid, pad), masked_std(mid, pad)], -1),
+                 "mid_meanstd": masked_mean_std(mid, pad),
                  "layers_max": torch.cat([masked_max(h, pad) for h in layers], -1)}
         for k in POOLINGS:
             out.setdefault(k, []).append(feats[k].float().numpy())

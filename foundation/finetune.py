@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from foundation.model import Encoder
 from foundation.tokens import collate
-from foundation.trunk import masked_mean, masked_std
+from foundation.trunk import masked_mean_std
 
 
 def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test_idx: np.ndarray, labels: np.ndarray,
@@ -33,7 +33,7 @@ def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test
 
     def logits(samples):
         out = enc(collate(samples))
-        return head(torch.cat([masked_mean(out.tokens, out.padding), masked_std(out.tokens, out.padding)], -1))
+        return head(masked_mean_std(out.tokens, out.padding))
 
     enc.train()
     for step in range(steps):

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from foundation.masking import Visible
 from foundation.positions import make_positions
 from foundation.tokens import PatchBatch, gather_bias, gather_tokens
-from foundation.trunk import Transformer, masked_max, masked_mean, masked_std
+from foundation.trunk import Transformer, masked_max, masked_mean, masked_mean_std
 from modalities.base import Adapter, adapter_from_config
 
 MODEL_TYPE = "domainfm-encoder"
@@ -102,10 +102,10 @@ class Encoder(nn.Module):
         mid = nn.functional.layer_norm(mid, mid.shape[-1:])
         return {
             "mean": masked_mean(enc.tokens, enc.padding),
-            "meanstd": torch.cat([masked_mean(enc.tokens, enc.padding), masked_std(enc.tokens, enc.padding)], -1),
+            "meanstd": masked_mean_std(enc.tokens, enc.padding),
             "max": masked_max(enc.tokens, enc.padding),
             "cls": enc.register,
-            "mid_meanstd": torch.cat([masked_mean(mid, enc.padding), masked_std(mid, enc.padding)], -1),
+            "mid_meanstd": masked_mean_std(mid, enc.padding),
         }
 
     # -- I/O ---------------------------------------------------------------------------------------

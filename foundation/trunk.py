@@ -115,6 +115,11 @@ def masked_std(x: Tensor, padding: Tensor) -> Tensor:
     return ((((x - mean) ** 2) * w).sum(1) / w.sum(1).clamp(min=1)).sqrt()
 
 
+def masked_mean_std(x: Tensor, padding: Tensor) -> Tensor:
+    """[B, 2D]: mean and std over real tokens, the pooling probes and supervised heads share."""
+    return torch.cat([masked_mean(x, padding), masked_std(x, padding)], -1)
+
+
 def masked_max(x: Tensor, padding: Tensor) -> Tensor:
     return x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(1)
 
