@@ -74,7 +74,6 @@ def classical_features(dataset) -> dict[str, np.ndarray]:
     return {"logmel_stats": np.stack(logmel), "mfcc_stats": np.stack(mfcc)}
 
 
-# -- supervised from scratch ----------------------------------------------------------------------------
 # -- one fold ----------------------------------------------------------------------------------------------
 def run_fold(args, test_speaker: str, files: list[Path], work: Path) -> dict:
     speakers = np.array([SPEAKER.match(f.name).group(1) for f in files])
