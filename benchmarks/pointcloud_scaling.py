@@ -51,11 +51,15 @@ def acquire(lock, timeout: float | None) -> bool:
             time.sleep(1)
 
 
-def timed(fn, repeats: int) -> float:
+def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
+    """Mean seconds per call after one warm-up; waits for queued GPU work so device time is counted."""
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     fn()  # warm-up
+    sync()
     t = time.perf_counter()
     for _ in range(repeats):
         fn()
+    sync()
     return (time.perf_counter() - t) / repeats
 
 
@@ -68,18 +72,23 @@ def bench(n: int, args) -> dict:
     knn_s = timed(lambda: knn(centres[None], xyz[None], k), args.repeats)
     group_s = timed(lambda: tokens_from_points(xyz, torch.zeros(n, 0), groups, k), args.repeats)
     adapter = adapter_class("pointcloud")({"points": n, "groups": groups, "group_size": k})
-    model = MAE(Encoder.build(adapter, {"width": args.width, "depth": args.depth, "heads": 4}), {"kind": "block", "ratio": 0.6, "blocks": 4})
+    device = torch.device(args.device)
+    model = MAE(Encoder.build(adapter, {"width": args.width, "depth": args.depth, "heads": 4}), {"kind": "block", "ratio": 0.6, "blocks": 4}).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch = collate([SampleTokens(**tokens_from_points(xyz, torch.zeros(n, 0), groups, k)) for _ in range(args.batch)])
+    batch = collate([SampleTokens(**tokens_from_points(xyz, torch.zeros(n, 0), groups, k)) for _ in range(args.batch)]).to(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
 
     def step():
-        loss, _ = model(batch)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
+            loss, _ = model(batch)
         opt.zero_grad()
         loss.backward()
         opt.step()
 
-    step_s = timed(step, args.repeats)
-    return {"points": n, "groups": groups, "group_size": k, "fps_ms": 1e3 * fps_s, "knn_ms": 1e3 * knn_s,
+    step_s = timed(step, args.repeats, device)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else float("nan")
+    return {"peak_mem_mb": peak, "points": n, "groups": groups, "group_size": k, "fps_ms": 1e3 * fps_s, "knn_ms": 1e3 * knn_s,
             "grouping_ms": 1e3 * group_s, "clouds_per_s_grouping": 1 / group_s, "train_step_s": step_s,
             "train_clouds_per_s": args.batch / step_s, "batch": args.batch}
 
@@ -96,6 +105,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--lock-timeout", type=float, default=None,
                     help="seconds to wait for the shared timed-benchmark lock before running anyway (recorded in the results)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--device", default="cpu", help="where the training step runs (grouping stays on the CPU, as in DataLoader workers)")
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast for the training step")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
@@ -115,19 +126,21 @@ def main(argv=None) -> list[dict]:
         b["grouping_exponent"] = float(np.log(b["grouping_ms"] / a["grouping_ms"]) / r)
         b["train_step_exponent"] = float(np.log(b["train_step_s"] / a["train_step_s"]) / r)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    meta = {"git_commit": commit, "argv": sys.argv[1:] if argv is None else argv, "device": "cpu",
+    meta = {"git_commit": commit, "argv": sys.argv[1:] if argv is None else argv, "device": args.device, "bf16": args.bf16,
+            "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
             "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                         "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0,
             "had_benchmark_lock": locked, "model": {"width": args.width, "depth": args.depth}, "batch": args.batch}
-    lines = [f"# Point-cloud grouping and training-step cost vs points per cloud (CPU, {args.threads} thread(s))", "",
+    where = f"training step on {meta['gpu']}{' (bf16)' if args.bf16 else ''}, grouping on the CPU" if meta["gpu"] else "CPU"
+    lines = [f"# Point-cloud grouping and training-step cost vs points per cloud ({where}, {args.threads} thread(s))", "",
              f"commit {commit}, {meta['machine']['platform']}, {'' if locked else 'WITHOUT the benchmark lock (other jobs running), '}load avg at end {meta['machine']['load_avg_end'][0]:.1f}, "
              f"wall {meta['wall_s']:.0f} s; MAE width {args.width} depth {args.depth}, batch {args.batch}", "",
-             "| points | groups x K | FPS ms | kNN ms | grouping ms/cloud | train step s | train clouds/s | cost exponent (grouping, step) |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| points | groups x K | FPS ms | kNN ms | grouping ms/cloud | train step s | train clouds/s | peak MB (GPU) | cost exponent (grouping, step) |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         exp = f"{r['grouping_exponent']:.2f}, {r['train_step_exponent']:.2f}" if "grouping_exponent" in r else "-"
         lines.append(f"| {r['points']} | {r['groups']} x {r['group_size']} | {r['fps_ms']:.1f} | {r['knn_ms']:.1f} | {r['grouping_ms']:.1f} | "
-                     f"{r['train_step_s']:.3f} | {r['train_clouds_per_s']:.2f} | {exp} |")
+                     f"{r['train_step_s']:.3f} | {r['train_clouds_per_s']:.2f} | {r['peak_mem_mb']:.0f} | {exp} |")
     table = "\n".join(lines)
     name = "pointcloud_scaling" + (f"-{args.tag}" if args.tag else "")
     args.out.mkdir(parents=True, exist_ok=True)
