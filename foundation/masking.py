@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 INF = float("inf")
+GPU_LENGTH_MULTIPLE = 16
 
 
 def num_masked(padding: Tensor, ratio: float) -> Tensor:
@@ -96,11 +97,17 @@ class Visible:
 
 
 def visible_tokens(hidden: Tensor, padding: Tensor) -> Visible:
-    """Indices of the tokens the encoder sees, padded to the largest visible count of the batch."""
+    """Indices of the tokens the encoder sees, padded to the largest visible count of the batch.
+
+    On a GPU the count is rounded up to a multiple of ``GPU_LENGTH_MULTIPLE`` (more padding, never
+    more real tokens): kernels are tuned and cached per shape, and variable masks would otherwise
+    present a new length nearly every step. On the CPU padding only costs time, so none is added."""
     drop = (hidden | padding).to(torch.int8)
     order = drop.argsort(dim=1, stable=True)
     count = (drop == 0).sum(1)
     m = max(int(count.max()), 1)
+    if hidden.is_cuda:
+        m = min(hidden.shape[1], -(-m // GPU_LENGTH_MULTIPLE) * GPU_LENGTH_MULTIPLE)
     return Visible(order[:, :m], torch.arange(m, device=hidden.device).unsqueeze(0) >= count.unsqueeze(1))
 
 

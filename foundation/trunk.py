@@ -9,6 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+# cuDNN attention builds an execution plan for every new sequence length. Masked objectives and
+# ragged batches change lengths every step (JEPA's context blocks, padded clips and graphs), so on an
+# H200 it made a JEPA step 6x slower than the memory-efficient kernel (benchmarks/results/
+# core_throughput_cuda.json). These backends take any length at no planning cost.
+SDPA_BACKENDS = [SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]
 
 
 def attention_mask(padding: Tensor, bias: Tensor | None = None, heads: int = 1) -> Tensor:
@@ -38,7 +45,8 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         if mask is not None:
             mask = mask.to(q.dtype)
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        with sdpa_kernel(SDPA_BACKENDS):
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.proj(x.transpose(1, 2).reshape(b, n, c))
 
 
