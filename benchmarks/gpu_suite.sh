@@ -11,7 +11,7 @@
 set -u
 out=${1:?usage: gpu_suite.sh OUT_DIR [DEMO_STEPS] [DEMO_SECONDS]}
 steps=${2:-150}
-limit=${3:-80}
+limit=${3:-150}
 repo=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p "$out/results"
 log="$out/gpu_suite.log"
