@@ -36,6 +36,29 @@ def test_mae_tokenizes_and_encodes_only_visible_patches():
     assert torch.isfinite(loss)
 
 
+@pytest.mark.parametrize("remask", [True, False])
+def test_mae_remask_hides_the_encoder_output_of_masked_tokens_from_the_decoder(remask):
+    """GraphMAE's re-mask: with mask tokens kept in the encoder, the decoder sees its own mask token at
+    hidden positions (not the encoder's output there); visible tokens pass through unchanged."""
+    enc = tiny_encoder()
+    mae = MAE(enc, {"kind": "random", "ratio": 0.5}, decoder_width=16, decoder_depth=1, decoder_heads=2,
+              mask_tokens_in_encoder=True, remask=remask)
+    batch = batch_of([(4, 4), (2, 3)])
+    seen = {}
+    mae.decoder_positions.register_forward_hook(lambda m, i, o: seen.__setitem__("pos", o))
+    mae.decoder.register_forward_pre_hook(lambda m, i: seen.__setitem__("x", i[0][:, 1:]))
+    hidden = mae.adapter.sample_mask(batch, mae.masking, torch.Generator().manual_seed(0))
+    enc_out, keep = mae.forward_encoder(batch, hidden)
+    mae.forward_decoder(batch, enc_out, keep, hidden)
+    x = seen["x"] - seen["pos"]
+    latent = mae.decoder_embed(enc_out.tokens)
+    token = mae.mask_token.expand_as(x)
+    assert hidden.sum() > 0 and (~hidden & ~batch.padding).sum() > 0
+    assert torch.allclose(x[~hidden], latent[~hidden], atol=1e-5)
+    assert torch.allclose(x[hidden], token[hidden], atol=1e-5) == remask
+    assert torch.allclose(x[hidden], latent[hidden], atol=1e-5) != remask
+
+
 def test_padding_never_leaks_into_valid_tokens():
     enc = tiny_encoder().eval()
     small = batch_of([(2, 2)])
@@ -87,6 +110,23 @@ def test_jepa_step_and_ema_update_in_place():
         assert torch.allclose(t, 0.9 * b + 0.1 * s, atol=1e-6)
     assert ptrs == [p.data_ptr() for p in teacher.parameters()]
     assert momentum_at(0, 10) == pytest.approx(0.996) and momentum_at(10, 10) == pytest.approx(1.0)
+
+
+def test_jepa_instance_targets_are_per_channel_normalised_over_real_tokens_only():
+    enc = tiny_encoder().eval()
+    jepa = JEPA(enc, {"targets": 2}, predictor_width=16, predictor_depth=1, predictor_heads=2, target_layers=2, target_norm="instance")
+    small, padded = batch_of([(3, 3)]), batch_of([(3, 3), (4, 4)])
+    with torch.no_grad():
+        t = jepa.targets(enc, small)[0]  # the mean of 2 per-channel normalised blocks per token, [9, 32]
+    assert torch.allclose(t.mean(0), torch.zeros(32), atol=1e-5)
+    assert t.std(0, unbiased=False).max() <= 1.0 + 1e-4
+    ln = JEPA(enc, {"targets": 2}, predictor_width=16, predictor_depth=1, predictor_heads=2)
+    with torch.no_grad():  # the I-JEPA default keeps the part every token shares: large channel means
+        assert ln.targets(enc, small)[0].mean(0).abs().max() > 0.1
+        # padding does not enter the statistics: the same sample padded gives the same targets
+        assert torch.allclose(jepa.targets(enc, padded)[0, :9], t, atol=1e-4)
+    with pytest.raises(ValueError, match="target_norm"):
+        JEPA(enc, {"targets": 2}, target_norm="batch")
 
 
 def test_save_and_load_pretrained_is_strict_and_exact(tmp_path):
