@@ -30,6 +30,7 @@ from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
+from foundation.objectives.mae_pooled import PooledMAE
 from foundation.tokens import collate
 from modalities.base import adapter_from_config
 
@@ -43,12 +44,14 @@ class TrainingDiverged(RuntimeError):
 def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
     masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
     if recipe["objective"] == "mae":
-        return MAE(encoder, masking, **recipe["mae"])
+        kwargs = {k: v for k, v in recipe["mae"].items() if k != "latent"}
+        return (PooledMAE if recipe["mae"].get("latent") == "pooled" else MAE)(encoder, masking, **kwargs)
     if recipe["objective"] == "contrast":
         return Contrast(encoder, masking, **recipe["contrast"])
     j = recipe["jepa"]
     blocks = {"targets": j["targets"], "target_scale": j["target_scale"], "context_scale": j["context_scale"]}
-    return JEPA(encoder, blocks, j["predictor_width"], j["predictor_depth"], j["predictor_heads"])
+    return JEPA(encoder, blocks, j["predictor_width"], j["predictor_depth"], j["predictor_heads"],
+                j.get("target_layers", 1), j.get("target_norm", "layer"))
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:

@@ -2,6 +2,13 @@
 target encoder sees everything; a predictor, given context embeddings plus mask tokens at the
 target positions, predicts the teacher's layer-normed embeddings of each target block.
 
+``target_layers`` / ``target_norm="instance"`` build the targets as data2vec does instead: the
+average of the teacher's last ``target_layers`` block outputs, each normalised per channel over the
+sample's real tokens. Layer norm alone keeps what every token shares (a near-random teacher's
+tokens differ little), so the latent loss can fall to ~0 within tens of steps while teaching
+nothing; per-channel normalisation over tokens removes that shared part and leaves the targets
+their differences.
+
 The teacher is deliberately *not* a submodule: it must stay outside DDP, in fp32, and be advanced
 by :func:`ema_update` only when the optimiser really steps (the engine owns that).
 """
@@ -22,10 +29,14 @@ from foundation.trunk import Transformer
 
 
 class JEPA(nn.Module):
-    def __init__(self, encoder: Encoder, masking: dict, predictor_width: int = 128, predictor_depth: int = 3, predictor_heads: int = 4) -> None:
+    def __init__(self, encoder: Encoder, masking: dict, predictor_width: int = 128, predictor_depth: int = 3, predictor_heads: int = 4,
+                 target_layers: int = 1, target_norm: str = "layer") -> None:
         super().__init__()
+        if target_norm not in ("layer", "instance"):
+            raise ValueError(f"jepa.target_norm must be layer or instance, got {target_norm!r}")
         adapter = encoder.adapter
         self.encoder, self.adapter = encoder, adapter
+        self.target_layers, self.target_norm = int(target_layers), target_norm
         self.masking = {k: (tuple(v) if isinstance(v, list) else v) for k, v in masking.items()}
         self.predictor_embed = nn.Linear(encoder.width, predictor_width)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, predictor_width))
@@ -33,6 +44,26 @@ class JEPA(nn.Module):
         self.predictor = Transformer(predictor_width, predictor_depth, predictor_heads, bias_buckets=adapter.attn_bias_buckets)
         self.predictor_proj = nn.Linear(predictor_width, encoder.width)
         nn.init.trunc_normal_(self.mask_token, std=0.02)
+
+    def targets(self, teacher: Encoder, batch: PatchBatch) -> Tensor:
+        """[B, N, D] what the predictor must match: the teacher's final tokens, layer-normed (I-JEPA), or
+        the mean of its last ``target_layers`` blocks, each normalised per channel over real tokens (data2vec)."""
+        if self.target_norm == "layer" and self.target_layers == 1:
+            t = teacher(batch).tokens
+            return F.layer_norm(t.float(), t.shape[-1:])
+        enc = teacher(batch, return_layers=True)
+        layers = [h.float() for h in enc.layers[-self.target_layers:]]
+        if self.target_norm == "layer":
+            return torch.stack([F.layer_norm(h, h.shape[-1:]) for h in layers]).mean(0)
+        w = (~enc.padding).unsqueeze(-1).float()
+        n = w.sum(1, keepdim=True).clamp(min=1)
+
+        def instance_norm(h: Tensor) -> Tensor:
+            mean = (h * w).sum(1, keepdim=True) / n
+            var = (((h - mean) ** 2) * w).sum(1, keepdim=True) / n
+            return (h - mean) / (var + 1e-5).sqrt()
+
+        return torch.stack([instance_norm(h) for h in layers]).mean(0)
 
     def make_teacher(self) -> Encoder:
         return copy.deepcopy(self.encoder).float().requires_grad_(False).eval()
@@ -44,8 +75,7 @@ class JEPA(nn.Module):
         masks = multiblock_mask(batch.coords, batch.padding, generator=generator, **self.masking)
         k = masks.targets.shape[1]
         with torch.no_grad():  # one teacher pass serves every target block of the sample
-            t = teacher(batch).tokens
-            t = F.layer_norm(t.float(), t.shape[-1:])
+            t = self.targets(teacher, batch)
         ctx_keep = visible_tokens(masks.context_hidden, batch.padding)
         ctx = self.encoder(batch, keep=ctx_keep)
 

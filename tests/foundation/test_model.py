@@ -4,6 +4,7 @@ import torch
 from foundation.model import Encoder
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
+from foundation.objectives.mae_pooled import PooledMAE
 from foundation.tokens import SampleTokens, collate
 from modalities.grid.adapter import GridAdapter
 
@@ -127,6 +128,24 @@ def test_jepa_instance_targets_are_per_channel_normalised_over_real_tokens_only(
         assert torch.allclose(jepa.targets(enc, padded)[0, :9], t, atol=1e-4)
     with pytest.raises(ValueError, match="target_norm"):
         JEPA(enc, {"targets": 2}, target_norm="batch")
+
+
+def test_pooled_mae_decoder_sees_only_the_pooled_visible_embedding():
+    enc = tiny_encoder()
+    mae = PooledMAE(enc, {"kind": "random", "ratio": 0.5}, decoder_width=16, decoder_depth=1, decoder_heads=2)
+    batch = batch_of([(3, 3), (2, 2)])
+    seen = []
+    mae.decoder.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
+    loss, info = mae(batch, torch.Generator().manual_seed(0))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.trunk.parameters())
+    changed = batch_of([(3, 3), (2, 2)])
+    changed.patches = changed.patches + torch.randn_like(changed.patches)
+    mae(changed, torch.Generator().manual_seed(0))
+    first, second = seen
+    assert torch.equal(first[:, 1:], second[:, 1:])  # mask tokens + positions: no per-token content
+    assert not torch.allclose(first[:, 0], second[:, 0])  # content arrives only through the pooled vector
 
 
 def test_save_and_load_pretrained_is_strict_and_exact(tmp_path):
