@@ -23,7 +23,7 @@ from modalities.base import Adapter, adapter_from_config
 MODEL_TYPE = "domainfm-encoder"
 FORMAT_VERSION = 1
 ENCODER_KEYS = {"width": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0, "qkv_bias": True}
-POOLINGS = ("mean", "meanstd", "max", "cls", "mid_meanstd")
+POOLINGS = ("mean", "meanstd", "max", "cls", "mid_meanstd", "layers_meanstd")
 
 
 @dataclass
@@ -32,6 +32,7 @@ class Encoded:
     register: Tensor  # [B, D] the register/CLS token
     padding: Tensor  # [B, M]
     layers: list[Tensor] | None = None  # per-block outputs [B, M, D] (register removed)
+    inputs: Tensor | None = None  # with layers: the trunk's input [B, M, D] (tokenizer output plus positions)
 
 
 def with_register_bias(bias: Tensor | None, buckets: int) -> Tensor | None:
@@ -91,21 +92,23 @@ class Encoder(nn.Module):
         out = self.trunk(x, pad, with_register_bias(bias, self.bias_buckets), return_layers=return_layers)
         if return_layers:
             out, layers = out
-            return Encoded(out[:, 1:], out[:, 0], padding, [h[:, 1:] for h in layers])
+            return Encoded(out[:, 1:], out[:, 0], padding, [h[:, 1:] for h in layers], x[:, 1:])
         return Encoded(out[:, 1:], out[:, 0], padding)
 
     @torch.no_grad()
     def pooled(self, batch: PatchBatch) -> dict[str, Tensor]:
         """Frozen features under several poolings; probes pick one by inner cross-validation."""
         enc = self(batch, return_layers=True)
-        mid = enc.layers[len(enc.layers) // 2]
-        mid = nn.functional.layer_norm(mid, mid.shape[-1:])
+        normed = [nn.functional.layer_norm(h, h.shape[-1:]) for h in [enc.inputs, *enc.layers]]
+        mid = normed[1 + len(enc.layers) // 2]
         return {
             "mean": masked_mean(enc.tokens, enc.padding),
             "meanstd": masked_mean_std(enc.tokens, enc.padding),
             "max": masked_max(enc.tokens, enc.padding),
             "cls": enc.register,
             "mid_meanstd": masked_mean_std(mid, enc.padding),
+            # every depth, trunk input included (what an early layer keeps, e.g. spectra, stays readable)
+            "layers_meanstd": torch.cat([masked_mean_std(h, enc.padding) for h in normed], -1),
         }
 
     # -- I/O ---------------------------------------------------------------------------------------
