@@ -46,7 +46,7 @@ from modalities.earth.adapter import EarthAdapter  # noqa: E402
 from modalities.earth.bands import S2_BANDS  # noqa: E402
 from modalities.earth.synthetic import write_synthetic  # noqa: E402
 
-POOLINGS = ("meanstd", "mean", "mid_meanstd")  # chosen by inner CV; the first is used when k=1 (no inner CV)
+POOLINGS = ("meanstd", "mean", "mid_meanstd", "layers_meanstd")  # chosen by inner CV; the first is used when k=1 (no inner CV)
 RGBN = ["B02", "B03", "B04", "B08"]
 
 
@@ -91,6 +91,31 @@ def split(labels: np.ndarray, test_per_class: int, seed: int) -> tuple[np.ndarra
     return pool, np.sort(test)
 
 
+def tune_scratch_lr(run, labels: np.ndarray, test_per_class: int, lrs: list[float]) -> tuple[float, dict]:
+    """The from-scratch model's own tuning: on split 0's label pool only (its test chips are never
+    touched), train on half of each class and validate on the other half; the best lr is used everywhere."""
+    pool, _ = split(labels, test_per_class, 0)
+    rng = np.random.default_rng(0)
+    fit = np.concatenate([rng.permutation(pool[labels[pool] == c])[: max(1, (labels[pool] == c).sum() // 2)] for c in np.unique(labels)])
+    val = np.setdiff1d(pool, fit)
+    scores = {lr: run(np.sort(fit), val, 0, lr)["accuracy"] for lr in lrs} if len(lrs) > 1 else {lrs[0]: float("nan")}
+    return max(lrs, key=lambda lr: scores[lr] if len(lrs) > 1 else 0), scores
+
+
+def scratch_arm(adapter, model_cfg: dict, ds, labels: np.ndarray, test_per_class: int, args) -> dict | None:
+    """Same architecture trained from scratch on the k labels (flips/rotations), its lr tuned first."""
+    if not args.scratch_seeds:
+        return None
+    lrs = [float(x) for x in args.scratch_lrs.split(",")]
+
+    def run(pick, test, seed, lr):
+        return train_from_scratch(adapter, model_cfg, ds, pick, test, labels, args.scratch_steps, lr, seed)
+
+    lr, scores = tune_scratch_lr(run, labels, test_per_class, lrs)
+    print(f"from-scratch lr {lr} (validation accuracy by lr: {scores})", flush=True)
+    return {"seeds": args.scratch_seeds, "lr": lr, "tuning": scores, "run": lambda pick, test, seed: run(pick, test, seed, lr)}
+
+
 def compare(features: dict[str, dict | np.ndarray], labels: np.ndarray, ks: list[int], seeds: int, test_per_class: int,
             scratch: dict | None = None) -> dict:
     """Every method sees the same (split, labelled picks) for a given (k, seed)."""
@@ -121,7 +146,8 @@ def table(res: dict, ks: list[int], ref: str = "pretrained") -> tuple[str, list[
             if not acc:
                 continue
             tr = np.mean([r.get("train_accuracy", np.nan) for r in res[m][k]])
-            row = {"k": k, "method": m, "accuracy": float(np.mean(acc)), "std": float(np.std(acc)), "train_accuracy": float(tr), "n": len(acc)}
+            row = {"k": k, "method": m, "accuracy": float(np.mean(acc)), "std": float(np.std(acc)), "train_accuracy": float(tr), "n": len(acc),
+                   "accuracies": acc, "poolings": [r["pooling"] for r in res[m][k] if "pooling" in r]}
             cell = ""
             if m != ref:
                 n = len(acc)
@@ -137,10 +163,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="pretraining steps (earth-mae recipe)")
     ap.add_argument("--synthetic", type=int, default=300, help="synthetic chips added to pretraining")
-    ap.add_argument("--seeds", type=int, default=5, help="repeated splits for the linear probes")
+    ap.add_argument("--seeds", type=int, default=20, help="repeated splits for the linear probes (cheap; 140 chips give tiny test sets)")
     ap.add_argument("--scratch-seeds", type=int, default=5, help="splits on which the from-scratch model is trained (0: skip)")
     ap.add_argument("--scratch-steps", type=int, default=100)
-    ap.add_argument("--scratch-lr", type=float, default=1e-3)
+    ap.add_argument("--scratch-lrs", default="3e-4,1e-3,3e-3",
+                    help="from-scratch learning rates; the best on a validation split of the label pool (never test chips) is used")
     ap.add_argument("--ks", default="1,5,10")
     ap.add_argument("--test-per-class", type=int, default=4)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-earth"))
@@ -165,7 +192,8 @@ def main() -> None:
     recipe = load_recipe("earth-mae", [f"data.manifest={manifest}", f"run.dir={run_dir}", f"train.steps={args.steps}",
                                        f"adapter.bands=[{','.join(S2_BANDS)}]", *args.override])
     t_pre = time.perf_counter()
-    if not (run_dir / "encoder" / "config.json").exists():
+    reused = (run_dir / "encoder" / "config.json").exists()  # a finished run in --work is reused (its summary says how it was trained)
+    if not reused:
         pretrain(recipe, progress=False)
     pretrain_s = time.perf_counter() - t_pre
     enc = Encoder.from_pretrained(run_dir / "encoder")
@@ -178,22 +206,45 @@ def main() -> None:
         return a, a.dataset(data, train=False)
 
     out: dict = {"pretrain": {"steps": args.steps, "synthetic": args.synthetic, "wall_s": pretrain_s, **summary}, "results": {}}
-    md = []
+    md: list[str] = []
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    name = "earth_eurosat" + (f"-{args.tag}" if args.tag else "")
+    res_dir = REPO / "benchmarks" / "results"
+
+    def write(done: bool) -> None:
+        """Results so far (rewritten after every section, so a cut-short run still leaves its tables)."""
+        out.update(commit=commit, seeds=args.seeds, scratch_seeds=args.scratch_seeds, ks=ks, args=vars(args), complete=done,
+                   machine=f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
+                   threads=torch.get_num_threads(), wall_s=time.perf_counter() - t0)
+        res_dir.mkdir(parents=True, exist_ok=True)
+        (res_dir / f"{name}.json").write_text(json.dumps(out, indent=2))
+        cmd = "python benchmarks/earth_eurosat.py " + " ".join(sys.argv[1:])
+        header = [f"# {name}", "", f"`{cmd}` — commit {commit[:10]}, {out['machine']}, {out['threads']} thread(s), "
+                  f"wall {out['wall_s'] / 60:.1f} min{'' if done else ' so far (run not finished)'} "
+                  + (f"(pretrained encoder reused from {run_dir}: {args.steps} steps, {summary.get('wall_s', float('nan')) / 60:.1f} min when trained)."
+                     if reused else f"(pretraining {pretrain_s / 60:.1f} min, {args.steps} steps)."), "",
+                  f"Linear probes: {args.seeds} repeated stratified splits (same splits and labelled chips for every method), "
+                  f"pooling among {', '.join(POOLINGS)} and C by inner CV on the labelled chips (k=1: {POOLINGS[0]}, C=1); "
+                  f"from-scratch supervised: first {args.scratch_seeds} splits, {args.scratch_steps} steps, lr tuned among "
+                  f"{args.scratch_lrs} on a validation half of split 0's label pool (chosen: "
+                  + ", ".join(f"{d} {v['lr']:g}" for d, v in out.get("scratch_lr", {}).items()) + ").", ""]
+        (res_dir / f"{name}.md").write_text("\n".join(header + md))
+        print(f"wrote {res_dir / name}.json/.md ({out['wall_s'] / 60:.1f} min)", flush=True)
 
     # 2. EuroSAT, 13 bands and the 4-band subset
     a13, ds13 = dataset({"preset": "eurosat_ms"}, {"root": str(eurosat), "labels": "folder"})
     labels = np.asarray([ds13.label(i) for i in range(len(ds13))])
     mc = enc.config
-    scratch = None
-    if args.scratch_seeds:
-        scratch = {"seeds": args.scratch_seeds,
-                   "run": lambda pick, test, seed: train_from_scratch(a13, mc, ds13, pick, test, labels, args.scratch_steps, args.scratch_lr, seed)}
+    scratch = scratch_arm(a13, mc, ds13, labels, args.test_per_class, args)
     feats = {"pretrained": pooled(enc, ds13), "random_init": pooled(rand, ds13), "band_mean_std": band_stats_features(ds13)}
     res = compare(feats, labels, ks, args.seeds, args.test_per_class, scratch)
+    if scratch:
+        out["scratch_lr"] = {"eurosat_13band": {"lr": scratch["lr"], "validation": scratch["tuning"]}}
     text, rows = table(res, ks)
     out["results"]["eurosat_13band"] = rows
     md += ["### EuroSAT MS, 13 bands", text, ""]
     print(md[-3], md[-2], sep="\n", flush=True)
+    write(False)
 
     import tempfile
     sub_manifest = Path(tempfile.mkdtemp()) / "eurosat4.csv"
@@ -211,37 +262,24 @@ def main() -> None:
     out["results"]["eurosat_4band_rgbn"] = rows
     md += ["### EuroSAT MS, 4 bands (B02 B03 B04 B08) through the 13-band model", text, ""]
     print(md[-3], md[-2], sep="\n", flush=True)
+    write(False)
 
     # 3. held-out synthetic scenes (generator seed 1: never seen in pretraining)
     syn_test = write_synthetic(work / "synthetic-test", 300, seed=1, with_sar=False)
     _, dss = dataset({}, syn_test)
     slabels = np.asarray([dss.label(i) for i in range(len(dss))])
-    scratch_s = None
-    if args.scratch_seeds:
-        scratch_s = {"seeds": args.scratch_seeds,
-                     "run": lambda pick, test, seed: train_from_scratch(a13, mc, dss, pick, test, slabels, args.scratch_steps, args.scratch_lr, seed)}
+    scratch_s = scratch_arm(a13, mc, dss, slabels, 15, args)
     feats_s = {"pretrained": pooled(enc, dss), "random_init": pooled(rand, dss), "band_mean_std": band_stats_features(dss)}
     res_s = compare(feats_s, slabels, ks, args.seeds, 15, scratch_s)
+    if scratch_s:
+        out.setdefault("scratch_lr", {})["synthetic_heldout"] = {"lr": scratch_s["lr"], "validation": scratch_s["tuning"]}
     text, rows = table(res_s, ks)
     out["results"]["synthetic_heldout"] = rows
     md += ["### Synthetic scenes (held-out generator seed, 6 classes, 15 test chips per class)", text, ""]
     print(md[-3], md[-2], sep="\n", flush=True)
+    write(False)
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    out.update(commit=commit, seeds=args.seeds, scratch_seeds=args.scratch_seeds, ks=ks, args=vars(args),
-               machine=f"{platform.node()} {platform.processor() or platform.machine()} {os.cpu_count()} cpus, torch {torch.__version__}",
-               threads=torch.get_num_threads(), wall_s=time.perf_counter() - t0)
-    name = "earth_eurosat" + (f"-{args.tag}" if args.tag else "")
-    res_dir = REPO / "benchmarks" / "results"
-    res_dir.mkdir(parents=True, exist_ok=True)
-    (res_dir / f"{name}.json").write_text(json.dumps(out, indent=2))
-    cmd = "python benchmarks/earth_eurosat.py " + " ".join(sys.argv[1:])
-    header = [f"# {name}", "", f"`{cmd}` — commit {commit[:10]}, {out['machine']}, {out['threads']} thread(s), "
-              f"wall {out['wall_s'] / 60:.1f} min (pretraining {pretrain_s / 60:.1f} min, {args.steps} steps).", "",
-              f"Linear probes: {args.seeds} repeated stratified splits (same splits and labelled chips for every method); "
-              f"from-scratch supervised: first {args.scratch_seeds} of them, {args.scratch_steps} steps, lr {args.scratch_lr}.", ""]
-    (res_dir / f"{name}.md").write_text("\n".join(header + md))
-    print(f"wrote {res_dir / name}.json/.md in {out['wall_s'] / 60:.1f} min")
+    write(True)
 
 
 if __name__ == "__main__":
