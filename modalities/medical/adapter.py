@@ -5,16 +5,19 @@ config: orientation, target spacing, intensity scaling, foreground crop, patch s
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
+from foundation.tokens import PatchBatch
 from modalities.base import Adapter, TokenDataset
 from modalities.medical.dataset import MedicalDataset
 from modalities.medical.synthetic import write_cohort
-from modalities.medical.tokenizer import PatchEmbed3d
+from modalities.medical.tokenizer import ConvPatchEmbed3d, PatchEmbed3d
 
 
 class MedicalAdapter(Adapter):
@@ -25,7 +28,11 @@ class MedicalAdapter(Adapter):
         # tokens
         "patch": [16, 16, 16],  # voxels per patch along (R, A, S) after resampling; e.g. [16, 16, 4] for thick-slice MR
         "channels": 1,  # image plus extra sequences (channel_columns)
-        "position_unit_mm": 16.0,  # token coordinates are patch centres in units of this many millimetres
+        "position_unit_mm": 16.0,
+        "tokenizer": "linear",
+        "target_pool": 1,
+        "target_norm": "patch",
+        "view_intensity": [0.8, 1.25],  # contrastive views: per-view random gain and gamma drawn in this range  # MAE target standardised per "patch" (norm_pix) or over the whole "sample"  # MAE target: the patch average-pooled by this factor per axis, then per-patch normalised  # "linear" patch embedding or "conv" (a small Conv3d stem inside each patch)  # token coordinates are patch centres in units of this many millimetres
         # geometry
         "orientation": "RAS",
         "spacing": [1.5, 1.5, 1.5],  # target voxel spacing in mm; null keeps each file's own
@@ -61,6 +68,12 @@ class MedicalAdapter(Adapter):
                 raise ValueError(f"medical adapter: {key} must be three positive sizes, got {c[key]}")
         if c["spacing"] is not None and (len(c["spacing"]) != 3 or min(c["spacing"]) <= 0):
             raise ValueError(f"medical adapter: spacing must be three positive millimetre values or null, got {c['spacing']}")
+        if int(c["target_pool"]) < 1 or any(p % min(int(c["target_pool"]), p) for p in c["patch"]):
+            raise ValueError(f"medical adapter: target_pool {c['target_pool']} must be >= 1 and divide the patch {c['patch']}")
+        if c["target_norm"] not in ("patch", "sample"):
+            raise ValueError(f"medical adapter: target_norm must be 'patch' or 'sample', got {c['target_norm']!r}")
+        if c["tokenizer"] not in ("linear", "conv"):
+            raise ValueError(f"medical adapter: tokenizer must be 'linear' or 'conv', got {c['tokenizer']!r}")
         for key in ("roi", "sw_roi"):
             if any(r % p for r, p in zip(c[key], c["patch"])):
                 raise ValueError(f"medical adapter: {key} {c[key]} must be a multiple of patch {c['patch']}")
@@ -68,6 +81,11 @@ class MedicalAdapter(Adapter):
     @property
     def patch_dim(self) -> int:
         return int(self.config["channels"]) * math.prod(self.config["patch"])
+
+    @property
+    def target_dim(self) -> int:
+        pool = [min(int(self.config["target_pool"]), int(p)) for p in self.config["patch"]]
+        return int(self.config["channels"]) * math.prod(p // k for p, k in zip(self.config["patch"], pool))
 
     @property
     def coord_dims(self) -> int:
@@ -79,5 +97,19 @@ class MedicalAdapter(Adapter):
     def synthetic(self, out_dir: str | Path, n: int, seed: int = 0) -> dict:
         return write_cohort(out_dir, n, seed, spacing=tuple(self.config["spacing"] or (1.5, 1.5, 1.5)))
 
+    def view_augment(self, batch: PatchBatch, generator: torch.Generator | None) -> PatchBatch:
+        """A per-view intensity change, on the device: gain and gamma (x -> gain * x^gamma, on the
+        [0, 1]-scaled intensities), each drawn per sample from ``view_intensity``. Two views of one
+        scan then differ in brightness and contrast, so a contrastive objective cannot match them by
+        scanner cues (gain, window) and must match them by anatomy."""
+        lo, hi = (float(v) for v in self.config["view_intensity"])
+        b, dev = batch.patches.shape[0], batch.patches.device
+        draw = lambda: (lo + (hi - lo) * torch.rand(b, 1, 1, generator=generator, device=dev)).to(batch.patches.dtype)  # noqa: E731
+        gain, gamma = draw(), draw()
+        return dataclasses.replace(batch, patches=gain * batch.patches.clamp(min=0) ** gamma)
+
     def make_tokenizer(self, width: int) -> nn.Module:
-        return PatchEmbed3d(self.patch_dim, width, tuple(self.config["patch"]))
+        patch = tuple(self.config["patch"])
+        if self.config["tokenizer"] == "conv":
+            return ConvPatchEmbed3d(int(self.config["channels"]), width, patch)
+        return PatchEmbed3d(self.patch_dim, width, patch)

@@ -198,17 +198,53 @@ def to_tokens(image, valid, cfg: dict, ident: str, path: str, label: int | None)
     spacing = _spacing(image)
     gp = patchify(_plain(image).float(), patch, _plain(valid)[0] > 0.5)
     unit = torch.tensor(patch, dtype=torch.float32) * spacing / float(cfg["position_unit_mm"])
+    values, ok = pooled_patches(gp.patches, gp.valid, patch, int(cfg["channels"]), target_pool(cfg))
     return SampleTokens(
         patches=gp.patches,
         coords=gp.coords * unit,
-        targets=normalized_targets(gp.patches, gp.valid, int(cfg["channels"])),
-        target_valid=gp.valid,
+        targets=mae_targets(values, ok, int(cfg["channels"]), cfg["target_norm"]),
+        target_valid=ok,
         padding=gp.token_padding,
         meta={"spacing": spacing},
         id=ident,
         path=path,
         label=label,
     )
+
+
+def mae_targets(values: torch.Tensor, valid: torch.Tensor, channels: int, norm: str) -> torch.Tensor:
+    """MAE targets from (pooled) patch values: standardised per patch (``patch``, MAE's norm_pix; a
+    uniform patch is then noise whatever its brightness) or over the whole sample (``sample``: the
+    brightness of a patch against the rest of the scan is kept, e.g. a patch inside a lesion)."""
+    if norm == "patch":
+        return normalized_targets(values, valid, channels)
+    if norm != "sample":
+        raise ValueError(f"medical adapter: target_norm must be 'patch' or 'sample', not {norm!r}")
+    n, k = values.shape
+    flat = values.reshape(n, channels, k // channels).transpose(0, 1).reshape(channels, -1)
+    ok = valid.reshape(n, channels, k // channels).transpose(0, 1).reshape(channels, -1)
+    out = normalized_targets(flat, ok, 1)  # one row per channel: statistics over every token
+    return out.reshape(channels, n, k // channels).transpose(0, 1).reshape(n, k)
+
+
+def target_pool(cfg: dict) -> tuple[int, ...]:
+    """Per-axis average-pooling factor of the MAE target inside a patch (never more than the patch)."""
+    return tuple(min(int(cfg["target_pool"]), int(p)) for p in cfg["patch"])
+
+
+def pooled_patches(patches: torch.Tensor, valid: torch.Tensor, patch: tuple[int, ...], channels: int,
+                   pool: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Average ``pool`` voxels per axis inside each patch over valid voxels only: [N, C*prod(p)] ->
+    [N, C*prod(p/pool)] values and validity. A smoothed MAE target: voxel noise averages out, structure stays."""
+    if all(k == 1 for k in pool):
+        return patches, valid
+    n = patches.shape[0]
+    shape = [n * channels] + [v for p, k in zip(patch, pool) for v in (p // k, k)]
+    w = valid.float().reshape(shape)
+    axes = tuple(range(2, 2 * len(patch) + 1, 2))
+    count = w.sum(axes)
+    mean = (patches.reshape(shape) * w).sum(axes) / count.clamp(min=1)
+    return mean.reshape(n, -1), (count > 0).reshape(n, -1)
 
 
 def _plain(x) -> torch.Tensor:

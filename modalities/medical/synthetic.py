@@ -1,9 +1,10 @@
 """A synthetic cohort of labelled 3-d scans with segmentation masks, written as NIfTI with spacing.
 
 Each volume holds a body (ellipsoid with smooth texture), several organs of random size, position and
-contrast, and three lesions whose *shape* is the class: round in class 0, elongated (3.5:1, randomly
-oriented) in class 1, at the same volumes and the same contrast distribution. So the per-volume
-mean, std and histogram do not give the class away (a test checks this); seeing shape does. A
+contrast, and bright lesions whose *spread* is the class: two larger foci (``oligofocal``) or eight small ones
+(``multifocal``, as in multifocal disease), with the same total lesion volume and the
+same contrast distribution in both classes. So the per-volume mean, std and histogram do not give
+the class away (a test checks this); seeing how the lesion burden is laid out in space does. A
 multiplicative bias field, Rician-like noise and a random global gain make it scanner-like.
 
 Segmentation labels: 0 background, 1 body, 2 organs, 3 lesions.
@@ -17,7 +18,9 @@ import nibabel as nib
 import numpy as np
 from scipy.ndimage import zoom
 
-CLASSES = ("round", "elongated")
+CLASSES = ("oligofocal", "multifocal")
+LESIONS = (2, 8)  # lesions per volume in each class
+LESION_VOLUME = 0.05  # their total volume, as a fraction of the field of view
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, ...], scale: int) -> np.ndarray:
@@ -33,7 +36,7 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def make_volume(label: int, rng: np.random.Generator, size: tuple[int, int, int] = (48, 48, 48)) -> tuple[np.ndarray, np.ndarray]:
-    """One (image float32, segmentation uint8) pair of class ``label`` (0 round, 1 elongated)."""
+    """One (image float32, segmentation uint8) pair of class ``label`` (0 oligofocal, 1 multifocal)."""
     grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) - (s - 1) / 2 for s in size], indexing="ij"), -1)
     n = np.array(size, dtype=np.float32)
     seg = np.zeros(size, np.uint8)
@@ -55,20 +58,21 @@ def make_volume(label: int, rng: np.random.Generator, size: tuple[int, int, int]
         m = ((((grid - c) @ _rotation(rng)) / r) ** 2).sum(-1) <= 1
         m &= body
         seg[m] = 2
-        img[m] = base + rng.choice([-1, 1]) * rng.uniform(25, 60) + 5 * mid[m]
-    # lesions: the class is their shape (three round ones, or three elongated ones of the same volume),
-    # at the same contrast distribution, so only shape tells the classes apart
+        img[m] = base + rng.choice([-1, 1]) * rng.uniform(15, 35) + 5 * mid[m]
+    # lesions: the class is how the lesion burden is spread, one focus or many (solitary vs multifocal
+    # disease): LESIONS[label] ellipsoids sharing the same total volume and contrast distribution in
+    # both classes, so the voxel histogram does not tell them apart; only the spatial pattern does
     contrast = rng.uniform(50, 90)
     placed = np.zeros(size, bool)
-    for _ in range(3):
-        vol = rng.uniform(0.7, 1.3) * (4 / 3) * np.pi * (0.1 * n.mean()) ** 3
-        if label == 0:
-            radii_l, rot_l = np.full(3, (vol / (4 / 3 * np.pi)) ** (1 / 3)), np.eye(3)
-        else:
-            r = (vol / (4 / 3 * np.pi) / 3.5) ** (1 / 3)
-            radii_l, rot_l = np.array([3.5 * r, r, r]), _rotation(rng)
-        for _ in range(200):  # inside the body, apart from each other (equal volumes in both classes)
-            c = centre + (rng.uniform(-0.5, 0.5, 3) * radii) @ rot.T
+    count = LESIONS[label]
+    total = rng.uniform(0.8, 1.2) * LESION_VOLUME * n.prod()
+    for _ in range(count):
+        vol = total / count * rng.uniform(0.8, 1.2)
+        axes = rng.uniform(1.0, 1.5, 3)
+        radii_l = axes * (vol / (4 / 3 * np.pi * axes.prod())) ** (1 / 3)
+        rot_l = _rotation(rng)
+        for _ in range(200):  # inside the body, apart from each other
+            c = centre + (rng.uniform(-0.6, 0.6, 3) * radii) @ rot.T
             m = ((((grid - c) @ rot_l) / radii_l) ** 2).sum(-1) <= 1
             if not (m & placed).any() and (m & body).sum() == m.sum():
                 break

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from foundation.engine import warmup_cosine
 from foundation.tokens import collate
-from foundation.trunk import masked_mean
+from foundation.trunk import masked_max, masked_mean
 from modalities.medical.dataset import MedicalDataset, _plain, to_tokens
 from modalities.medical.preprocess import IMAGE, SEG, VALID
 
@@ -217,16 +217,19 @@ def write_prediction(pred: Tensor, volume: dict, dataset: MedicalDataset, out_pa
 
 # -- supervised from-scratch classifier (the "same size, same budget" baseline) -----------------
 class VolumeClassifier(nn.Module):
-    """Encoder + mean-pooled linear head, trained end to end on the labelled volumes only."""
+    """Encoder + pooled (``mean`` or ``max`` over tokens) linear head, trained end to end on the labelled volumes only."""
 
-    def __init__(self, encoder, classes: int) -> None:
+    def __init__(self, encoder, classes: int, pooling: str = "mean") -> None:
         super().__init__()
-        self.encoder = encoder
+        if pooling not in ("mean", "max"):
+            raise ValueError(f"pooling must be 'mean' or 'max', not {pooling!r}")
+        self.encoder, self.pooling = encoder, pooling
         self.head = nn.Linear(encoder.width, classes)
 
     def forward(self, batch) -> Tensor:
         enc = self.encoder(batch)
-        return self.head(masked_mean(enc.tokens, enc.padding))
+        pool = masked_mean if self.pooling == "mean" else masked_max
+        return self.head(pool(enc.tokens, enc.padding))
 
 
 def train_classifier(model: VolumeClassifier, dataset: MedicalDataset, train_idx: list[int], labels: np.ndarray,

@@ -12,7 +12,7 @@ from foundation.trunk import masked_mean
 from modalities.medical.adapter import MedicalAdapter
 from modalities.medical.dataset import MedicalDataset, to_tokens
 from modalities.medical.embed import embed_volume
-from modalities.medical.synthetic import make_volume, write_cohort
+from modalities.medical.synthetic import CLASSES, make_volume, write_cohort
 from modalities.medical.tasks import SegmentationModel, UNETRDecoder, finetune_segmentation, predict_volume, write_prediction
 
 TINY = {"width": 32, "depth": 2, "heads": 2}
@@ -24,8 +24,10 @@ def cohort(tmp_path_factory):
     return root, write_cohort(root, 6, seed=3, size=(32, 32, 32))
 
 
-def test_tokenizer_is_token_local():
-    adapter = MedicalAdapter({"patch": [4, 4, 4], "roi": [16, 16, 16], "sw_roi": [16, 16, 16]})
+@pytest.mark.parametrize("kind,patch", [("linear", [4, 4, 4]), ("conv", [4, 4, 4]), ("conv", [8, 8, 2])])
+def test_tokenizer_is_token_local(kind, patch):
+    roi = [2 * p for p in patch]
+    adapter = MedicalAdapter({"patch": patch, "roi": roi, "sw_roi": roi, "tokenizer": kind})
     tok = adapter.make_tokenizer(16)
     torch.nn.init.normal_(tok.extent.weight)
     x = torch.randn(2, 5, adapter.patch_dim)
@@ -35,6 +37,23 @@ def test_tokenizer_is_token_local():
     x2[:, 1:] = torch.randn_like(x2[:, 1:])
     assert torch.allclose(tok(x2, meta)[:, 0], y[:, 0])  # token 0 ignores the others
     assert not torch.allclose(y[0, 0], tok(x[:1, :1].expand(2, 1, -1), meta)[1, 0])  # but sees its spacing
+    x3 = x.clone()
+    x3[:, 0, : adapter.patch_dim // 2] += 1.0  # and its own values
+    assert not torch.allclose(tok(x3, meta)[:, 0], y[:, 0])
+
+
+def test_smoothed_mae_targets_average_valid_voxels_inside_each_patch():
+    cfg = MedicalAdapter({"patch": [8, 8, 4], "roi": [16, 16, 8], "sw_roi": [16, 16, 8], "target_pool": 2}).config
+    img, valid = torch.rand(1, 16, 16, 8), torch.ones(1, 16, 16, 8)
+    valid[0, :3] = 0  # the first three x-slices are invalid (NaN in the source)
+    s = to_tokens(img, valid, cfg, "", "", None)
+    assert s.targets.shape == (8, MedicalAdapter(cfg).target_dim) == (8, 4 * 4 * 2)
+    ref = torch.nn.functional.avg_pool3d(img[None], 2)[0, 0]  # whole patches at x >= 8 are fully valid
+    t = ref[4:8, 4:8, 2:4].flatten()
+    assert torch.allclose(s.targets[7], (t - t.mean()) / t.std(unbiased=False), atol=2e-3)  # the normalisation's eps
+    assert s.target_valid[0].float().mean() == 0.75  # pooled cells with no valid voxel are invalid
+    with pytest.raises(ValueError, match="target_pool"):
+        MedicalAdapter({"patch": [8, 8, 4], "roi": [16, 16, 8], "sw_roi": [16, 16, 8], "target_pool": 3})
 
 
 def test_sliding_window_embedding_matches_plain_encoding_and_handles_any_size(small_cfg):
@@ -121,7 +140,7 @@ def test_synthetic_cohort_hides_class_from_intensity_statistics(tmp_path):
     acc = cross_val_score(make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=3000)), np.array(X), y, cv=5).mean()
     assert acc < 0.7, acc
     data = write_cohort(tmp_path, 4, seed=0, spacing=(1.2, 1.2, 2.0), size=(24, 24, 16))
-    img = nib.load(str(tmp_path / "round" / "vol_0000.nii.gz"))
+    img = nib.load(str(tmp_path / CLASSES[0] / "vol_0000.nii.gz"))
     assert img.header.get_zooms()[:3] == pytest.approx((1.2, 1.2, 2.0)) and img.shape == (24, 24, 16)
     seg = nib.load(str(tmp_path / "masks" / "vol_0000_seg.nii.gz")).get_fdata()
     assert set(np.unique(seg)) == {0, 1, 2, 3}

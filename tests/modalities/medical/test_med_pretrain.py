@@ -37,7 +37,7 @@ def test_medical_recipes_resolve_and_build_their_adapter():
     from foundation.model import Encoder
     from modalities.base import adapter_from_config
 
-    for name in ("medical-mae", "medical-jepa", "medical-mae-gpu", "medical-jepa-gpu"):
+    for name in ("medical-mae", "medical-jepa", "medical-contrast", "medical-mae-gpu", "medical-jepa-gpu"):
         r = load_recipe(name, [])
         assert r["modality"] == "medical" and r["objective"] in name
         adapter = adapter_from_config("medical", r["adapter"])
