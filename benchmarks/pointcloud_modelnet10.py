@@ -83,7 +83,7 @@ def pretrained_encoder(args, manifest: Path) -> tuple[Encoder, dict]:
         import yaml
 
         done = yaml.safe_load((run_dir / "recipe.yaml").read_text())
-        for key in ("objective", "adapter", "model", "train", "masking"):
+        for key in ("objective", "adapter", "model", "train", "masking", recipe["objective"]):
             if done.get(key) != recipe.get(key):
                 raise SystemExit(f"{run_dir} holds a pretraining with another {key!r} ({done.get(key)} vs {recipe.get(key)}): "
                                  "use another --work or delete it")
@@ -322,6 +322,12 @@ def run(args) -> dict:
                     episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
                 except ValueError as err:
                     episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
+    episode_cmp = {}
+    for setting in episodes.get("pretrained", {}):
+        a, b = episodes["pretrained"][setting].get("accs"), episodes["random_init"][setting].get("accs")
+        if a and b:  # the same episodes (seed 0) for both encoders: paired
+            mean, lo, hi = paired_interval(a, b)
+            episode_cmp[setting] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
     timings["episodes_s"] = time.perf_counter() - t
 
     comparisons = {}
@@ -333,7 +339,8 @@ def run(args) -> dict:
             comparisons[f"pretrained-vs-{other}-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
     return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
             "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
-            "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "timings": timings}
+            "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "episode_comparison": episode_cmp,
+            "timings": timings}
 
 
 def _ms(rows: list[dict], key: str) -> str:
@@ -373,6 +380,10 @@ def format_table(res: dict) -> str:
     for m, e in res["episodes"].items():
         cells = [f"{v['mean']:.3f} ± {v['std']:.3f}" if "mean" in v else "n/a" for v in e.values()]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if res.get("episode_comparison"):
+        lines += ["", "| paired difference (same episodes), pretrained-vs-random_init | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
+        for setting, c in res["episode_comparison"].items():
+            lines.append(f"| {setting} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
     return "\n".join(lines)
 
