@@ -72,7 +72,7 @@ def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e
     return best[0], best[1], best[2], predict_classes
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="reduced version (CI)")
     ap.add_argument("--pretrain-n", type=int, default=200)
@@ -93,7 +93,30 @@ def main() -> None:
     ap.add_argument("--run-dir", default=None, help="reuse a finished pretraining run")
     ap.add_argument("--override", nargs="*", default=[], help="recipe overrides for pretraining")
     ap.add_argument("--skip-seg", action="store_true")
-    args = ap.parse_args()
+    ap.add_argument("--render", default=None, help="only rewrite the .md table of a results .json this script wrote")
+    return ap
+
+
+def command_line(args: dict) -> str:
+    """The command that reproduces a run: the script plus every argument that differs from its default."""
+    cmd = "OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py"
+    if args.get("quick"):
+        return cmd + " --quick"
+    for action in build_parser()._actions:
+        key, value = action.dest, args.get(action.dest)
+        if key in ("help", "work", "run_dir", "render") or value is None or value == action.default:
+            continue
+        flag = action.option_strings[-1]
+        cmd += f" {flag}" if value is True else f" {flag} " + " ".join(str(v) for v in (value if isinstance(value, list) else [value]))
+    return cmd
+
+
+def main() -> None:
+    args = build_parser().parse_args()
+    if args.render:
+        path = Path(args.render)
+        path.with_suffix(".md").write_text(format_table(json.loads(path.read_text())))
+        return
     if args.quick:
         args.pretrain_n, args.labelled_n, args.steps, args.ks, args.seeds = 48, 40, 120, [5], 5
         args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps, args.seg_seeds = 30, 5, 6, 30, 5
@@ -198,13 +221,7 @@ def main() -> None:
 
 
 def format_table(res: dict) -> str:
-    a = res["args"]
-    cmd = "OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py" + (" --quick" if a["quick"] else "")
-    for key, default in (("scratch_steps", 80), ("seg_steps", 60)):
-        if a.get(key) != default and not a["quick"]:
-            cmd += f" --{key.replace('_', '-')} {a[key]}"
-    if a.get("override"):
-        cmd += " --override " + " ".join(a["override"])
+    cmd = command_line(res["args"])
     n_test = res["classification"][0].get("test_volumes", "?") if res["classification"] else "?"
     lines = [f"Few-label medical volumes (synthetic cohort), {len(res['seeds'])} paired seeds, {n_test} held-out test volumes per seed; `{cmd}`; "
              f"commit {res['git_commit'][:10]}, wall time {res['wall_time_s'] / 60:.1f} min, {res['pretrain_seconds'] / 60:.1f} min of it pretraining "
