@@ -172,6 +172,7 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=4)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-earth"))
     ap.add_argument("--tag", default="")
+    ap.add_argument("--sections", default="eurosat13,eurosat4,synthetic", help="which tables to compute")
     ap.add_argument("--override", nargs="*", default=[], help="extra recipe overrides key=value")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -232,52 +233,54 @@ def main() -> None:
         print(f"wrote {res_dir / name}.json/.md ({out['wall_s'] / 60:.1f} min)", flush=True)
 
     # 2. EuroSAT, 13 bands and the 4-band subset
+    sections = args.sections.split(",")
     a13, ds13 = dataset({"preset": "eurosat_ms"}, {"root": str(eurosat), "labels": "folder"})
     labels = np.asarray([ds13.label(i) for i in range(len(ds13))])
     mc = enc.config
-    scratch = scratch_arm(a13, mc, ds13, labels, args.test_per_class, args)
-    feats = {"pretrained": pooled(enc, ds13), "random_init": pooled(rand, ds13), "band_mean_std": band_stats_features(ds13)}
-    res = compare(feats, labels, ks, args.seeds, args.test_per_class, scratch)
-    if scratch:
-        out["scratch_lr"] = {"eurosat_13band": {"lr": scratch["lr"], "validation": scratch["tuning"]}}
-    text, rows = table(res, ks)
-    out["results"]["eurosat_13band"] = rows
-    md += ["### EuroSAT MS, 13 bands", text, ""]
-    print(md[-3], md[-2], sep="\n", flush=True)
-    write(False)
+    if "eurosat13" in sections:
+        scratch = scratch_arm(a13, mc, ds13, labels, args.test_per_class, args)
+        feats = {"pretrained": pooled(enc, ds13), "random_init": pooled(rand, ds13), "band_mean_std": band_stats_features(ds13)}
+        res = compare(feats, labels, ks, args.seeds, args.test_per_class, scratch)
+        if scratch:
+            out["scratch_lr"] = {"eurosat_13band": {"lr": scratch["lr"], "validation": scratch["tuning"]}}
+        text, rows = table(res, ks)
+        out["results"]["eurosat_13band"] = rows
+        md += ["### EuroSAT MS, 13 bands", text, ""]
+        print(md[-3], md[-2], sep="\n", flush=True)
+        write(False)
 
-    import tempfile
-    sub_manifest = Path(tempfile.mkdtemp()) / "eurosat4.csv"
-    with open(sub_manifest, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "preset"])
-        for p in sorted(eurosat.rglob("*.tif")):
-            w.writerow([str(p), "eurosat_ms"])
-    _, ds4 = dataset({"bands": RGBN, "preset": "eurosat_ms"}, {"manifest": str(sub_manifest), "labels": "folder"})
-    ds4_labels = np.asarray([ds4.label(i) for i in range(len(ds4))])
-    assert ds4[0].patches.shape[1] == 4 * 64 and (ds4_labels == labels).all()
-    feats4 = {"pretrained": pooled(enc, ds4), "random_init": pooled(rand, ds4), "band_mean_std": band_stats_features(ds4)}
-    res4 = compare(feats4, labels, ks, args.seeds, args.test_per_class)
-    text, rows = table(res4, ks)
-    out["results"]["eurosat_4band_rgbn"] = rows
-    md += ["### EuroSAT MS, 4 bands (B02 B03 B04 B08) through the 13-band model", text, ""]
-    print(md[-3], md[-2], sep="\n", flush=True)
-    write(False)
+    if "eurosat4" in sections:
+        import tempfile
+        sub_manifest = Path(tempfile.mkdtemp()) / "eurosat4.csv"
+        with open(sub_manifest, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "preset"])
+            for p in sorted(eurosat.rglob("*.tif")):
+                w.writerow([str(p), "eurosat_ms"])
+        _, ds4 = dataset({"bands": RGBN, "preset": "eurosat_ms"}, {"manifest": str(sub_manifest), "labels": "folder"})
+        ds4_labels = np.asarray([ds4.label(i) for i in range(len(ds4))])
+        assert ds4[0].patches.shape[1] == 4 * 64 and (ds4_labels == labels).all()
+        feats4 = {"pretrained": pooled(enc, ds4), "random_init": pooled(rand, ds4), "band_mean_std": band_stats_features(ds4)}
+        res4 = compare(feats4, labels, ks, args.seeds, args.test_per_class)
+        text, rows = table(res4, ks)
+        out["results"]["eurosat_4band_rgbn"] = rows
+        md += ["### EuroSAT MS, 4 bands (B02 B03 B04 B08) through the 13-band model", text, ""]
+        print(md[-3], md[-2], sep="\n", flush=True)
+        write(False)
 
-    # 3. held-out synthetic scenes (generator seed 1: never seen in pretraining)
-    syn_test = write_synthetic(work / "synthetic-test", 300, seed=1, with_sar=False)
-    _, dss = dataset({}, syn_test)
-    slabels = np.asarray([dss.label(i) for i in range(len(dss))])
-    scratch_s = scratch_arm(a13, mc, dss, slabels, 15, args)
-    feats_s = {"pretrained": pooled(enc, dss), "random_init": pooled(rand, dss), "band_mean_std": band_stats_features(dss)}
-    res_s = compare(feats_s, slabels, ks, args.seeds, 15, scratch_s)
-    if scratch_s:
-        out.setdefault("scratch_lr", {})["synthetic_heldout"] = {"lr": scratch_s["lr"], "validation": scratch_s["tuning"]}
-    text, rows = table(res_s, ks)
-    out["results"]["synthetic_heldout"] = rows
-    md += ["### Synthetic scenes (held-out generator seed, 6 classes, 15 test chips per class)", text, ""]
-    print(md[-3], md[-2], sep="\n", flush=True)
-    write(False)
+    if "synthetic" in sections:  # 3. held-out synthetic scenes (generator seed 1: never seen in pretraining)
+        syn_test = write_synthetic(work / "synthetic-test", 300, seed=1, with_sar=False)
+        _, dss = dataset({}, syn_test)
+        slabels = np.asarray([dss.label(i) for i in range(len(dss))])
+        scratch_s = scratch_arm(a13, mc, dss, slabels, 15, args)
+        feats_s = {"pretrained": pooled(enc, dss), "random_init": pooled(rand, dss), "band_mean_std": band_stats_features(dss)}
+        res_s = compare(feats_s, slabels, ks, args.seeds, 15, scratch_s)
+        if scratch_s:
+            out.setdefault("scratch_lr", {})["synthetic_heldout"] = {"lr": scratch_s["lr"], "validation": scratch_s["tuning"]}
+        text, rows = table(res_s, ks)
+        out["results"]["synthetic_heldout"] = rows
+        md += ["### Synthetic scenes (held-out generator seed, 6 classes, 15 test chips per class)", text, ""]
+        print(md[-3], md[-2], sep="\n", flush=True)
 
     write(True)
 
