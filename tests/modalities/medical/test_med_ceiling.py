@@ -29,4 +29,4 @@ def test_from_scratch_model_learns_the_cohort_class_with_enough_labels(tmp_path)
     model = VolumeClassifier(Encoder.build(MedicalAdapter(cfg), {"width": 128, "depth": 4, "heads": 4}), 2, pooling="max")
     train_acc = train_classifier(model, ds, train, labels, steps=200, lr=1e-3, seed=0)
     test_acc = float((predict_classes(model, ds, test) == labels[test]).mean())
-    assert train_acc >= 0.7 and test_acc >= 0.7, (train_acc, test_acc)  # chance is 0.5; seeds 11-13 gave 0.80-0.95 / 0.83-0.88
+    assert train_acc >= 0.7 and test_acc >= 0.7, (train_acc, test_acc)  # chance is 0.5; seeds 11-13 gave train 0.80-0.98, held-out 0.83-0.92
