@@ -25,7 +25,7 @@ from foundation.masking import multiblock_mask, visible_tokens
 from foundation.model import Encoder
 from foundation.positions import make_positions
 from foundation.tokens import PatchBatch, gather_bias, gather_tokens
-from foundation.trunk import Transformer
+from foundation.trunk import Transformer, masked_mean
 
 
 class JEPA(nn.Module):
@@ -55,12 +55,10 @@ class JEPA(nn.Module):
         layers = [h.float() for h in enc.layers[-self.target_layers:]]
         if self.target_norm == "layer":
             return torch.stack([F.layer_norm(h, h.shape[-1:]) for h in layers]).mean(0)
-        w = (~enc.padding).unsqueeze(-1).float()
-        n = w.sum(1, keepdim=True).clamp(min=1)
 
         def instance_norm(h: Tensor) -> Tensor:
-            mean = (h * w).sum(1, keepdim=True) / n
-            var = (((h - mean) ** 2) * w).sum(1, keepdim=True) / n
+            mean = masked_mean(h, enc.padding).unsqueeze(1)
+            var = masked_mean((h - mean) ** 2, enc.padding).unsqueeze(1)
             return (h - mean) / (var + 1e-5).sqrt()
 
         return torch.stack([instance_norm(h) for h in layers]).mean(0)
