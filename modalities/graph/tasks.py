@@ -37,6 +37,14 @@ def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: i
     y = np.asarray(y)
     if kernel:  # e.g. WL counts: the cosine-normalised linear kernel, computed once (tens of thousands of columns)
         feats = {k: _normalised_kernel(X) for k, X in feats.items()}
+        estimator, grid = SVC(kernel="precomputed", max_iter=100_000), {"C": KERNEL_C}
+    else:
+        estimator, grid = _svm(), {"svc__C": SVM_C}
+
+    def rows(X: np.ndarray, idx: np.ndarray, tr: np.ndarray) -> np.ndarray:
+        """Samples ``idx`` of X; a precomputed kernel's columns are the training samples ``tr``."""
+        return X[np.ix_(idx, tr)] if kernel else X[idx]
+
     accs, train_accs, pools = [], [], Counter()
     for seed in seeds:
         for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
@@ -44,17 +52,13 @@ def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: i
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 for name, X in feats.items():
-                    gs = GridSearchCV(*((SVC(kernel="precomputed", max_iter=100_000), {"C": KERNEL_C}) if kernel
-                                        else (_svm(), {"svc__C": SVM_C})),
-                                      cv=StratifiedKFold(inner, shuffle=True, random_state=seed)).fit(X[np.ix_(tr, tr)] if kernel else X[tr], y[tr])
+                    gs = GridSearchCV(estimator, grid, cv=StratifiedKFold(inner, shuffle=True, random_state=seed)).fit(rows(X, tr, tr), y[tr])
                     if gs.best_score_ > best[0]:
                         best = (gs.best_score_, name, gs.best_estimator_)
             _, name, clf = best
             pools[name] += 1
-            X = feats[name]
-            Xte, Xtr = (X[np.ix_(te, tr)], X[np.ix_(tr, tr)]) if kernel else (X[te], X[tr])
-            accs.append(float((clf.predict(Xte) == y[te]).mean()))
-            train_accs.append(float(clf.score(Xtr, y[tr])))
+            accs.append(float((clf.predict(rows(feats[name], te, tr)) == y[te]).mean()))
+            train_accs.append(float(clf.score(rows(feats[name], tr, tr), y[tr])))
     per_seed = np.array(accs).reshape(len(seeds), folds).mean(1)
     return {"fold_accuracy": accs, "seed_accuracy": per_seed.tolist(), "mean": float(per_seed.mean()),
             "std": float(per_seed.std()), "train_accuracy": float(np.mean(train_accs)), "poolings": dict(pools)}
