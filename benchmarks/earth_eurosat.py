@@ -35,7 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from foundation.finetune import train_from_scratch  # noqa: E402
+from foundation.finetune import train_from_scratch, tune_lr  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
@@ -98,8 +98,8 @@ def tune_scratch_lr(run, labels: np.ndarray, test_per_class: int, lrs: list[floa
     rng = np.random.default_rng(0)
     fit = np.concatenate([rng.permutation(pool[labels[pool] == c])[: max(1, (labels[pool] == c).sum() // 2)] for c in np.unique(labels)])
     val = np.setdiff1d(pool, fit)
-    scores = {lr: run(np.sort(fit), val, 0, lr)["accuracy"] for lr in lrs} if len(lrs) > 1 else {lrs[0]: float("nan")}
-    return max(lrs, key=lambda lr: scores[lr] if len(lrs) > 1 else 0), scores
+    lr, scores = tune_lr(lrs, lambda v: run(np.sort(fit), val, 0, v)["accuracy"])
+    return lr, scores or {lr: float("nan")}  # one candidate: untried
 
 
 def scratch_arm(adapter, model_cfg: dict, ds, labels: np.ndarray, test_per_class: int, args) -> dict | None:

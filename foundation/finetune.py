@@ -2,6 +2,8 @@
 pays off" claim is measured against (same architecture, same budget, training accuracy reported)."""
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -53,3 +55,12 @@ def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test
         return float((torch.cat(preds).numpy() == labels[idx]).mean())
 
     return {"accuracy": accuracy(test_idx), "train_accuracy": accuracy(pick)}
+
+
+def tune_lr(lrs: Sequence[float], validation_accuracy: Callable[[float], float]) -> tuple[float, dict[float, float]]:
+    """The from-scratch baseline's own tuning: the learning rate with the best validation accuracy
+    (the first on ties) and every score. A single candidate is returned untried: nothing to choose."""
+    if len(lrs) == 1:
+        return lrs[0], {}
+    scores = {lr: validation_accuracy(lr) for lr in lrs}
+    return max(lrs, key=scores.__getitem__), scores

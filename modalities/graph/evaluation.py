@@ -15,7 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from foundation.data import eval_loader
-from foundation.finetune import train_from_scratch
+from foundation.finetune import train_from_scratch, tune_lr
 from foundation.model import Encoder
 from foundation.probes import compare_few_shot, paired_interval
 from foundation.trunk import masked_max, masked_mean
@@ -69,9 +69,8 @@ def scratch_baseline(adapter, model_cfg: dict, dataset, y: np.ndarray, split: li
 
     tr0 = split[0][0]
     fit, val = train_test_split(tr0, test_size=0.25, stratify=y[tr0], random_state=0)
-    tuning = {lr: train_from_scratch(adapter, model_cfg, dataset, fit, val, y, steps, lr, seed=0, batch_size=batch_size)
-              for lr in lrs} if len(lrs) > 1 else {}
-    lr = max(lrs, key=lambda v: tuning[v]["accuracy"]) if tuning else lrs[0]
+    lr, tuning = tune_lr(lrs, lambda v: train_from_scratch(adapter, model_cfg, dataset, fit, val, y, steps, v, seed=0,
+                                                          batch_size=batch_size)["accuracy"])
     acc, train_acc = [], []
     for f, (tr, te) in enumerate(split):
         r = train_from_scratch(adapter, model_cfg, dataset, tr, te, y, steps, lr, seed=f, batch_size=batch_size)
@@ -80,7 +79,7 @@ def scratch_baseline(adapter, model_cfg: dict, dataset, y: np.ndarray, split: li
     return {"fold_accuracy": acc, "mean": float(np.mean(acc)) if acc else float("nan"),
             "train_accuracy": float(np.mean(train_acc)) if train_acc else float("nan"),
             "steps": steps, "folds": len(split), "lr": lr,
-            "lr_tuning": {str(k): v["accuracy"] for k, v in tuning.items()}}
+            "lr_tuning": {str(k): v for k, v in tuning.items()}}
 
 
 def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list[str] = (), folds: int = 10,
