@@ -48,7 +48,7 @@ from foundation.model import Encoder  # noqa: E402
 from foundation.probes import few_shot_indices, paired_interval  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from foundation.tokens import collate  # noqa: E402
-from foundation.trunk import masked_max, masked_mean, masked_mean_std  # noqa: E402
+from foundation.trunk import masked_max, masked_max_mean, masked_mean_std  # noqa: E402
 from modalities.base import adapter_class, sample_seed  # noqa: E402
 from modalities.pointcloud.tasks import accuracies, few_shot_eval, probe  # noqa: E402
 
@@ -109,7 +109,7 @@ def embed(encoder: Encoder, views: list, batch_size: int = 128) -> dict[str, np.
         layers = [torch.nn.functional.layer_norm(h, h.shape[-1:]) for h in enc.layers]
         mid = layers[len(layers) // 2]
         feats = {"max": masked_max(tok, pad), "meanstd": masked_mean_std(tok, pad),
-                 "maxmean": torch.cat([masked_max(tok, pad), masked_mean(tok, pad)], -1),
+                 "maxmean": masked_max_mean(tok, pad),
                  "mid_meanstd": masked_mean_std(mid, pad),
                  "layers_max": torch.cat([masked_max(h, pad) for h in layers], -1)}
         for k in POOLINGS:
@@ -170,7 +170,7 @@ class Classifier(torch.nn.Module):
 
     def forward(self, batch) -> torch.Tensor:
         enc = self.encoder(batch)
-        return self.head(torch.cat([masked_max(enc.tokens, enc.padding), masked_mean(enc.tokens, enc.padding)], -1))
+        return self.head(masked_max_mean(enc.tokens, enc.padding))
 
 
 def supervised_scratch(adapter, model_cfg: dict, dataset, views: list, labels: np.ndarray, tr: np.ndarray, te: np.ndarray,

@@ -132,6 +132,11 @@ def masked_max(x: Tensor, padding: Tensor) -> Tensor:
     return x.masked_fill(padding.unsqueeze(-1), float("-inf")).amax(1)
 
 
+def masked_max_mean(x: Tensor, padding: Tensor) -> Tensor:
+    """[B, 2D]: max and mean over real tokens, Point-MAE's readout (contrastive views, point-cloud heads)."""
+    return torch.cat([masked_max(x, padding), masked_mean(x, padding)], -1)
+
+
 class AttentivePool(nn.Module):
     """A learned query cross-attending over valid tokens (attentive probing, as V-JEPA does)."""
 

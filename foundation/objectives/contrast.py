@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from foundation.masking import visible_tokens
 from foundation.model import Encoder
 from foundation.tokens import PatchBatch
-from foundation.trunk import masked_max, masked_mean
+from foundation.trunk import masked_max_mean
 
 
 class Contrast(nn.Module):
@@ -37,7 +37,7 @@ class Contrast(nn.Module):
         batch = self.adapter.view_augment(batch, generator)
         hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc = self.encoder(batch, keep=visible_tokens(hidden, batch.padding))
-        pooled = torch.cat([masked_max(enc.tokens, enc.padding), masked_mean(enc.tokens, enc.padding)], -1)
+        pooled = masked_max_mean(enc.tokens, enc.padding)
         return F.normalize(self.projector(pooled).float(), dim=-1)
 
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
