@@ -14,6 +14,7 @@ from foundation.tokens import PatchBatch
 from modalities.base import Adapter
 from modalities.pointcloud.dataset import PointCloudDataset, make_dataset
 from modalities.pointcloud.ops import chamfer_distance
+from modalities.pointcloud.preprocess import up_axis_rotation
 from modalities.pointcloud.synthetic import write_synthetic
 from modalities.pointcloud.tokenizer import MiniPointNet
 
@@ -112,9 +113,7 @@ class PointCloudAdapter(Adapter):
         dev, dt = batch.coords.device, batch.coords.dtype
         m = torch.eye(3, device=dev, dtype=dt).repeat(b, 1, 1)
         if self.config.get("rotate", False):
-            a = torch.rand(b, generator=generator, device=dev).to(dt) * 2 * math.pi
-            i, j = [k for k in range(3) if k != "xyz".index(self.config["up_axis"])]
-            m[:, i, i], m[:, i, j], m[:, j, i], m[:, j, j] = a.cos(), -a.sin(), a.sin(), a.cos()
+            m = up_axis_rotation(torch.rand(b, generator=generator, device=dev).to(dt) * 2 * math.pi, self.config["up_axis"])
         lo, hi = self.config.get("scale", (1.0, 1.0))
         s = lo + (hi - lo) * torch.rand(b, 3, generator=generator, device=dev).to(dt)
         m = m * s.unsqueeze(-1)  # x' = diag(s) R x: rotate, then scale the axes

@@ -95,15 +95,21 @@ def normalize(xyz: Tensor, mode: str) -> tuple[Tensor, Tensor, Tensor]:
     return x / scale, centre, scale
 
 
+def up_axis_rotation(angles: Tensor, up_axis: str) -> Tensor:
+    """[..., 3, 3] rotations by ``angles`` (radians) about the up axis, x' = R x, in the angles' dtype
+    and device: one cloud in a DataLoader worker or a whole batch of views on the GPU."""
+    i, j = [k for k in range(3) if k != AXES[up_axis]]
+    r = torch.eye(3, dtype=angles.dtype, device=angles.device).repeat(*angles.shape, 1, 1)
+    c, s = angles.cos(), angles.sin()
+    r[..., i, i], r[..., i, j], r[..., j, i], r[..., j, j] = c, -s, s, c
+    return r
+
+
 def augment(xyz: Tensor, normals: Tensor | None, cfg: dict, rng: torch.Generator, up_axis: str) -> tuple[Tensor, Tensor | None]:
     """Rotation about the up axis, anisotropic scaling and jitter (dropout happens before subsampling)."""
-    up = AXES[up_axis]
     if cfg.get("rotate", False):
-        a = float(torch.rand((), generator=rng)) * 2 * math.pi
-        c, s = math.cos(a), math.sin(a)
-        i, j = [k for k in range(3) if k != up]
-        r = torch.eye(3)
-        r[i, i], r[i, j], r[j, i], r[j, j] = c, -s, s, c
+        a = torch.tensor(float(torch.rand((), generator=rng)) * 2 * math.pi, dtype=torch.float64)
+        r = up_axis_rotation(a, up_axis).to(xyz.dtype)
         xyz = xyz @ r.T
         if normals is not None:
             normals = normals @ r.T
