@@ -14,11 +14,15 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 
 
+def lock_path(name: str = "domainfm-benchmarks") -> Path:
+    """The machine-wide lock file every timed benchmark takes turns on."""
+    return Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.lock"
+
+
 @contextlib.contextmanager
 def timing_lock(name: str = "domainfm-benchmarks"):
     """Timed benchmarks never run side by side: each waits for this machine-wide lock."""
-    path = Path(os.environ.get("TMPDIR", "/tmp")) / f"{name}.lock"
-    with open(path, "w") as fh:
+    with open(lock_path(name), "w") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield

@@ -26,6 +26,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import lock_path, time_steps  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
 from foundation.objectives.mae import MAE  # noqa: E402
 from foundation.tokens import SampleTokens, collate  # noqa: E402
@@ -52,15 +53,9 @@ def acquire(lock, timeout: float | None) -> bool:
 
 
 def timed(fn, repeats: int, device: torch.device = torch.device("cpu")) -> float:
-    """Mean seconds per call after one warm-up; waits for queued GPU work so device time is counted."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    """Mean seconds per call after one warm-up (GPU work included: time_steps synchronises)."""
     fn()  # warm-up
-    sync()
-    t = time.perf_counter()
-    for _ in range(repeats):
-        fn()
-    sync()
-    return (time.perf_counter() - t) / repeats
+    return time_steps(fn, device, repeats)
 
 
 def bench(n: int, args) -> dict:
@@ -110,7 +105,7 @@ def main(argv=None) -> list[dict]:
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
-    lock = open(Path(os.environ.get("TMPDIR", "/tmp")) / "domainfm-benchmark.lock", "w")
+    lock = open(lock_path(), "w")
     locked = acquire(lock, args.lock_timeout)  # timed benchmarks take turns
     try:
         rows = []
