@@ -1,5 +1,11 @@
 """Masked autoencoder over any adapter's tokens, readable top to bottom like facebookresearch/mae:
-mask -> encode visible tokens only -> decode with mask tokens -> adapter's loss on masked tokens."""
+mask -> encode visible tokens only -> decode with mask tokens -> adapter's loss on masked tokens.
+
+``visible_weight`` adds the same loss on the *visible* tokens, weighted: MAE's masked-only loss never
+asks the encoder to keep what context cannot predict (a small lesion, a rare atom), because such
+content only ever has to be rebuilt when it is hidden, and then it cannot be. Rebuilding the visible
+tokens as well makes the encoder carry them to its output (SimMIM and the original MAE ablation
+weigh the same trade-off; off by default, as in MAE)."""
 from __future__ import annotations
 
 import torch
@@ -13,12 +19,14 @@ from foundation.trunk import Transformer
 
 
 class MAE(nn.Module):
-    def __init__(self, encoder: Encoder, masking: dict, decoder_width: int = 128, decoder_depth: int = 2, decoder_heads: int = 4, mask_tokens_in_encoder: bool = False, remask: bool = False) -> None:
+    def __init__(self, encoder: Encoder, masking: dict, decoder_width: int = 128, decoder_depth: int = 2, decoder_heads: int = 4, mask_tokens_in_encoder: bool = False, remask: bool = False,
+                 visible_weight: float = 0.0) -> None:
         super().__init__()
         adapter = encoder.adapter
         self.encoder, self.adapter, self.masking = encoder, adapter, dict(masking)
         self.mask_tokens_in_encoder = mask_tokens_in_encoder
         self.remask = remask  # GraphMAE: hidden tokens' encoder outputs are replaced by the decoder mask token
+        self.visible_weight = float(visible_weight)
         if mask_tokens_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, encoder.width))
             nn.init.trunc_normal_(self.encoder_mask_token, std=0.02)
@@ -57,6 +65,9 @@ class MAE(nn.Module):
         enc, keep = self.forward_encoder(batch, hidden)
         pred = self.forward_decoder(batch, enc, keep, hidden)
         loss = self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, hidden)
+        if self.visible_weight:
+            visible = ~hidden & ~batch.padding
+            loss = loss + self.visible_weight * self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, visible)
         return loss, {"visible_tokens": int((~enc.padding).sum()), "masked_tokens": int(hidden.sum())}
 
     def export_encoder(self) -> Encoder:

@@ -37,6 +37,25 @@ def test_mae_tokenizes_and_encodes_only_visible_patches():
     assert torch.isfinite(loss)
 
 
+def test_mae_visible_weight_adds_the_loss_on_visible_real_tokens_only():
+    """visible_weight w: loss = masked loss + w * the same loss on visible, non-padding tokens (same
+    mask, same prediction); w = 0 is plain MAE."""
+    batch = batch_of([(4, 4), (2, 3)])  # the second sample is padded
+    losses = {}
+    for w in (0.0, 0.5):
+        mae = MAE(tiny_encoder(), {"kind": "random", "ratio": 0.5}, decoder_width=16, decoder_depth=1, decoder_heads=2, visible_weight=w)
+        losses[w], _ = mae(batch, torch.Generator().manual_seed(0))
+    hidden = mae.adapter.sample_mask(batch, mae.masking, torch.Generator().manual_seed(0))
+    enc_out, keep = mae.forward_encoder(batch, hidden)
+    pred = mae.forward_decoder(batch, enc_out, keep, hidden).float()
+    visible = ~hidden & ~batch.padding
+    assert visible.sum() > 0 and batch.padding.sum() > 0
+    per_token = ((pred - batch.targets) ** 2).mean(-1)
+    expect = per_token[hidden].mean() + 0.5 * per_token[visible].mean()
+    torch.testing.assert_close(losses[0.5], expect, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(losses[0.0], per_token[hidden].mean(), atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("remask", [True, False])
 def test_mae_remask_hides_the_encoder_output_of_masked_tokens_from_the_decoder(remask):
     """GraphMAE's re-mask: with mask tokens kept in the encoder, the decoder sees its own mask token at
