@@ -20,9 +20,11 @@ from modalities.earth.bands import PRESETS, canonical, s2_offset_for_baseline
 from modalities.earth.dataset import EarthDataset
 from modalities.earth.preprocess import StreamingBandStats
 from modalities.earth.scenes import find_scenes
-from modalities.earth.tokenizer import SpectralPatchEmbed
+from modalities.earth.tokenizer import SpectralConvPatchEmbed, SpectralPatchEmbed
 
 log = logging.getLogger(__name__)
+
+TOKENIZERS = {"linear": SpectralPatchEmbed, "conv": SpectralConvPatchEmbed}
 
 # Keys a preset may fill when the user leaves them None.
 _DECLARED = ("bands", "layout", "reflectance_scale", "reflectance_offset", "sar_units", "nodata")
@@ -56,6 +58,7 @@ class EarthAdapter(Adapter):
         "fit_max_chips": 2000,
         "cache_chips": 1024,  # keep up to this many decoded chips in memory (small datasets re-read every epoch)
         "tokenizer_hidden": 128,
+        "tokenizer": "linear",  # linear patch embedding | conv: per-pixel spectral mixing + 3x3 convs inside the patch
     }
     position_kind: ClassVar[str] = "sincos"
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random", "ratio": 0.75}
@@ -78,6 +81,8 @@ class EarthAdapter(Adapter):
         p, size = int(self.config["patch_size"]), int(self.config["chip_size"])
         if size % p:
             raise ValueError(f"earth adapter: chip_size {size} is not a multiple of patch_size {p}")
+        if self.config["tokenizer"] not in TOKENIZERS:
+            raise ValueError(f"earth adapter: tokenizer must be one of {sorted(TOKENIZERS)}, got {self.config['tokenizer']!r}")
 
     # -- shapes ---------------------------------------------------------------------------------
     @property
@@ -127,4 +132,5 @@ class EarthAdapter(Adapter):
 
     # -- model parts ----------------------------------------------------------------------------
     def make_tokenizer(self, width: int) -> nn.Module:
-        return SpectralPatchEmbed(width, int(self.config["patch_size"]), hidden=int(self.config["tokenizer_hidden"]))
+        make = TOKENIZERS[self.config["tokenizer"]]
+        return make(width, int(self.config["patch_size"]), hidden=int(self.config["tokenizer_hidden"]))

@@ -133,9 +133,10 @@ def test_streaming_stats_equal_a_full_computation(eurosat):
     assert acc.result()["mean"]["B04"] == pytest.approx(2.0), "invalid pixels never enter the statistics"
 
 
-def test_tokenizer_is_token_local_and_serves_band_subsets(eurosat):
+@pytest.mark.parametrize("tokenizer", ["linear", "conv"])
+def test_tokenizer_is_token_local_and_serves_band_subsets(eurosat, tokenizer):
     torch.manual_seed(0)
-    a = EarthAdapter({"preset": "eurosat_ms"})
+    a = EarthAdapter({"preset": "eurosat_ms", "tokenizer": tokenizer})
     ds = a.dataset({"root": str(eurosat), "labels": "folder"}, False)
     tok = a.make_tokenizer(32).eval()
     b = collate([ds[0], ds[1]])
