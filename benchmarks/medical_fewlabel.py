@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--run-dir", default=None, help="reuse a finished pretraining run")
     ap.add_argument("--override", nargs="*", default=[], help="recipe overrides for pretraining")
     ap.add_argument("--skip-seg", action="store_true")
+    ap.add_argument("--skip-classification", action="store_true", help="segmentation only (no probes, scratch classifiers or ceiling)")
+    ap.add_argument("--tag", default="", help="suffix of the results files (ablations keep the main table)")
     ap.add_argument("--render", default=None, help="only rewrite the .md table of a results .json this script wrote")
     return ap
 
@@ -106,6 +108,8 @@ def command_line(args: dict) -> str:
         key, value = action.dest, args.get(action.dest)
         if key in ("help", "work", "run_dir", "render") or value is None or value == action.default:
             continue
+        if args.get("skip_classification") and key in ("ks", "ceiling_steps"):
+            continue  # set by --skip-classification
         flag = action.option_strings[-1]
         cmd += f" {flag}" if value is True else f" {flag} " + " ".join(str(v) for v in (value if isinstance(value, list) else [value]))
     return cmd
@@ -120,6 +124,8 @@ def main() -> None:
     if args.quick:
         args.pretrain_n, args.labelled_n, args.steps, args.ks, args.seeds = 48, 40, 120, [5], 5
         args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps, args.seg_seeds = 30, 5, 6, 30, 5
+    if args.skip_classification:
+        args.ks, args.ceiling_steps = [], 0
     torch.set_num_threads(1)
     t0 = time.time()
     from foundation.evaluate import random_twin
@@ -146,9 +152,11 @@ def main() -> None:
     eval_ds = MedicalDataset(cfg, data, train=False)
     train_ds = MedicalDataset(cfg, data, train=True)
     labels = np.array(eval_ds.labels)
-    feats = {"pretrained": embed_studies(encoder, eval_ds), "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds)}
-    pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
-    pooled["intensity_stats"] = {"stats": intensity_features(eval_ds)}
+    pooled = {}
+    if args.ks:
+        feats = {"pretrained": embed_studies(encoder, eval_ds), "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds)}
+        pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
+        pooled["intensity_stats"] = {"stats": intensity_features(eval_ds)}
 
     rows, raw = [], {}
     for k in args.ks:
@@ -212,7 +220,7 @@ def main() -> None:
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
            "pretrain_seconds": t_pre, "pretrain_metrics_tail": metrics[-3:], "classification": rows, "raw": raw,
            "segmentation": seg, "ceiling": ceiling, "wall_time_s": time.time() - t0}
-    name = "medical_fewlabel_quick" if args.quick else "medical_fewlabel"
+    name = ("medical_fewlabel_quick" if args.quick else "medical_fewlabel") + (f"-{args.tag}" if args.tag else "")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
     table = format_table(res)
