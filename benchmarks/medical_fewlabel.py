@@ -77,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="reduced version (CI)")
     ap.add_argument("--pretrain-n", type=int, default=200)
     ap.add_argument("--labelled-n", type=int, default=160, help="labelled cohort; 40%% of it is each seed's test set")
-    ap.add_argument("--steps", type=int, default=600, help="pretraining steps")
+    ap.add_argument("--steps", type=int, default=1800, help="pretraining steps (the medical-mae recipe's)")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--scratch-steps", type=int, default=80)
@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--skip-seg", action="store_true")
     ap.add_argument("--skip-classification", action="store_true", help="segmentation only (no probes, scratch classifiers or ceiling)")
     ap.add_argument("--tag", default="", help="suffix of the results files (ablations keep the main table)")
+    ap.add_argument("--out", default=str(RESULTS), help="folder for the results files")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (results are per seed, so threads change only the time)")
     ap.add_argument("--render", default=None, help="only rewrite the .md table of a results .json this script wrote")
     return ap
 
@@ -106,7 +108,7 @@ def command_line(args: dict) -> str:
         return cmd + " --quick"
     for action in build_parser()._actions:
         key, value = action.dest, args.get(action.dest)
-        if key in ("help", "work", "run_dir", "render") or value is None or value == action.default:
+        if key in ("help", "work", "run_dir", "render", "out", "threads") or value is None or value == action.default:
             continue
         if args.get("skip_classification") and key in ("ks", "ceiling_steps"):
             continue  # set by --skip-classification
@@ -126,7 +128,7 @@ def main() -> None:
         args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps, args.seg_seeds = 30, 5, 6, 30, 5
     if args.skip_classification:
         args.ks, args.ceiling_steps = [], 0
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     t0 = time.time()
     from foundation.evaluate import random_twin
     from foundation.probes import few_shot_indices, linear_probe, paired_interval
@@ -146,6 +148,9 @@ def main() -> None:
     t_pre = time.time()
     encoder = pretrain_encoder(args, str(pre), run_dir)
     t_pre = time.time() - t_pre
+    summary = run_dir / "summary.json"
+    if t_pre < 60 and summary.exists():  # a reused run: report the time it took when it was trained
+        t_pre = float(json.loads(summary.read_text()).get("wall_s", t_pre))
     metrics = (run_dir / "metrics.csv").read_text().strip().splitlines() if (run_dir / "metrics.csv").exists() else []
     cfg = encoder.adapter.config
     data = {"manifest": str(lab), "labels": "column:label"}
@@ -221,21 +226,24 @@ def main() -> None:
            "pretrain_seconds": t_pre, "pretrain_metrics_tail": metrics[-3:], "classification": rows, "raw": raw,
            "segmentation": seg, "ceiling": ceiling, "wall_time_s": time.time() - t0}
     name = ("medical_fewlabel_quick" if args.quick else "medical_fewlabel") + (f"-{args.tag}" if args.tag else "")
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{name}.json").write_text(json.dumps(res, indent=2))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(res, indent=2))
     table = format_table(res)
-    (RESULTS / f"{name}.md").write_text(table)
+    (out / f"{name}.md").write_text(table)
     print(table)
 
 
 def format_table(res: dict) -> str:
     cmd = command_line(res["args"])
     n_test = res["classification"][0].get("test_volumes", "?") if res["classification"] else "?"
-    lines = [f"Few-label medical volumes (synthetic cohort), {len(res['seeds'])} paired seeds, {n_test} held-out test volumes per seed; `{cmd}`; "
-             f"commit {res['git_commit'][:10]}, wall time {res['wall_time_s'] / 60:.1f} min, {res['pretrain_seconds'] / 60:.1f} min of it pretraining "
-             f"({res['args']['steps']} steps).", "",
-             "| labels/class | MAE pretrained | random init | from scratch (train acc) | intensity stats | pretrained - random [95% CI] | pretrained - scratch [95% CI] | pretrained - stats [95% CI] |",
-             "|---|---|---|---|---|---|---|---|"]
+    what = (f"Few-label medical volumes (synthetic cohort), {len(res['seeds'])} paired seeds, {n_test} held-out test volumes per seed"
+            if res["classification"] else "Medical segmentation only (synthetic cohort)")
+    lines = [f"{what}; `{cmd}`; commit {res['git_commit'][:10]}, wall time {res['wall_time_s'] / 60:.1f} min, pretraining "
+             f"{res['pretrain_seconds'] / 60:.1f} min ({res['args']['steps']} steps).", ""]
+    if res["classification"]:
+        lines += ["| labels/class | MAE pretrained | random init | from scratch (train acc) | intensity stats | pretrained - random [95% CI] | pretrained - scratch [95% CI] | pretrained - stats [95% CI] |",
+                  "|---|---|---|---|---|---|---|---|"]
     for r in res["classification"]:
         ci = lambda o: f"{r[o]['diff']:+.3f} [{r[o]['ci_low']:+.3f}, {r[o]['ci_high']:+.3f}]"  # noqa: E731
         lines.append(f"| {r['k']} | {r['pretrained']:.3f} ± {r['pretrained_std']:.3f} | {r['random_init']:.3f} ± {r['random_init_std']:.3f} | "

@@ -3,8 +3,7 @@ cohort's class (lesion spread) is learnable by the from-scratch model of the ben
 tokenizer when it has enough labels, while intensity statistics do not see it. This guards the
 task itself: the previous cohort and a tokenizer without its LayerNorm left even this at chance.
 
-The issue's claim (the pretrained probe beats random init and from scratch with 2-10 labels) does
-not hold on this cohort yet; see modalities/medical/README.md. No test asserts it.
+The few-label claim itself is asserted, reduced, in test_med_fewlabel_reduced.py.
 """
 from __future__ import annotations
 
