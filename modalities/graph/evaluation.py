@@ -116,8 +116,8 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     # from scratch: same folds as the first seed; by default the same number of steps as pretraining
     steps = int(recipe["train"]["steps"]) if scratch_steps is None else scratch_steps
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))
-    split = split[: scratch_folds or folds]
-    if steps:  # scratch_steps=0: skip (e.g. a second recipe)
+    split = split[: folds if scratch_folds is None else scratch_folds]
+    if steps and split:  # scratch_steps=0 or scratch_folds=0: skip (e.g. a second recipe)
         res["from_scratch"] = scratch_baseline(adapter, recipe["model"], ds, y, split, steps, tuple(scratch_lrs),
                                                batch_size=int(recipe["train"]["batch_size"]))
     else:
