@@ -63,11 +63,11 @@ class MAE(nn.Module):
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc, keep = self.forward_encoder(batch, hidden)
-        pred = self.forward_decoder(batch, enc, keep, hidden)
-        loss = self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, hidden)
+        pred = self.forward_decoder(batch, enc, keep, hidden).float()
+        loss = self.adapter.reconstruction_loss(pred, batch.targets, batch.target_valid, hidden)
         if self.visible_weight:
             visible = ~hidden & ~batch.padding
-            loss = loss + self.visible_weight * self.adapter.reconstruction_loss(pred.float(), batch.targets, batch.target_valid, visible)
+            loss = loss + self.visible_weight * self.adapter.reconstruction_loss(pred, batch.targets, batch.target_valid, visible)
         return loss, {"visible_tokens": int((~enc.padding).sum()), "masked_tokens": int(hidden.sum())}
 
     def export_encoder(self) -> Encoder:
