@@ -110,8 +110,6 @@ def command_line(args: dict) -> str:
         key, value = action.dest, args.get(action.dest)
         if key in ("help", "work", "run_dir", "render", "out", "threads") or value is None or value == action.default:
             continue
-        if args.get("skip_classification") and key in ("ks", "ceiling_steps"):
-            continue  # set by --skip-classification
         flag = action.option_strings[-1]
         cmd += f" {flag}" if value is True else f" {flag} " + " ".join(str(v) for v in (value if isinstance(value, list) else [value]))
     return cmd
@@ -126,8 +124,7 @@ def main() -> None:
     if args.quick:
         args.pretrain_n, args.labelled_n, args.steps, args.ks, args.seeds = 48, 40, 120, [5], 5
         args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps, args.seg_seeds = 30, 5, 6, 30, 5
-    if args.skip_classification:
-        args.ks, args.ceiling_steps = [], 0
+    ks, ceiling_steps = ([], 0) if args.skip_classification else (args.ks, args.ceiling_steps)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from foundation.evaluate import random_twin
@@ -145,12 +142,12 @@ def main() -> None:
     if not lab.exists():
         write_cohort(work / "lab", args.labelled_n, seed=2000 + args.seed)
     run_dir = Path(args.run_dir) if args.run_dir else work / "run"
+    reused = (run_dir / "encoder" / "config.json").exists()
     t_pre = time.time()
     encoder = pretrain_encoder(args, str(pre), run_dir)
     t_pre = time.time() - t_pre
-    summary = run_dir / "summary.json"
-    if t_pre < 60 and summary.exists():  # a reused run: report the time it took when it was trained
-        t_pre = float(json.loads(summary.read_text()).get("wall_s", t_pre))
+    if reused:  # report the time the run took when it was trained
+        t_pre = float(json.loads((run_dir / "summary.json").read_text())["wall_s"])
     metrics = (run_dir / "metrics.csv").read_text().strip().splitlines() if (run_dir / "metrics.csv").exists() else []
     cfg = encoder.adapter.config
     data = {"manifest": str(lab), "labels": "column:label"}
@@ -158,13 +155,13 @@ def main() -> None:
     train_ds = MedicalDataset(cfg, data, train=True)
     labels = np.array(eval_ds.labels)
     pooled = {}
-    if args.ks:
+    if ks:
         feats = {"pretrained": embed_studies(encoder, eval_ds), "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds)}
         pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
         pooled["intensity_stats"] = {"stats": intensity_features(eval_ds)}
 
     rows, raw = [], {}
-    for k in args.ks:
+    for k in ks:
         acc = {m: [] for m in ("pretrained", "random_init", "intensity_stats", "scratch")}
         scratch_train, scratch_lr = [], []
         for seed in range(args.seeds):
@@ -188,10 +185,10 @@ def main() -> None:
         raw[k] = acc
 
     ceiling = None
-    if args.ceiling_steps:  # can the task be learnt at all, supervised, from every label of a split?
+    if ceiling_steps:  # can the task be learnt at all, supervised, from every label of a split?
         pool, test = patient_split(eval_ds, 0.4, 0)
-        model, train_acc, setting, predict = scratch_classifier(encoder, train_ds, pool, labels, args.ceiling_steps, 0, args.scratch_lrs, args.scratch_poolings)
-        ceiling = {"train_volumes": int(len(pool)), "steps": args.ceiling_steps, "setting": setting, "train_accuracy": train_acc,
+        model, train_acc, setting, predict = scratch_classifier(encoder, train_ds, pool, labels, ceiling_steps, 0, args.scratch_lrs, args.scratch_poolings)
+        ceiling = {"train_volumes": int(len(pool)), "steps": ceiling_steps, "setting": setting, "train_accuracy": train_acc,
                    "test_accuracy": float((predict(model, train_ds, test) == labels[test]).mean())}
         print(f"ceiling: {ceiling} ({time.time() - t0:.0f}s)", flush=True)
 
