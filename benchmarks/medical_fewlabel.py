@@ -198,6 +198,7 @@ def main() -> None:
 
         seg_ds = MedicalDataset(cfg, data, train=True, with_seg=True)
         dice = {"pretrained": [], "scratch": []}
+        structures = {"pretrained": [], "scratch": []}  # per seed, the mean Dice of each structure
         for seed in range(args.seg_seeds):
             pool, test = patient_split(seg_ds, 0.4, seed)
             rng = np.random.default_rng(seed)
@@ -210,13 +211,16 @@ def main() -> None:
                     enc.load_state_dict(encoder.state_dict())
                 model = SegmentationModel(enc, classes=4)
                 finetune_segmentation(model, seg_ds, tr, steps=args.seg_steps, seed=seed)
-                dice[name].append(float(np.mean(dice_scores(model, seg_ds, te, 4))))
+                per = dice_scores(model, seg_ds, te, 4, per_class=True)
+                dice[name].append(float(np.mean(np.nanmean(per, 1))))
+                structures[name].append(np.nanmean(per, 0).tolist())
             print(f"seg seed={seed} pretrained={dice['pretrained'][-1]:.3f} scratch={dice['scratch'][-1]:.3f} ({time.time() - t0:.0f}s)", flush=True)
         d, lo, hi = paired_interval(dice["pretrained"], dice["scratch"])
         seg = {"seeds": args.seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
                "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
                "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
-               "diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0), "raw": dice}
+               "diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0), "raw": dice, "raw_per_structure": structures,
+               "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
 
     res = {"benchmark": "medical_fewlabel", "git_commit": git_commit(), "args": vars(args), "seeds": list(range(args.seeds)),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
@@ -256,6 +260,9 @@ def format_table(res: dict) -> str:
                   f"volumes, {s.get('seeds', len(res['seeds']))} paired seeds):", "",
                   "| fine-tuned from MAE | from scratch | difference [95% CI] |", "|---|---|---|",
                   f"| {s['pretrained']:.3f} ± {s['pretrained_std']:.3f} | {s['scratch']:.3f} ± {s['scratch_std']:.3f} | {s['diff']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}] |"]
+        if s.get("per_structure"):  # the cohort's structures: 1 body, 2 organs, 3 lesions
+            lines += ["", "Mean Dice per structure (body / organs / lesions): " + "; ".join(
+                f"{m} " + " / ".join(f"{x:.3f}" for x in v) for m, v in s["per_structure"].items()) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -5,6 +5,7 @@ NIfTI in the source image's space, and a from-scratch supervised classifier base
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import nibabel as nib
@@ -172,8 +173,10 @@ def predict_volume(model: SegmentationModel, volume: dict, sw_batch_size: int = 
     return logits[0].argmax(0, keepdim=True)
 
 
-def dice_scores(model: SegmentationModel, dataset: MedicalDataset, idx: list[int], classes: int) -> np.ndarray:
-    """Mean foreground Dice (MONAI ``DiceMetric``, background excluded) per volume."""
+def dice_scores(model: SegmentationModel, dataset: MedicalDataset, idx: list[int], classes: int, per_class: bool = False) -> np.ndarray:
+    """Foreground Dice (MONAI ``DiceMetric``, background excluded) per volume: the mean over structures
+    [n], or with ``per_class`` each structure's [n, classes - 1] (NaN where a structure is absent from
+    both), because a mean over structures hides the small one that few labels fail on."""
     metric = DiceMetric(include_background=False, reduction="mean_batch", ignore_empty=True)
     out = []
     for i in idx:
@@ -184,8 +187,13 @@ def dice_scores(model: SegmentationModel, dataset: MedicalDataset, idx: list[int
         y1 = F.one_hot(y[0].clamp(max=classes - 1), classes).permute(3, 0, 1, 2)[None].float()
         metric.reset()
         metric(p1, y1)
-        out.append(float(torch.nanmean(metric.aggregate())))
-    return np.array(out)
+        out.append(metric.aggregate().float().numpy())
+    scores = np.array(out).reshape(len(out), classes - 1)
+    if per_class:
+        return scores
+    with warnings.catch_warnings():  # a volume without any foreground structure has no mean: NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(scores, 1)
 
 
 def write_prediction(pred: Tensor, volume: dict, dataset: MedicalDataset, out_path: str | Path) -> Path:

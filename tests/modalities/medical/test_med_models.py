@@ -13,7 +13,7 @@ from modalities.medical.adapter import MedicalAdapter
 from modalities.medical.dataset import MedicalDataset, to_tokens
 from modalities.medical.embed import embed_volume
 from modalities.medical.synthetic import CLASSES, make_volume, write_cohort
-from modalities.medical.tasks import SegmentationModel, UNETRDecoder, finetune_segmentation, predict_volume, write_prediction
+from modalities.medical.tasks import SegmentationModel, UNETRDecoder, dice_scores, finetune_segmentation, predict_volume, write_prediction
 
 TINY = {"width": 32, "depth": 2, "heads": 2}
 
@@ -103,6 +103,10 @@ def test_segmentation_learns_and_masks_go_back_to_source_space(cohort, small_cfg
     src = nib.load(ds.items[3]["image"])
     written = nib.load(str(out))
     assert written.shape == src.shape and np.allclose(written.affine, src.affine)
+    # Dice per structure (body, organs, lesions) and its mean over the structures present
+    per = dice_scores(model, ds, [3], 4, per_class=True)
+    assert per.shape == (1, 3) and np.all((per[~np.isnan(per)] >= 0) & (per[~np.isnan(per)] <= 1))
+    assert np.allclose(dice_scores(model, ds, [3], 4), np.nanmean(per, 1))
 
 
 def test_ground_truth_round_trips_through_inverse_preprocessing(tmp_path, small_cfg):
