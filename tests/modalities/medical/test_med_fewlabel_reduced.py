@@ -2,10 +2,12 @@
 200 unlabelled synthetic volumes), then 10 labelled volumes per class, ten paired seeds, 48 held-out
 volumes per seed.
 
-Asserted: the pretrained encoder's linear probe beats its randomly initialised twin and the same
-architecture trained from scratch on the same labels (paired 95% intervals above zero), while the
-intensity statistics stay near chance (the class is the lesions' spread, not their brightness). The
-full grid (k = 2, 5, 10, the ceiling check and segmentation) is the benchmark itself.
+Asserted: the pretrained encoder's linear probe beats its randomly initialised twin (paired 95%
+interval above zero), while the intensity statistics stay near chance (the class is the lesions'
+spread, not their brightness). Not asserted, because it does not hold: beating the same architecture
+trained from scratch. Given enough steps to fit its labels (200) that model reaches 0.83-0.94 on the
+seeds where it trains, above the probe (see modalities/medical/README.md), so it has no arm here. The
+full grid (k = 2, 5, 10, from scratch, the ceiling check and segmentation) is the benchmark itself.
 """
 from __future__ import annotations
 
@@ -21,14 +23,13 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow
-def test_pretrained_probe_beats_random_init_and_scratch_with_ten_labels_per_class(tmp_path):
+def test_pretrained_probe_beats_random_init_with_ten_labels_per_class(tmp_path):
     cmd = [sys.executable, str(REPO / "benchmarks" / "medical_fewlabel.py"), "--labelled-n", "120", "--ks", "10", "--seeds", "10",
-           "--scratch-steps", "50", "--ceiling-steps", "0", "--skip-seg", "--threads", str(min(2, os.cpu_count() or 1)),
+           "--scratch-steps", "0", "--ceiling-steps", "0", "--skip-seg", "--threads", str(min(2, os.cpu_count() or 1)),
            "--work", str(tmp_path / "work"), "--out", str(tmp_path), "--tag", "ci"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
     row = json.loads((tmp_path / "medical_fewlabel-ci.json").read_text())["classification"][0]
     assert row["k"] == 10
     assert row["vs_random_init"]["beats"], row
-    assert row["vs_scratch"]["beats"], row
     assert abs(row["intensity_stats"] - 0.5) < 0.15, row
