@@ -55,9 +55,10 @@ def pretrain_encoder(args, pre_manifest: str, run_dir: Path):
     return encoder_from_run(run_dir)
 
 
-def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e-4,), poolings=("mean",)):
+def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e-4,), poolings=("mean",), init: dict | None = None):
     """The from-scratch baseline, its learning rate and token pooling tuned on the training labels only
-    (highest training accuracy; the first setting on ties): test volumes never touch the choice."""
+    (highest training accuracy; the first setting on ties): test volumes never touch the choice.
+    With ``init`` (an encoder state dict) the same model, steps and grid fine-tune the pretrained encoder."""
     from foundation.model import Encoder
     from modalities.medical.tasks import VolumeClassifier, predict_classes, train_classifier
 
@@ -66,6 +67,8 @@ def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e
         for lr in lrs:
             torch.manual_seed(seed)
             model = VolumeClassifier(Encoder(encoder_like.adapter, **encoder_like.config), int(labels.max()) + 1, pooling)
+            if init is not None:
+                model.encoder.load_state_dict(init)
             train_acc = train_classifier(model, ds, list(train_idx), labels, steps=steps, lr=lr, seed=seed)
             if best is None or train_acc > best[1]:
                 best = (model, train_acc, f"{pooling}/{lr:g}")
@@ -83,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scratch-steps", type=int, default=200, help="from-scratch classifier steps: enough to fit its labels on most seeds (0: no from-scratch arm)")
     ap.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3], help="from-scratch lr grid (chosen on training labels)")
     ap.add_argument("--scratch-poolings", nargs="+", default=["mean", "max"], help="from-scratch token pooling grid (chosen on training labels)")
+    ap.add_argument("--finetune", action="store_true", help="also fine-tune the pretrained encoder end to end (same model, steps and grid as from scratch)")
     ap.add_argument("--ceiling-steps", type=int, default=250, help="ceiling check: the from-scratch model on all labels of seed 0's split (0: skip)")
     ap.add_argument("--seg-train", type=int, default=5)
     ap.add_argument("--seg-test", type=int, default=12)
@@ -163,8 +167,8 @@ def main() -> None:
     rows, raw = [], {}
     for k in ks:
         methods = ("pretrained", "random_init", "intensity_stats") + (("scratch",) if args.scratch_steps else ())
-        acc = {m: [] for m in methods}
-        scratch_train, scratch_lr = [], []
+        acc = {m: [] for m in methods + (("finetuned",) if args.finetune and args.scratch_steps else ())}
+        scratch_train, scratch_lr, ft_train = [], [], []
         for seed in range(args.seeds):
             pool, test = patient_split(eval_ds, 0.4, seed)
             tr = pool[few_shot_indices(labels[pool], k, seed)]
@@ -176,6 +180,11 @@ def main() -> None:
                 scratch_lr.append(lr)
                 acc["scratch"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
                 scratch_train.append(train_acc)
+            if "finetuned" in acc:
+                model, train_acc, _, predict = scratch_classifier(encoder, train_ds, tr, labels, args.scratch_steps, seed, args.scratch_lrs,
+                                                                  args.scratch_poolings, init=encoder.state_dict())
+                acc["finetuned"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
+                ft_train.append(train_acc)
             print(f"k={k} seed={seed} " + " ".join(f"{m}={v[-1]:.3f}" for m, v in acc.items()) + f" scratch_train={np.mean(scratch_train[-1:]):.2f} setting={scratch_lr[-1:]}"
                   f" ({time.time() - t0:.0f}s)", flush=True)
         row = {"k": k, **{m: float(np.mean(v)) for m, v in acc.items()}, **{f"{m}_std": float(np.std(v)) for m, v in acc.items()},
@@ -183,6 +192,10 @@ def main() -> None:
         for other in methods[1:]:
             d, lo, hi = paired_interval(acc["pretrained"], acc[other])
             row[f"vs_{other}"] = {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+        if ft_train:
+            row["finetuned_train_accuracy"] = float(np.mean(ft_train))
+            d, lo, hi = paired_interval(acc["finetuned"], acc["scratch"])
+            row["finetuned_vs_scratch"] = {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
         rows.append(row)
         raw[k] = acc
 
@@ -253,6 +266,14 @@ def format_table(res: dict) -> str:
         lines.append(f"| {r['k']} | {r['pretrained']:.3f} ± {r['pretrained_std']:.3f} | {r['random_init']:.3f} ± {r['random_init_std']:.3f} | "
                      f"{scratch} | {r['intensity_stats']:.3f} ± {r['intensity_stats_std']:.3f} | "
                      f"{ci('vs_random_init')} | {ci('vs_scratch')} | {ci('vs_intensity_stats')} |")
+    tuned = [r for r in res["classification"] if "finetuned" in r]
+    if tuned:
+        lines += ["", "Fine-tuned from MAE (the from-scratch model, steps and grid, started from the pretrained encoder):", "",
+                  "| labels/class | fine-tuned (train acc) | from scratch | fine-tuned - scratch [95% CI] |", "|---|---|---|---|"]
+        for r in tuned:
+            f = r["finetuned_vs_scratch"]
+            lines.append(f"| {r['k']} | {r['finetuned']:.3f} ± {r['finetuned_std']:.3f} ({r['finetuned_train_accuracy']:.2f}) | {r['scratch']:.3f} ± {r['scratch_std']:.3f} | "
+                         f"{f['diff']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] |")
     c = res.get("ceiling")
     if c:
         lines += ["", f"Ceiling check: the from-scratch model trained on all {c['train_volumes']} labelled volumes of seed 0's split ({c['steps']} steps, "
