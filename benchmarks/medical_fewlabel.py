@@ -6,13 +6,14 @@
    of the labelled cohort: linear probes (standardised, C and pooling by inner CV) on whole-volume
    sliding-window embeddings of the pretrained encoder and of its random-init twin; the classical
    baseline (intensity statistics + histogram, same probe); and a from-scratch supervised encoder of the
-   same size trained on the k labels (same steps for every k; its training accuracy is reported).
+   same size trained on the k labels (same steps for every k; its training accuracy is reported); with
+   --finetune also that model started from the pretrained encoder.
 4. Segmentation: UNETR decoder fine-tuned from the pretrained encoder vs the same model from scratch,
    on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed.
 Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_interval).
 
     OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py            # full (CPU: tens of minutes)
-    OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py --quick    # the reduced CI version
+    OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py --quick    # a smoke run (the CI version: tests/modalities/medical/test_med_fewlabel_reduced.py)
 
 Writes benchmarks/results/medical_fewlabel[_quick].json and .md (git commit, seeds, machine, wall time).
 """
@@ -185,8 +186,8 @@ def main() -> None:
                                                                   args.scratch_poolings, init=encoder.state_dict())
                 acc["finetuned"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
                 ft_train.append(train_acc)
-            print(f"k={k} seed={seed} " + " ".join(f"{m}={v[-1]:.3f}" for m, v in acc.items()) + f" scratch_train={np.mean(scratch_train[-1:]):.2f} setting={scratch_lr[-1:]}"
-                  f" ({time.time() - t0:.0f}s)", flush=True)
+            scratch_note = f" scratch_train={scratch_train[-1]:.2f} setting={scratch_lr[-1]}" if scratch_train else ""
+            print(f"k={k} seed={seed} " + " ".join(f"{m}={v[-1]:.3f}" for m, v in acc.items()) + scratch_note + f" ({time.time() - t0:.0f}s)", flush=True)
         row = {"k": k, **{m: float(np.mean(v)) for m, v in acc.items()}, **{f"{m}_std": float(np.std(v)) for m, v in acc.items()},
                "scratch_train_accuracy": float(np.mean(scratch_train)) if scratch_train else None, "scratch_lrs": scratch_lr, "test_volumes": int(len(test))}
         for other in methods[1:]:
