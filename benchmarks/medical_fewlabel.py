@@ -56,10 +56,12 @@ def pretrain_encoder(args, pre_manifest: str, run_dir: Path):
     return encoder_from_run(run_dir)
 
 
-def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e-4,), poolings=("mean",), init: dict | None = None):
+def scratch_classifier(encoder_like, ds, train_idx, test_idx, labels, steps, seed, lrs=(5e-4,), poolings=("mean",),
+                       init: dict | None = None) -> tuple[float, float, str]:
     """The from-scratch baseline, its learning rate and token pooling tuned on the training labels only
     (highest training accuracy; the first setting on ties): test volumes never touch the choice.
-    With ``init`` (an encoder state dict) the same model, steps and grid fine-tune the pretrained encoder."""
+    With ``init`` (an encoder state dict) the same model, steps and grid fine-tune the pretrained encoder.
+    Returns (held-out accuracy on ``test_idx``, training accuracy, chosen setting)."""
     from foundation.model import Encoder
     from modalities.medical.tasks import VolumeClassifier, predict_classes, train_classifier
 
@@ -73,7 +75,16 @@ def scratch_classifier(encoder_like, ds, train_idx, labels, steps, seed, lrs=(5e
             train_acc = train_classifier(model, ds, list(train_idx), labels, steps=steps, lr=lr, seed=seed)
             if best is None or train_acc > best[1]:
                 best = (model, train_acc, f"{pooling}/{lr:g}")
-    return best[0], best[1], best[2], predict_classes
+    model, train_acc, setting = best
+    return float((predict_classes(model, ds, test_idx) == labels[test_idx]).mean()), train_acc, setting
+
+
+def interval(a, b) -> dict:
+    """Paired difference a - b over seeds, its 95% interval, and whether a beats b (lo > 0)."""
+    from foundation.probes import paired_interval
+
+    d, lo, hi = paired_interval(a, b)
+    return {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -133,7 +144,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from foundation.evaluate import random_twin
-    from foundation.probes import few_shot_indices, linear_probe, paired_interval
+    from foundation.probes import few_shot_indices, linear_probe
     from modalities.medical.dataset import MedicalDataset
     from modalities.medical.embed import embed_studies
     from modalities.medical.synthetic import write_cohort
@@ -177,35 +188,33 @@ def main() -> None:
                 res = linear_probe({p: x[tr] for p, x in pooled[m].items()}, labels[tr], {p: x[test] for p, x in pooled[m].items()}, labels[test], seed=seed)
                 acc[m].append(res["accuracy"])
             if args.scratch_steps:
-                model, train_acc, lr, predict = scratch_classifier(encoder, train_ds, tr, labels, args.scratch_steps, seed, args.scratch_lrs, args.scratch_poolings)
+                test_acc, train_acc, lr = scratch_classifier(encoder, train_ds, tr, test, labels, args.scratch_steps, seed, args.scratch_lrs, args.scratch_poolings)
                 scratch_lr.append(lr)
-                acc["scratch"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
+                acc["scratch"].append(test_acc)
                 scratch_train.append(train_acc)
             if "finetuned" in acc:
-                model, train_acc, _, predict = scratch_classifier(encoder, train_ds, tr, labels, args.scratch_steps, seed, args.scratch_lrs,
-                                                                  args.scratch_poolings, init=encoder.state_dict())
-                acc["finetuned"].append(float((predict(model, train_ds, test) == labels[test]).mean()))
+                test_acc, train_acc, _ = scratch_classifier(encoder, train_ds, tr, test, labels, args.scratch_steps, seed, args.scratch_lrs,
+                                                            args.scratch_poolings, init=encoder.state_dict())
+                acc["finetuned"].append(test_acc)
                 ft_train.append(train_acc)
             scratch_note = f" scratch_train={scratch_train[-1]:.2f} setting={scratch_lr[-1]}" if scratch_train else ""
             print(f"k={k} seed={seed} " + " ".join(f"{m}={v[-1]:.3f}" for m, v in acc.items()) + scratch_note + f" ({time.time() - t0:.0f}s)", flush=True)
         row = {"k": k, **{m: float(np.mean(v)) for m, v in acc.items()}, **{f"{m}_std": float(np.std(v)) for m, v in acc.items()},
                "scratch_train_accuracy": float(np.mean(scratch_train)) if scratch_train else None, "scratch_lrs": scratch_lr, "test_volumes": int(len(test))}
         for other in methods[1:]:
-            d, lo, hi = paired_interval(acc["pretrained"], acc[other])
-            row[f"vs_{other}"] = {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+            row[f"vs_{other}"] = interval(acc["pretrained"], acc[other])
         if ft_train:
             row["finetuned_train_accuracy"] = float(np.mean(ft_train))
-            d, lo, hi = paired_interval(acc["finetuned"], acc["scratch"])
-            row["finetuned_vs_scratch"] = {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+            row["finetuned_vs_scratch"] = interval(acc["finetuned"], acc["scratch"])
         rows.append(row)
         raw[k] = acc
 
     ceiling = None
     if ceiling_steps:  # can the task be learnt at all, supervised, from every label of a split?
         pool, test = patient_split(eval_ds, 0.4, 0)
-        model, train_acc, setting, predict = scratch_classifier(encoder, train_ds, pool, labels, ceiling_steps, 0, args.scratch_lrs, args.scratch_poolings)
+        test_acc, train_acc, setting = scratch_classifier(encoder, train_ds, pool, test, labels, ceiling_steps, 0, args.scratch_lrs, args.scratch_poolings)
         ceiling = {"train_volumes": int(len(pool)), "steps": ceiling_steps, "setting": setting, "train_accuracy": train_acc,
-                   "test_accuracy": float((predict(model, train_ds, test) == labels[test]).mean())}
+                   "test_accuracy": test_acc}
         print(f"ceiling: {ceiling} ({time.time() - t0:.0f}s)", flush=True)
 
     seg = None
@@ -231,11 +240,10 @@ def main() -> None:
                 dice[name].append(float(np.mean(np.nanmean(per, 1))))
                 structures[name].append(np.nanmean(per, 0).tolist())
             print(f"seg seed={seed} pretrained={dice['pretrained'][-1]:.3f} scratch={dice['scratch'][-1]:.3f} ({time.time() - t0:.0f}s)", flush=True)
-        d, lo, hi = paired_interval(dice["pretrained"], dice["scratch"])
         seg = {"seeds": args.seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
                "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
                "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
-               "diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0), "raw": dice, "raw_per_structure": structures,
+               **interval(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
                "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
 
     res = {"benchmark": "medical_fewlabel", "git_commit": git_commit(), "args": vars(args), "seeds": list(range(args.seeds)),
