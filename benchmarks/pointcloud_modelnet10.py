@@ -228,6 +228,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results")
     ap.add_argument("--progress", action="store_true")
+    ap.add_argument("--pretrain-only", action="store_true",
+                    help="stop after pretraining (e.g. pretrain on a lent GPU; a later run with the same --work, "
+                         "recipe and overrides reuses the encoder and evaluates)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
     args = ap.parse_args(argv)
     if args.quick:
@@ -239,6 +242,8 @@ def main(argv: list[str] | None = None) -> dict:
     # An accuracy experiment, not a timing: it does not wait for the timed-benchmark lock (its
     # timings are reported with the machine's load average, for orientation only).
     result = run(args)
+    if args.pretrain_only:
+        return result
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "modalities/pointcloud", "benchmarks/pointcloud_modelnet10.py",
                                  "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
@@ -272,6 +277,9 @@ def run(args) -> dict:
     pre_manifest = write_manifest(args.work / "pretrain.csv", [files[i] for i in pool], [names[i] for i in pool])
     t = time.perf_counter()
     encoder, info = pretrained_encoder(args, pre_manifest)
+    if args.pretrain_only:
+        print(f"pretrained: {args.work / 'pretrain'}: {info['summary']}", flush=True)
+        return {}
     timings = {"pretrain_s": info["summary"].get("wall_s", time.perf_counter() - t)}
     adapter = encoder.adapter
     eval_ds = adapter.dataset({"manifest": str(manifest), "labels": "column:label"}, train=False)
