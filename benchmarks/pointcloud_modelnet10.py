@@ -17,7 +17,7 @@ Protocol (DESIGN "How we prove a claim"):
 The deterministic evaluation view of every shape is grouped once (FPS + kNN) and reused by every
 encoder and every probe, so each encoder costs one forward pass over the data.
 
-    OMP_NUM_THREADS=1 python benchmarks/pointcloud_modelnet10.py            # full run (~35 min, 1 thread)
+    OMP_NUM_THREADS=1 python benchmarks/pointcloud_modelnet10.py            # full run (~50 min on 1 thread, plus pretraining)
     python benchmarks/pointcloud_modelnet10.py --quick                      # smoke run (minutes)
 
 Writes ``benchmarks/results/pointcloud_modelnet10[-tag].json`` and ``.md`` (git commit, seeds,
@@ -216,7 +216,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--pretrain-seed", type=int, default=0)
-    ap.add_argument("--sup-steps", type=int, default=150, help="optimiser steps of each from-scratch supervised run")
+    ap.add_argument("--sup-steps", type=int, default=600,
+                    help="optimiser steps of each from-scratch supervised run (150 left it at training accuracy 0.84; 600 fits its labels, 0.98)")
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="tuned on held-out training-pool shapes (5e-4, 1e-3)")
     ap.add_argument("--episodes", type=int, default=10)
