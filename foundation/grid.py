@@ -103,3 +103,22 @@ def sincos_embedding(coords: Tensor, width: int, temperature: float = 10000.0) -
     if emb.shape[-1] < width:
         emb = F.pad(emb, (0, width - emb.shape[-1]))
     return emb
+
+
+def patch_conv_stem(channels: int, features: tuple[int, ...] | list[int], patch: tuple[int, ...] | list[int]
+                    ) -> tuple[list[torch.nn.Module], int]:
+    """3^d convolutions + GELU run inside one patch, stride 2 along every axis still >= 4 cells long.
+
+    A linear patch embedding sees a patch as one flat vector; a small strided stem first builds
+    local texture features (edges, blobs) and halves the cells it keeps, so the final linear layer
+    stays small. Returns the layers (callers wrap them, e.g. after their own first mixing layer)
+    and the flattened size of the stem's output for that layer.
+    """
+    conv = {1: torch.nn.Conv1d, 2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[len(patch)]
+    layers: list[torch.nn.Module] = []
+    c, size = channels, [int(s) for s in patch]
+    for f in features:
+        stride = tuple(2 if s >= 4 else 1 for s in size)
+        layers += [conv(c, f, 3, stride=stride, padding=1), torch.nn.GELU()]
+        size, c = [(s - 1) // st + 1 for s, st in zip(size, stride)], f
+    return layers, c * math.prod(size)

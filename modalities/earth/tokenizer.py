@@ -24,6 +24,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from foundation.grid import patch_conv_stem
 from modalities.earth.bands import POLARISATIONS
 
 
@@ -95,13 +96,9 @@ class SpectralConvPatchEmbed(_BandConditioned):
         nn.init.normal_(self.to_weight.weight, std=0.02)
         nn.init.zeros_(self.to_weight.bias)
         self.base = nn.Parameter(torch.randn(mix))  # wavelength-independent part of each band's mixing weights
-        layers, c, size = [nn.GELU()], mix, patch_size
-        for f in convs:
-            stride = 2 if size >= 4 else 1
-            layers += [nn.Conv2d(c, f, 3, stride=stride, padding=1), nn.GELU()]
-            size, c = (size - 1) // stride + 1, f
-        self.stem = nn.Sequential(*layers)
-        self.proj = nn.Linear(c * size * size, width)
+        layers, flat = patch_conv_stem(mix, convs, (patch_size, patch_size))
+        self.stem = nn.Sequential(nn.GELU(), *layers)
+        self.proj = nn.Linear(flat, width)
         # unit-scale tokens: without it the stem's small outputs are drowned by the positional embedding
         self.out_norm = nn.LayerNorm(width)
 

@@ -13,10 +13,10 @@ metadata.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
+
+from foundation.grid import patch_conv_stem
 
 
 class _Extent(nn.Module):
@@ -52,14 +52,9 @@ class ConvPatchEmbed3d(_Extent):
     def __init__(self, channels: int, width: int, patch: tuple[int, int, int], features: tuple[int, int] = (16, 32)) -> None:
         super().__init__(width, patch)
         self.channels, self.shape = channels, tuple(int(p) for p in patch)
-        layers, c, size = [], channels, list(self.shape)
-        for f in features:
-            stride = tuple(2 if s >= 4 else 1 for s in size)
-            layers += [nn.Conv3d(c, f, 3, stride=stride, padding=1), nn.GELU()]
-            size = [(s - 1) // st + 1 for s, st in zip(size, stride)]
-            c = f
+        layers, flat = patch_conv_stem(channels, features, self.shape)
         self.stem = nn.Sequential(*layers)
-        self.proj = nn.Linear(c * math.prod(size), width)
+        self.proj = nn.Linear(flat, width)
         # unit-scale tokens: without it the stem's small outputs are drowned by the positional embedding
         self.norm = nn.LayerNorm(width)
 
