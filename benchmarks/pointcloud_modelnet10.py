@@ -65,6 +65,22 @@ def split(labels: np.ndarray, test_fraction: float, seed: int = 0) -> tuple[np.n
     return np.sort(pool), np.sort(test)
 
 
+def labelled_shapes(root: Path, subset: int = 0) -> tuple[list[str], list[str], list[str], np.ndarray]:
+    """Every ``.pcd`` under ``root`` in sorted order, its class name (the parent folder), the sorted
+    class list and integer labels; ``subset`` keeps that many shapes, stratified (smoke runs). The
+    split, the manifests and the CI test all index this one listing."""
+    files = sorted(str(p) for p in root.rglob("*.pcd"))
+    if not files:
+        raise SystemExit(f"no .pcd files under {root}")
+    names = [Path(f).parent.name for f in files]
+    if subset:
+        keep, _ = train_test_split(np.arange(len(files)), train_size=subset, stratify=names, random_state=0)
+        keep = np.sort(keep)
+        files, names = [files[i] for i in keep], [names[i] for i in keep]
+    classes = sorted(set(names))
+    return files, names, classes, np.array([classes.index(n) for n in names])
+
+
 def write_manifest(path: Path, files: list[str], labels: list[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
@@ -263,16 +279,7 @@ def main(argv: list[str] | None = None) -> dict:
 
 def run(args) -> dict:
     adapter_cls = adapter_class("pointcloud")
-    files = sorted(str(p) for p in args.data.rglob("*.pcd"))
-    if not files:
-        raise SystemExit(f"no .pcd files under {args.data}")
-    names = [Path(f).parent.name for f in files]
-    if args.subset:
-        keep, _ = train_test_split(np.arange(len(files)), train_size=args.subset, stratify=names, random_state=0)
-        keep = np.sort(keep)
-        files, names = [files[i] for i in keep], [names[i] for i in keep]
-    classes = sorted(set(names))
-    labels = np.array([classes.index(n) for n in names])
+    files, names, classes, labels = labelled_shapes(args.data, args.subset)
     pool, test = split(labels, args.test_fraction)
     manifest = write_manifest(args.work / "all.csv", files, names)
     pre_manifest = write_manifest(args.work / "pretrain.csv", [files[i] for i in pool], [names[i] for i in pool])

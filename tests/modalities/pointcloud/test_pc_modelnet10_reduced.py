@@ -15,13 +15,12 @@ on which other shapes are loaded).
 """
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from benchmarks.pointcloud_modelnet10 import embed, probe_pooled, split
+from benchmarks.pointcloud_modelnet10 import embed, labelled_shapes, probe_pooled, split, write_manifest
 from foundation.evaluate import random_twin
 from foundation.model import Encoder
 from foundation.probes import few_shot_indices, paired_interval
@@ -31,17 +30,12 @@ FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "pointcloud-jepa-gp
 
 @pytest.mark.slow
 def test_gpu_pretrained_jepa_probe_beats_random_init_on_modelnet10_with_ten_labels(modelnet10, tmp_path):
-    files = sorted(str(p) for p in modelnet10.rglob("*.pcd"))
-    names = [Path(f).parent.name for f in files]
-    classes = sorted(set(names))
-    labels = np.array([classes.index(n) for n in names])
+    files, names, _, labels = labelled_shapes(modelnet10)
     pool, test = split(labels, 0.4)  # the benchmark's split: the encoder never saw these test shapes
     seeds = range(5)
     draws = {s: pool[few_shot_indices(labels[pool], 10, s)] for s in seeds}
     used = np.union1d(test, np.concatenate(list(draws.values())))  # embed only what the probes read
-    manifest = tmp_path / "used.csv"
-    with open(manifest, "w", newline="") as f:
-        csv.writer(f).writerows([["path", "label"]] + [[files[i], names[i]] for i in used])
+    manifest = write_manifest(tmp_path / "used.csv", [files[i] for i in used], [names[i] for i in used])
 
     encoder = Encoder.from_pretrained(FIXTURE)
     views = encoder.adapter.dataset({"manifest": str(manifest), "labels": "column:label"}, train=False)
