@@ -12,7 +12,12 @@ Protocol (DESIGN "How we prove a claim"):
   accuracy (mAcc); a win is a paired 95% t-interval above zero.
 - Linear SVM on all training labels (as the field reports), OA and mAcc, with a paired bootstrap
   95% interval over the test shapes (one split: the interval is over test shapes, not splits).
-- The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes) on the test split.
+- The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes) on the test split:
+  a linear SVM per episode on each encoder's frozen features, and a from-scratch model trained on
+  each episode's support set (the same episodes for all three: a paired t-interval over episodes).
+- Optionally (``--sup-steps-all``) a from-scratch model on all training labels beside the SVM.
+- The from-scratch trainings (45 by default) are most of the wall time; ``--procs`` spreads them
+  over cores, one thread each.
 
 The deterministic evaluation view of every shape is grouped once (FPS + kNN) and reused by every
 encoder and every probe, so each encoder costs one forward pass over the data.
@@ -50,7 +55,7 @@ from foundation.recipes import load_recipe  # noqa: E402
 from foundation.tokens import collate  # noqa: E402
 from foundation.trunk import masked_max, masked_max_mean, masked_mean_std  # noqa: E402
 from modalities.base import adapter_class, sample_seed  # noqa: E402
-from modalities.pointcloud.tasks import accuracies, few_shot_eval, probe  # noqa: E402
+from modalities.pointcloud.tasks import accuracies, few_shot_episodes, few_shot_eval, probe  # noqa: E402
 
 POOLINGS = ("max", "meanstd", "maxmean", "mid_meanstd", "layers_max")
 
@@ -222,6 +227,42 @@ def supervised_scratch(adapter, model_cfg: dict, dataset, views: list, labels: n
     return out
 
 
+_SCRATCH: dict = {}  # what the forked workers of run_scratch read; set before they start
+
+
+def _scratch_job(job: tuple) -> dict:
+    name, tr, te, labels, seed = job
+    torch.set_num_threads(1)
+    c = _SCRATCH
+    out = supervised_scratch(c["adapter"], c["model_cfg"], c["dataset"], c["views"], labels, tr, te,
+                             c["steps"][name.split()[0]], c["batch"], c["lr"], seed)
+    print(f"scratch {name}: OA {out['oa']:.3f}, train acc {out['train_acc']:.3f}", flush=True)
+    return out
+
+
+def run_scratch(jobs: list[tuple], context: dict, procs: int) -> list[dict]:
+    """Train the from-scratch baselines ``jobs`` = (name, train idx, test idx, labels, seed), each on
+    one thread, in ``procs`` forked processes. They are independent and are most of the benchmark's
+    time (40 few-shot episodes each train a model), so they are the part worth spreading over cores;
+    forking shares the grouped views and the dataset with the workers without pickling them."""
+    _SCRATCH.clear()
+    _SCRATCH.update(context)
+    if procs <= 1 or len(jobs) <= 1:
+        return [_scratch_job(j) for j in jobs]
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(procs) as pool:
+        return pool.map(_scratch_job, jobs, chunksize=1)
+
+
+def episode_labels(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
+    """Labels 0..way-1 for an episode's classes (-1 elsewhere), so its from-scratch model has ``way`` outputs."""
+    y = np.full(len(labels), -1)
+    for j, c in enumerate(classes):
+        y[labels == c] = j
+    return y
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=shared_data())
@@ -237,7 +278,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="tuned on held-out training-pool shapes (5e-4, 1e-3)")
     ap.add_argument("--episodes", type=int, default=10)
-    ap.add_argument("--skip-scratch", action="store_true", help="leave out the from-scratch supervised baseline (ablations)")
+    ap.add_argument("--sup-steps-all", type=int, default=0,
+                    help="steps of a from-scratch supervised model on all training labels, compared with the SVM "
+                         "(0: not run; 600 steps is 4 epochs of the 2,394 shapes)")
+    ap.add_argument("--scratch-episodes", type=int, default=0,
+                    help="train the from-scratch model on only the first N episodes of each setting (0: all; each costs "
+                         "a training run, about 5 min on one thread)")
+    ap.add_argument("--procs", type=int, default=1, help="processes for the from-scratch trainings (one thread each)")
+    ap.add_argument("--skip-scratch", action="store_true",
+                    help="leave out the from-scratch supervised baselines, k labels and episodes (ablations)")
     ap.add_argument("--skip-episodes", action="store_true", help="leave out the few-shot episode protocol (ablations)")
     ap.add_argument("--subset", type=int, default=0, help="use only this many shapes (smoke runs)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 40 pretraining steps, 600 shapes, 2 seeds")
@@ -252,6 +301,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.subset, args.seeds, args.sup_steps, args.episodes = 40, 600, 2, 30, 3
+        args.sup_steps_all = min(args.sup_steps_all, 30)
         args.tag = args.tag or "quick"
         args.work = args.work.with_name(args.work.name + "-quick")
     torch.set_num_threads(args.threads)
@@ -301,29 +351,26 @@ def run(args) -> dict:
 
     # -- k labels per class, paired seeds ------------------------------------------------------
     t = time.perf_counter()
-    few: dict[str, list[dict]] = {"pretrained": [], "random_init": [], "scratch_supervised": []}
-    train_ds = adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)
-    model_cfg = dict(encoder.config)
+    few: dict[str, list[dict]] = {"pretrained": [], "random_init": []}
+    scratch_jobs = []  # (name, train idx, test idx, labels, seed): trained together at the end
     for seed in range(args.seeds):
         tr = pool[few_shot_indices(labels[pool], args.k, seed)]
         for m in ("pretrained", "random_init"):
             row = probe_pooled("linear", feats[m], labels, tr, test)
             row.pop("pred")
             few[m].append(row)
-        if not args.skip_scratch:
-            few["scratch_supervised"].append(supervised_scratch(adapter, model_cfg, train_ds, views, labels, tr, test,
-                                                                args.sup_steps, args.sup_batch, args.sup_lr, seed))
-        print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few if few[m]), flush=True)
-    few = {m: rows for m, rows in few.items() if rows}
+        scratch_jobs.append((f"few seed {seed}", tr, test, labels, seed))
+        print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
     timings["few_label_s"] = time.perf_counter() - t
 
     # -- linear SVM on all training labels -------------------------------------------------------
     t = time.perf_counter()
     svm = {m: probe_pooled("svm", feats[m], labels, pool, test) for m in ("pretrained", "random_init")}
-    svm_cmp = {metric: paired_bootstrap(labels[test], svm["pretrained"]["pred"], svm["random_init"]["pred"], metric)
+    svm_pred = {m: r.pop("pred") for m, r in svm.items()}
+    svm_cmp = {metric: paired_bootstrap(labels[test], svm_pred["pretrained"], svm_pred["random_init"], metric)
                for metric in ("oa", "macc")}
-    for r in svm.values():
-        r.pop("pred")
+    if args.sup_steps_all:
+        scratch_jobs += [(f"all seed {seed}", pool, test, labels, seed) for seed in range(args.seeds)]
     timings["svm_s"] = time.perf_counter() - t
 
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
@@ -338,13 +385,51 @@ def run(args) -> dict:
                     episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
                 except ValueError as err:
                     episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
-    episode_cmp = {}
-    for setting in episodes.get("pretrained", {}):
-        a, b = episodes["pretrained"][setting].get("accs"), episodes["random_init"][setting].get("accs")
-        if a and b:  # the same episodes (seed 0) for both encoders: paired
-            mean, lo, hi = paired_interval(a, b)
-            episode_cmp[setting] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+    for setting in episodes.get("pretrained", {}):  # the same episodes (seed 0) for the from-scratch model
+        if "accs" in episodes["pretrained"][setting]:
+            way, shot = (int(v) for v in setting[:-1].split("w"))
+            drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=0)
+            for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
+                scratch_jobs.append((f"episode {setting} {e}", test[sup], test[qry], episode_labels(labels, drawn_classes), e))
     timings["episodes_s"] = time.perf_counter() - t
+
+    # -- the same architecture trained from scratch, supervised, on each of those label sets ----
+    if not args.skip_scratch:
+        t = time.perf_counter()
+        context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
+                   "lr": args.sup_lr, "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
+                   "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
+        results = run_scratch(scratch_jobs, context, args.procs)
+        few["scratch_supervised"] = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("few ")]
+        done_all = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("all ")]
+        if done_all:
+            svm["scratch_supervised"] = {**{k: float(np.mean([r[k] for r in done_all])) for k in ("oa", "macc", "train_acc")},
+                                         "pooling": f"end-to-end, {args.sup_steps_all} steps, {len(done_all)} seeds",
+                                         "seeds": done_all}
+            svm_cmp.update({f"scratch_supervised-{metric}": dict(zip(("diff", "lo", "hi"), paired_interval(
+                [svm["pretrained"][metric]] * len(done_all), [r[metric] for r in done_all])))
+                for metric in ("oa", "macc")})
+        if any(j[0].startswith("episode ") for j in scratch_jobs):
+            episodes["scratch_supervised"] = {}
+            for setting in episodes["pretrained"]:
+                rows = [r for j, r in zip(scratch_jobs, results) if j[0].startswith(f"episode {setting} ")]
+                if rows:
+                    accs = [r["oa"] for r in rows]
+                    episodes["scratch_supervised"][setting] = {
+                        "mean": float(np.mean(accs)), "std": float(np.std(accs)), "episodes": len(accs), "accs": accs,
+                        "train_acc": float(np.mean([r["train_acc"] for r in rows]))}
+        timings["scratch_s"] = time.perf_counter() - t
+    for c in svm_cmp.values():
+        c["beats"] = bool(c["lo"] > 0)
+
+    episode_cmp = {}
+    for other in [o for o in ("random_init", "scratch_supervised") if o in episodes]:
+        for setting, a in episodes["pretrained"].items():
+            b = episodes[other].get(setting, {})
+            if "accs" in a and "accs" in b:  # the same episodes (seed 0) for every method: paired
+                n = len(b["accs"])  # the from-scratch model may cover only the first episodes
+                mean, lo, hi = paired_interval(a["accs"][:n], b["accs"])
+                episode_cmp[f"pretrained-vs-{other}-{setting}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
 
     comparisons = {}
     for metric in ("oa", "macc"):
@@ -384,20 +469,24 @@ def format_table(res: dict) -> str:
     for m, r in res["svm_all_labels"].items():
         lines.append(f"| {m} | {r['oa']:.3f} | {r['macc']:.3f} | {r['train_acc']:.3f} | {r['pooling']} |")
     if res.get("svm_comparison"):
-        lines += ["", "| paired difference (bootstrap over test shapes) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
-        for metric, c in res["svm_comparison"].items():
-            lines.append(f"| pretrained-vs-random_init-{metric} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
+        lines += ["", "| paired difference (random init: bootstrap over test shapes; from scratch: t-interval over its seeds) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
+        for name, c in res["svm_comparison"].items():
+            name = name if name.startswith("scratch") else f"random_init-{name}"  # the bootstrap rows are keyed by metric
+            lines.append(f"| pretrained-vs-{name} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
                          f"{'yes' if c['beats'] else 'no'} |")
     if not res["episodes"]:
         lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
         return "\n".join(lines)
-    lines += ["", "## Few-shot episodes on the test split (linear SVM per episode, 20 queries/class, mean ± std)", "",
+    args_episodes = max((v.get("episodes", 0) for v in res["episodes"]["pretrained"].values()), default=0)
+    lines += ["", "## Few-shot episodes on the test split (linear SVM per episode on frozen features, or the from-scratch "
+              "model trained on the episode's support set; 20 queries/class, mean ± std over episodes)", "",
               "| method | " + " | ".join(res["episodes"]["pretrained"]) + " |", "| --- |" + " --- |" * len(res["episodes"]["pretrained"])]
     for m, e in res["episodes"].items():
-        cells = [f"{v['mean']:.3f} ± {v['std']:.3f}" if "mean" in v else "n/a" for v in e.values()]
+        cells = [f"{v['mean']:.3f} ± {v['std']:.3f}" + (f" ({v['episodes']} ep.)" if v["episodes"] != args_episodes else "")
+                 if "mean" in v else "n/a" for v in (e.get(s, {}) for s in res["episodes"]["pretrained"])]
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     if res.get("episode_comparison"):
-        lines += ["", "| paired difference (same episodes), pretrained-vs-random_init | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
+        lines += ["", "| paired difference (same episodes) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
         for setting, c in res["episode_comparison"].items():
             lines.append(f"| {setting} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
