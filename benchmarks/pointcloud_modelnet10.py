@@ -15,7 +15,8 @@ Protocol (DESIGN "How we prove a claim"):
 - The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes) on the test split:
   a linear SVM per episode on each encoder's frozen features, and a from-scratch model trained on
   each episode's support set (the same episodes for all three: a paired t-interval over episodes).
-- Optionally (``--sup-steps-all``) a from-scratch model on all training labels beside the SVM.
+- Optionally (``--scratch few,episodes,all``) a from-scratch model on all training labels beside
+  the SVM, given ``--sup-steps-all`` steps (20 epochs by default, so that it fits its labels).
 - The from-scratch trainings (45 by default) are most of the wall time; ``--procs`` spreads them
   over cores, one thread each.
 
@@ -278,15 +279,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="tuned on held-out training-pool shapes (5e-4, 1e-3)")
     ap.add_argument("--episodes", type=int, default=10)
-    ap.add_argument("--sup-steps-all", type=int, default=0,
-                    help="steps of a from-scratch supervised model on all training labels, compared with the SVM "
-                         "(0: not run; 600 steps is 4 epochs of the 2,394 shapes)")
+    ap.add_argument("--scratch", default="few,episodes",
+                    help="which label sets get a from-scratch supervised model: few (k per class), episodes, all "
+                         "(all training labels, beside the SVM), comma-separated")
+    ap.add_argument("--sup-steps-all", type=int, default=3000,
+                    help="steps of the from-scratch model on all training labels (600 steps is only 4 epochs of 2,394 shapes)")
+    ap.add_argument("--sup-seeds-all", type=int, default=0, help="its seeds (0: --seeds)")
     ap.add_argument("--scratch-episodes", type=int, default=0,
                     help="train the from-scratch model on only the first N episodes of each setting (0: all; each costs "
                          "a training run, about 5 min on one thread)")
     ap.add_argument("--procs", type=int, default=1, help="processes for the from-scratch trainings (one thread each)")
-    ap.add_argument("--skip-scratch", action="store_true",
-                    help="leave out the from-scratch supervised baselines, k labels and episodes (ablations)")
+    ap.add_argument("--skip-scratch", action="store_true", help="no from-scratch supervised baseline (--scratch '')")
     ap.add_argument("--skip-episodes", action="store_true", help="leave out the few-shot episode protocol (ablations)")
     ap.add_argument("--subset", type=int, default=0, help="use only this many shapes (smoke runs)")
     ap.add_argument("--quick", action="store_true", help="smoke run: 40 pretraining steps, 600 shapes, 2 seeds")
@@ -302,6 +305,9 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps, args.subset, args.seeds, args.sup_steps, args.episodes = 40, 600, 2, 30, 3
         args.sup_steps_all = min(args.sup_steps_all, 30)
+    args.scratch = set() if args.skip_scratch else {a for a in args.scratch.split(",") if a}
+    if args.scratch - {"few", "episodes", "all"}:
+        ap.error(f"--scratch: unknown label sets {sorted(args.scratch - {'few', 'episodes', 'all'})}")
         args.tag = args.tag or "quick"
         args.work = args.work.with_name(args.work.name + "-quick")
     torch.set_num_threads(args.threads)
@@ -316,6 +322,7 @@ def main(argv: list[str] | None = None) -> dict:
                                  "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
                       "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
+                      "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                   "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
     name = "pointcloud_modelnet10" + (f"-{args.tag}" if args.tag else "")
@@ -359,7 +366,8 @@ def run(args) -> dict:
             row = probe_pooled("linear", feats[m], labels, tr, test)
             row.pop("pred")
             few[m].append(row)
-        scratch_jobs.append((f"few seed {seed}", tr, test, labels, seed))
+        if "few" in args.scratch:
+            scratch_jobs.append((f"few seed {seed}", tr, test, labels, seed))
         print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
     timings["few_label_s"] = time.perf_counter() - t
 
@@ -369,8 +377,8 @@ def run(args) -> dict:
     svm_pred = {m: r.pop("pred") for m, r in svm.items()}
     svm_cmp = {metric: paired_bootstrap(labels[test], svm_pred["pretrained"], svm_pred["random_init"], metric)
                for metric in ("oa", "macc")}
-    if args.sup_steps_all:
-        scratch_jobs += [(f"all seed {seed}", pool, test, labels, seed) for seed in range(args.seeds)]
+    if "all" in args.scratch:
+        scratch_jobs += [(f"all seed {seed}", pool, test, labels, seed) for seed in range(args.sup_seeds_all or args.seeds)]
     timings["svm_s"] = time.perf_counter() - t
 
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
@@ -385,7 +393,7 @@ def run(args) -> dict:
                     episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
                 except ValueError as err:
                     episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
-    for setting in episodes.get("pretrained", {}):  # the same episodes (seed 0) for the from-scratch model
+    for setting in episodes.get("pretrained", {}) if "episodes" in args.scratch else ():  # the same episodes (seed 0)
         if "accs" in episodes["pretrained"][setting]:
             way, shot = (int(v) for v in setting[:-1].split("w"))
             drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=0)
@@ -394,13 +402,15 @@ def run(args) -> dict:
     timings["episodes_s"] = time.perf_counter() - t
 
     # -- the same architecture trained from scratch, supervised, on each of those label sets ----
-    if not args.skip_scratch:
+    if scratch_jobs:
         t = time.perf_counter()
         context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
                    "lr": args.sup_lr, "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         results = run_scratch(scratch_jobs, context, args.procs)
-        few["scratch_supervised"] = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("few ")]
+        done_few = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("few ")]
+        if done_few:
+            few["scratch_supervised"] = done_few
         done_all = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("all ")]
         if done_all:
             svm["scratch_supervised"] = {**{k: float(np.mean([r[k] for r in done_all])) for k in ("oa", "macc", "train_acc")},
