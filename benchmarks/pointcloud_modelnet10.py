@@ -232,17 +232,17 @@ _SCRATCH: dict = {}  # what the forked workers of run_scratch read; set before t
 
 
 def _scratch_job(job: tuple) -> dict:
-    name, tr, te, labels, seed = job
+    kind, setting, tr, te, labels, seed = job
     torch.set_num_threads(1)
     c = _SCRATCH
     out = supervised_scratch(c["adapter"], c["model_cfg"], c["dataset"], c["views"], labels, tr, te,
-                             c["steps"][name.split()[0]], c["batch"], c["lr"], seed)
-    print(f"scratch {name}: OA {out['oa']:.3f}, train acc {out['train_acc']:.3f}", flush=True)
+                             c["steps"][kind], c["batch"], c["lr"], seed)
+    print(f"scratch {kind} {setting} {seed}: OA {out['oa']:.3f}, train acc {out['train_acc']:.3f}", flush=True)
     return out
 
 
 def run_scratch(jobs: list[tuple], context: dict, procs: int) -> list[dict]:
-    """Train the from-scratch baselines ``jobs`` = (name, train idx, test idx, labels, seed), each on
+    """Train the from-scratch baselines ``jobs`` = (label set, setting, train idx, test idx, labels, seed), each on
     one thread, in ``procs`` forked processes. They are independent and are most of the benchmark's
     time (40 few-shot episodes each train a model), so they are the part worth spreading over cores;
     forking shares the grouped views and the dataset with the workers without pickling them."""
@@ -305,11 +305,11 @@ def main(argv: list[str] | None = None) -> dict:
     if args.quick:
         args.steps, args.subset, args.seeds, args.sup_steps, args.episodes = 40, 600, 2, 30, 3
         args.sup_steps_all = min(args.sup_steps_all, 30)
+        args.tag = args.tag or "quick"
+        args.work = args.work.with_name(args.work.name + "-quick")
     args.scratch = set() if args.skip_scratch else {a for a in args.scratch.split(",") if a}
     if args.scratch - {"few", "episodes", "all"}:
         ap.error(f"--scratch: unknown label sets {sorted(args.scratch - {'few', 'episodes', 'all'})}")
-        args.tag = args.tag or "quick"
-        args.work = args.work.with_name(args.work.name + "-quick")
     torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     # An accuracy experiment, not a timing: it does not wait for the timed-benchmark lock (its
@@ -359,7 +359,7 @@ def run(args) -> dict:
     # -- k labels per class, paired seeds ------------------------------------------------------
     t = time.perf_counter()
     few: dict[str, list[dict]] = {"pretrained": [], "random_init": []}
-    scratch_jobs = []  # (name, train idx, test idx, labels, seed): trained together at the end
+    scratch_jobs = []  # (label set, setting, train idx, test idx, labels, seed): trained together at the end
     for seed in range(args.seeds):
         tr = pool[few_shot_indices(labels[pool], args.k, seed)]
         for m in ("pretrained", "random_init"):
@@ -367,7 +367,7 @@ def run(args) -> dict:
             row.pop("pred")
             few[m].append(row)
         if "few" in args.scratch:
-            scratch_jobs.append((f"few seed {seed}", tr, test, labels, seed))
+            scratch_jobs.append(("few", "", tr, test, labels, seed))
         print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
     timings["few_label_s"] = time.perf_counter() - t
 
@@ -378,7 +378,7 @@ def run(args) -> dict:
     svm_cmp = {metric: paired_bootstrap(labels[test], svm_pred["pretrained"], svm_pred["random_init"], metric)
                for metric in ("oa", "macc")}
     if "all" in args.scratch:
-        scratch_jobs += [(f"all seed {seed}", pool, test, labels, seed) for seed in range(args.sup_seeds_all or args.seeds)]
+        scratch_jobs += [("all", "", pool, test, labels, seed) for seed in range(args.sup_seeds_all or args.seeds)]
     timings["svm_s"] = time.perf_counter() - t
 
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
@@ -398,7 +398,7 @@ def run(args) -> dict:
             way, shot = (int(v) for v in setting[:-1].split("w"))
             drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=0)
             for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
-                scratch_jobs.append((f"episode {setting} {e}", test[sup], test[qry], episode_labels(labels, drawn_classes), e))
+                scratch_jobs.append(("episode", setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e))
     timings["episodes_s"] = time.perf_counter() - t
 
     # -- the same architecture trained from scratch, supervised, on each of those label sets ----
@@ -408,29 +408,29 @@ def run(args) -> dict:
                    "lr": args.sup_lr, "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         results = run_scratch(scratch_jobs, context, args.procs)
-        done_few = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("few ")]
-        if done_few:
-            few["scratch_supervised"] = done_few
-        done_all = [r for j, r in zip(scratch_jobs, results) if j[0].startswith("all ")]
+        done: dict[tuple[str, str], list[dict]] = {}
+        for (kind, setting, *_), r in zip(scratch_jobs, results):
+            done.setdefault((kind, setting), []).append(r)
+        if ("few", "") in done:
+            few["scratch_supervised"] = done["few", ""]
+        done_all = done.get(("all", ""), [])
         if done_all:
             svm["scratch_supervised"] = {**{k: float(np.mean([r[k] for r in done_all])) for k in ("oa", "macc", "train_acc")},
                                          "pooling": f"end-to-end, {args.sup_steps_all} steps, {len(done_all)} seeds",
                                          "seeds": done_all}
-            svm_cmp.update({f"scratch_supervised-{metric}": dict(zip(("diff", "lo", "hi"), paired_interval(
-                [svm["pretrained"][metric]] * len(done_all), [r[metric] for r in done_all])))
-                for metric in ("oa", "macc")})
-        if any(j[0].startswith("episode ") for j in scratch_jobs):
+            for metric in ("oa", "macc"):
+                mean, lo, hi = paired_interval([svm["pretrained"][metric]] * len(done_all), [r[metric] for r in done_all])
+                svm_cmp[f"scratch_supervised-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+        if any(kind == "episode" for kind, _ in done):
             episodes["scratch_supervised"] = {}
             for setting in episodes["pretrained"]:
-                rows = [r for j, r in zip(scratch_jobs, results) if j[0].startswith(f"episode {setting} ")]
+                rows = done.get(("episode", setting))
                 if rows:
                     accs = [r["oa"] for r in rows]
                     episodes["scratch_supervised"][setting] = {
                         "mean": float(np.mean(accs)), "std": float(np.std(accs)), "episodes": len(accs), "accs": accs,
                         "train_acc": float(np.mean([r["train_acc"] for r in rows]))}
         timings["scratch_s"] = time.perf_counter() - t
-    for c in svm_cmp.values():
-        c["beats"] = bool(c["lo"] > 0)
 
     episode_cmp = {}
     for other in [o for o in ("random_init", "scratch_supervised") if o in episodes]:

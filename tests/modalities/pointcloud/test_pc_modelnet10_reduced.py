@@ -2,8 +2,9 @@
 
 Pretraining that beats random init here takes ~190k clouds at k = 10 and ~510k with a linear SVM on
 all labels (the ``pointcloud-jepa-gpu`` recipe, 8,000 steps of 64: 409 s on one H200, hours on CI's
-two cores; the 300-step CPU recipe only ties random init), so CI evaluates that encoder, stored in tests/fixtures/pointcloud-jepa-gpu-modelnet10
-(3.7 MB, pretrained on the benchmark's 2,394 training-pool shapes, never on the test shapes). What this
+two cores; the 300-step CPU recipe only ties random init), so CI evaluates that encoder, stored in
+tests/fixtures/pointcloud-jepa-gpu-modelnet10 (3.7 MB, pretrained on the benchmark's 2,394
+training-pool shapes, never on the test shapes). What this
 guards is everything after pretraining: the adapter's preprocessing and grouping, the encoder's
 loading and forward pass, pooling, the probe and the paired interval. That pretraining runs and
 learns is asserted by test_pc_pretrain.py and test_pc_jepa_targets.py.
