@@ -18,7 +18,10 @@ Protocol (DESIGN "How we prove a claim"):
 - Optionally (``--scratch few,episodes,all``) a from-scratch model on all training labels beside
   the SVM, given ``--sup-steps-all`` steps (20 epochs by default, so that it fits its labels).
 - The from-scratch trainings (45 by default) are most of the wall time; ``--procs`` spreads them
-  over cores, one thread each.
+  over cores, one thread each. ``--reuse-scratch PREV.json`` takes those a previous run of the same
+  protocol already recorded (checked: same pretrained results, same from-scratch settings, and the
+  first reused job of each kind retrained and matched exactly), so a run can be extended, e.g. from
+  5 to 10 episodes, without repeating hours of training.
 
 The deterministic evaluation view of every shape is grouped once (FPS + kNN) and reused by every
 encoder and every probe, so each encoder costs one forward pass over the data.
@@ -264,7 +267,65 @@ def episode_labels(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     return y
 
 
-def main(argv: list[str] | None = None) -> dict:
+def recorded_scratch(prev: dict, kind: str, setting: str, seed: int) -> dict | None:
+    """The from-scratch result of job (kind, setting, seed) as a previous results file recorded it, or None."""
+    if kind == "few":
+        rows = prev.get("few_label", {}).get("scratch_supervised", [])
+    elif kind == "all":
+        rows = prev.get("svm_all_labels", {}).get("scratch_supervised", {}).get("seeds", [])
+    else:
+        rec = prev.get("episodes", {}).get("scratch_supervised", {}).get(setting, {})
+        # older files keep per-episode accuracies and only the setting's mean training accuracy; giving
+        # every reused episode that mean keeps the merged mean exact
+        rows = rec.get("runs") or [{"oa": a, "train_acc": rec["train_acc"]} for a in rec.get("accs", [])]
+    return dict(rows[seed]) if seed < len(rows) else None
+
+
+def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.ArgumentParser) -> None:
+    """Refuse to mix from-scratch results of another protocol: the previous run must have probed the same
+    pretrained features on the same label sets (its pretrained results equal this run's exactly) and
+    trained its from-scratch models with the same settings."""
+    old = vars(parse(parser, prev["meta"]["argv"]))
+    for key in ("sup_steps", "sup_batch", "sup_lr", "sup_steps_all", "k", "test_fraction", "episodes", "subset"):
+        if old[key] != getattr(args, key):
+            raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
+    same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
+    same &= [r["oa"] for r in prev["few_label"]["pretrained"]] == [r["oa"] for r in now["few_label"]["pretrained"]]
+    same &= all(prev["episodes"].get("pretrained", {}).get(s, {}).get("accs") == e.get("accs")
+                for s, e in now["episodes"].get("pretrained", {}).items() if "accs" in prev["episodes"].get("pretrained", {}).get(s, {}))
+    if not same:
+        raise SystemExit(f"--reuse-scratch {path}: its pretrained results differ from this run's (another encoder, split or episodes)")
+
+
+def reuse_scratch(jobs: list[tuple], prev: dict, check: int) -> tuple[dict[int, dict], list[int]]:
+    """Which jobs a previous run already answered (index -> its record) and which to train. The first
+    ``check`` reused jobs of each kind are trained anyway, to show the training reproduces them."""
+    reused, train, checked = {}, [], {}
+    for i, (kind, setting, _, _, _, seed) in enumerate(jobs):
+        rec = recorded_scratch(prev, kind, setting, seed)
+        if rec is not None:
+            reused[i] = {**rec, "reused": True}
+        if rec is None or checked.get(kind, 0) < check:
+            train.append(i)
+            checked[kind] = checked.get(kind, 0) + (rec is not None)
+    return reused, train
+
+
+def confirm_reproduced(jobs: list[tuple], reused: dict[int, dict], trained: dict[int, dict]) -> int:
+    """Retrained jobs must match their recorded results exactly (single-threaded training is deterministic);
+    otherwise mixing the two runs would not be one protocol."""
+    n = 0
+    for i in set(reused) & set(trained):
+        old, new = reused[i], trained[i]
+        for key in ("oa", "final_loss"):
+            if key in old and abs(old[key] - new[key]) > 1e-9:
+                raise SystemExit(f"--reuse-scratch: job {jobs[i][:2] + jobs[i][5:]} gave {key} {new[key]} now, "
+                                 f"{old[key]} before: not reproducible, retrain everything")
+        n += 1
+    return n
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", type=Path, default=shared_data())
     ap.add_argument("--recipe", default="pointcloud-mae")
@@ -301,12 +362,29 @@ def main(argv: list[str] | None = None) -> dict:
                     help="stop after pretraining (e.g. pretrain on a lent GPU; a later run with the same --work, "
                          "recipe and overrides reuses the encoder and evaluates)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    ap.add_argument("--reuse-scratch", type=Path, default=None,
+                    help="a previous results file of this benchmark: take its from-scratch results instead of retraining them")
+    ap.add_argument("--reuse-check", type=int, default=1,
+                    help="retrain this many of the reused jobs of each kind and require identical results")
+    return ap
+
+
+def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """The arguments with ``--quick``'s settings applied (also used to read a previous run's settings back)."""
     args = ap.parse_args(argv)
     if args.quick:
-        args.steps, args.subset, args.seeds, args.sup_steps, args.episodes = 40, 600, 2, 30, 3
+        args.steps, args.seeds, args.sup_steps, args.episodes = 40, 2, 30, 3
+        args.subset = args.subset or 600
         args.sup_steps_all = min(args.sup_steps_all, 30)
         args.tag = args.tag or "quick"
         args.work = args.work.with_name(args.work.name + "-quick")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = build_parser()
+    args = parse(ap, argv)
+    args.parser = ap
     args.scratch = set() if args.skip_scratch else {a for a in args.scratch.split(",") if a}
     if args.scratch - {"few", "episodes", "all"}:
         ap.error(f"--scratch: unknown label sets {sorted(args.scratch - {'few', 'episodes', 'all'})}")
@@ -323,6 +401,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
                       "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
                       "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
+                      "sup_batch": args.sup_batch, "sup_lr": args.sup_lr,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                   "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
     name = "pointcloud_modelnet10" + (f"-{args.tag}" if args.tag else "")
@@ -402,12 +481,28 @@ def run(args) -> dict:
     timings["episodes_s"] = time.perf_counter() - t
 
     # -- the same architecture trained from scratch, supervised, on each of those label sets ----
+    reuse = {}
     if scratch_jobs:
         t = time.perf_counter()
         context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
                    "lr": args.sup_lr, "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
-        results = run_scratch(scratch_jobs, context, args.procs)
+        reused, train = {}, list(range(len(scratch_jobs)))
+        if args.reuse_scratch:
+            prev = json.loads(args.reuse_scratch.read_text())
+            check_reusable(prev, args.reuse_scratch, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test),
+                                                      "few_label": few, "episodes": episodes}, args, args.parser)
+            reused, train = reuse_scratch(scratch_jobs, prev, args.reuse_check)
+            print(f"reusing {len(reused)} from-scratch results of {args.reuse_scratch}; training {len(train)} "
+                  f"({len(set(train) & set(reused))} of them to check they reproduce)", flush=True)
+        check = [i for i in train if i in reused]  # first, so that a mismatch stops the run before hours of training
+        trained = dict(zip(check, run_scratch([scratch_jobs[i] for i in check], context, args.procs)))
+        if reused:
+            reuse = {"file": str(args.reuse_scratch), "reused": len(set(reused) - set(trained)),
+                     "retrained_and_matched": confirm_reproduced(scratch_jobs, reused, trained)}
+        rest = [i for i in train if i not in trained]
+        trained.update(zip(rest, run_scratch([scratch_jobs[i] for i in rest], context, args.procs)))
+        results = [trained[i] if i in trained else reused[i] for i in range(len(scratch_jobs))]
         done: dict[tuple[str, str], list[dict]] = {}
         for (kind, setting, *_), r in zip(scratch_jobs, results):
             done.setdefault((kind, setting), []).append(r)
@@ -429,7 +524,7 @@ def run(args) -> dict:
                     accs = [r["oa"] for r in rows]
                     episodes["scratch_supervised"][setting] = {
                         "mean": float(np.mean(accs)), "std": float(np.std(accs)), "episodes": len(accs), "accs": accs,
-                        "train_acc": float(np.mean([r["train_acc"] for r in rows]))}
+                        "train_acc": float(np.mean([r["train_acc"] for r in rows])), "runs": rows}
         timings["scratch_s"] = time.perf_counter() - t
 
     episode_cmp = {}
@@ -451,7 +546,7 @@ def run(args) -> dict:
     return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
             "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
             "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "episode_comparison": episode_cmp,
-            "timings": timings}
+            "timings": timings, **({"scratch_reuse": reuse} if reuse else {})}
 
 
 def _ms(rows: list[dict], key: str) -> str:
@@ -500,6 +595,10 @@ def format_table(res: dict) -> str:
         for setting, c in res["episode_comparison"].items():
             lines.append(f"| {setting} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
+    if res.get("scratch_reuse"):
+        r = res["scratch_reuse"]
+        lines += ["", f"From-scratch results reused from `{Path(r['file']).name}`: {r['reused']} (not retrained); "
+                      f"{r['retrained_and_matched']} reused job(s) retrained here gave identical results."]
     return "\n".join(lines)
 
 
