@@ -1,0 +1,79 @@
+"""The ModelNet10 benchmark's ``--reuse-scratch``: extending a run must not mix in results of another protocol.
+
+Pure bookkeeping over results records (no training): which jobs a previous results file answers,
+which are retrained to check reproducibility, and that a mismatch stops the run.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from benchmarks.pointcloud_modelnet10 import (build_parser, check_reusable, confirm_reproduced, parse,
+                                              recorded_scratch, reuse_scratch)
+
+IDX = np.arange(3)
+
+
+def previous_run(episodes_accs: list[float], with_runs: bool) -> dict:
+    rec = {"mean": float(np.mean(episodes_accs)), "accs": episodes_accs, "train_acc": 0.9, "episodes": len(episodes_accs)}
+    if with_runs:
+        rec["runs"] = [{"oa": a, "train_acc": 1.0, "final_loss": 0.1} for a in episodes_accs]
+    return {"n_shapes": 10, "n_pool": 6, "n_test": 4,
+            "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.7}],
+                          "scratch_supervised": [{"oa": 0.6, "final_loss": 0.2}, {"oa": 0.5, "final_loss": 0.3}]},
+            "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.7]}}, "scratch_supervised": {"5w10s": rec}},
+            "meta": {"argv": ["--steps", "8000"]}}
+
+
+def jobs(seeds_few: int, episodes: int) -> list[tuple]:
+    return ([("few", "", IDX, IDX, IDX, s) for s in range(seeds_few)]
+            + [("episode", "5w10s", IDX, IDX, IDX, e) for e in range(episodes)])
+
+
+@pytest.mark.parametrize("with_runs", [False, True])
+def test_recorded_scratch_reads_every_kind_and_older_files(with_runs):
+    prev = previous_run([0.85, 0.75], with_runs)
+    assert recorded_scratch(prev, "few", "", 1) == {"oa": 0.5, "final_loss": 0.3}
+    assert recorded_scratch(prev, "few", "", 2) is None
+    assert recorded_scratch(prev, "episode", "5w10s", 1)["oa"] == 0.75
+    # an older file keeps only the setting's mean training accuracy: each reused episode carries it
+    assert recorded_scratch(prev, "episode", "5w10s", 0)["train_acc"] == (1.0 if with_runs else 0.9)
+    assert recorded_scratch(prev, "episode", "5w10s", 2) is None
+    assert recorded_scratch(prev, "episode", "10w10s", 0) is None
+    assert recorded_scratch(prev, "all", "", 0) is None
+
+
+def test_reuse_trains_only_new_jobs_plus_one_check_per_kind():
+    prev = previous_run([0.85, 0.75], with_runs=True)
+    js = jobs(seeds_few=3, episodes=4)  # few seeds 0-1 and episodes 0-1 recorded; few 2 and episodes 2-3 new
+    reused, train = reuse_scratch(js, prev, check=1)
+    assert sorted(reused) == [0, 1, 3, 4]
+    assert train == [0, 2, 3, 5, 6]  # the first reused job of each kind (0, 3) is retrained
+    assert all(r["reused"] for r in reused.values())
+    _, train0 = reuse_scratch(js, prev, check=0)
+    assert train0 == [2, 5, 6]
+
+
+def test_confirm_reproduced_requires_identical_results():
+    prev = previous_run([0.85, 0.75], with_runs=True)
+    js = jobs(seeds_few=2, episodes=2)
+    reused, _ = reuse_scratch(js, prev, check=1)
+    same = {0: {"oa": 0.6, "final_loss": 0.2}, 2: {"oa": 0.85, "final_loss": 0.1}}
+    assert confirm_reproduced(js, reused, same) == 2
+    with pytest.raises(SystemExit, match="not reproducible"):
+        confirm_reproduced(js, reused, {0: {"oa": 0.6, "final_loss": 0.2000001}})
+
+
+def test_check_reusable_refuses_another_encoder_or_settings():
+    ap = build_parser()
+    prev = previous_run([0.85], with_runs=True)
+    now = {k: prev[k] for k in ("n_shapes", "n_pool", "n_test", "few_label", "episodes")}
+    check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000"]), ap)  # same protocol: accepted
+    with pytest.raises(SystemExit, match="sup_steps"):
+        check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps", "300"]), ap)
+    other = {**now, "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.71}]}}
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", other, parse(ap, []), ap)
+    other = {**now, "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.6]}}}}
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", other, parse(ap, []), ap)
