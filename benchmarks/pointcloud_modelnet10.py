@@ -8,6 +8,9 @@ Protocol (DESIGN "How we prove a claim"):
   pooling and regularisation chosen by inner CV on the training labels, the same way for both), and
   vs the same architecture trained from scratch, supervised, on the same labelled shapes with the
   adapter's augmentation (its own tuned lr/steps; its training accuracy is reported).
+- The field's classical baseline on the same preprocessed points: hand-made global descriptors (D2/A3/D3
+  shape distributions, radial histogram, moments, an 8^3 occupancy grid; ``descriptors.py``), probed
+  like the encoders' features (the descriptor block chosen by the same inner CV).
 - k = 10 labels per class over ``--seeds`` paired seeds: overall accuracy (OA) and class-balanced
   accuracy (mAcc); a win is a paired 95% t-interval above zero.
 - Linear SVM on all training labels (as the field reports), OA and mAcc, with a paired bootstrap
@@ -59,9 +62,11 @@ from foundation.recipes import load_recipe  # noqa: E402
 from foundation.tokens import collate  # noqa: E402
 from foundation.trunk import masked_max, masked_max_mean, masked_mean_std  # noqa: E402
 from modalities.base import adapter_class, sample_seed  # noqa: E402
+from modalities.pointcloud.descriptors import classical_features  # noqa: E402
 from modalities.pointcloud.tasks import accuracies, few_shot_episodes, few_shot_eval, probe  # noqa: E402
 
 POOLINGS = ("max", "meanstd", "maxmean", "mid_meanstd", "layers_max")
+FROZEN = ("pretrained", "random_init", "classical")  # methods probed on frozen features; classical: hand-made descriptors
 
 
 def shared_data() -> Path:
@@ -160,8 +165,11 @@ def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metr
     return {"diff": float(d), "lo": float(lo), "hi": float(hi), "beats": bool(lo > 0)}
 
 
-def probe_pooled(kind: str, feats: dict, y: np.ndarray, tr: np.ndarray, te: np.ndarray, poolings=POOLINGS) -> dict:
-    """Pick the pooling by inner CV on the training labels (``probe`` tunes C inside), then score on test."""
+def probe_pooled(kind: str, feats: dict, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
+                 poolings: tuple[str, ...] | None = None) -> dict:
+    """Pick the pooling (or descriptor block) among ``poolings`` (default: every entry of ``feats``) by inner
+    CV on the training labels (``probe`` tunes C inside), then score on test."""
+    poolings = poolings or tuple(feats)
     from sklearn.model_selection import StratifiedKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
@@ -434,14 +442,17 @@ def run(args) -> dict:
     t = time.perf_counter()
     feats = {"pretrained": embed(encoder, views), "random_init": embed(random_twin(encoder, seed=args.pretrain_seed), views)}
     timings["embed_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    feats["classical"] = classical_features([eval_ds.points(i)[0] for i in range(len(eval_ds))])  # the same preprocessed points
+    timings["classical_s"] = time.perf_counter() - t
 
     # -- k labels per class, paired seeds ------------------------------------------------------
     t = time.perf_counter()
-    few: dict[str, list[dict]] = {"pretrained": [], "random_init": []}
+    few: dict[str, list[dict]] = {m: [] for m in FROZEN}
     scratch_jobs = []  # (label set, setting, train idx, test idx, labels, seed): trained together at the end
     for seed in range(args.seeds):
         tr = pool[few_shot_indices(labels[pool], args.k, seed)]
-        for m in ("pretrained", "random_init"):
+        for m in FROZEN:
             row = probe_pooled("linear", feats[m], labels, tr, test)
             row.pop("pred")
             few[m].append(row)
@@ -452,10 +463,12 @@ def run(args) -> dict:
 
     # -- linear SVM on all training labels -------------------------------------------------------
     t = time.perf_counter()
-    svm = {m: probe_pooled("svm", feats[m], labels, pool, test) for m in ("pretrained", "random_init")}
+    svm = {m: probe_pooled("svm", feats[m], labels, pool, test) for m in FROZEN}
     svm_pred = {m: r.pop("pred") for m, r in svm.items()}
     svm_cmp = {metric: paired_bootstrap(labels[test], svm_pred["pretrained"], svm_pred["random_init"], metric)
-               for metric in ("oa", "macc")}
+               for metric in ("oa", "macc")}  # keyed by metric alone (as results files before the classical rows)
+    svm_cmp.update({f"classical-{metric}": paired_bootstrap(labels[test], svm_pred["pretrained"], svm_pred["classical"], metric)
+                    for metric in ("oa", "macc")})
     if "all" in args.scratch:
         scratch_jobs += [("all", "", pool, test, labels, seed) for seed in range(args.sup_seeds_all or args.seeds)]
     timings["svm_s"] = time.perf_counter() - t
@@ -463,7 +476,7 @@ def run(args) -> dict:
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
     t = time.perf_counter()
     episodes = {}
-    for m in () if args.skip_episodes else ("pretrained", "random_init"):
+    for m in () if args.skip_episodes else FROZEN:
         x = feats[m][svm[m]["pooling"]][test]
         episodes[m] = {}
         for way in (5, 10):
@@ -528,7 +541,7 @@ def run(args) -> dict:
         timings["scratch_s"] = time.perf_counter() - t
 
     episode_cmp = {}
-    for other in [o for o in ("random_init", "scratch_supervised") if o in episodes]:
+    for other in [o for o in ("random_init", "classical", "scratch_supervised") if o in episodes]:
         for setting, a in episodes["pretrained"].items():
             b = episodes[other].get(setting, {})
             if "accs" in a and "accs" in b:  # the same episodes (seed 0) for every method: paired
@@ -538,7 +551,7 @@ def run(args) -> dict:
 
     comparisons = {}
     for metric in ("oa", "macc"):
-        for other in [o for o in ("random_init", "scratch_supervised") if o in few]:
+        for other in [o for o in ("random_init", "classical", "scratch_supervised") if o in few]:
             a = [r[metric] for r in few["pretrained"]]
             b = [r[metric] for r in few[other]]
             mean, lo, hi = paired_interval(a, b)
@@ -574,9 +587,9 @@ def format_table(res: dict) -> str:
     for m, r in res["svm_all_labels"].items():
         lines.append(f"| {m} | {r['oa']:.3f} | {r['macc']:.3f} | {r['train_acc']:.3f} | {r['pooling']} |")
     if res.get("svm_comparison"):
-        lines += ["", "| paired difference (random init: bootstrap over test shapes; from scratch: t-interval over its seeds) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
+        lines += ["", "| paired difference (random init, classical: bootstrap over test shapes; from scratch: t-interval over its seeds) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
         for name, c in res["svm_comparison"].items():
-            name = name if name.startswith("scratch") else f"random_init-{name}"  # the bootstrap rows are keyed by metric
+            name = name if "-" in name else f"random_init-{name}"  # random init's rows are keyed by metric alone
             lines.append(f"| pretrained-vs-{name} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
                          f"{'yes' if c['beats'] else 'no'} |")
     if not res["episodes"]:
