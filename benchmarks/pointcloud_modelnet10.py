@@ -66,6 +66,7 @@ from modalities.pointcloud.descriptors import classical_features  # noqa: E402
 from modalities.pointcloud.tasks import accuracies, few_shot_episodes, few_shot_eval, probe  # noqa: E402
 
 POOLINGS = ("max", "meanstd", "maxmean", "mid_meanstd", "layers_max")
+FINETUNE = "ft-"  # job kinds with this prefix fine-tune the pretrained encoder instead of training from scratch
 FROZEN = ("pretrained", "random_init", "classical")  # methods probed on frozen features; classical: hand-made descriptors
 
 
@@ -207,12 +208,16 @@ class Classifier(torch.nn.Module):
 
 
 def supervised_scratch(adapter, model_cfg: dict, dataset, views: list, labels: np.ndarray, tr: np.ndarray, te: np.ndarray,
-                       steps: int, batch_size: int, lr: float, seed: int) -> dict:
+                       steps: int, batch_size: int, lr: float, seed: int, init_state: dict | None = None) -> dict:
     """Train the same architecture from random init on the labelled shapes only, with the adapter's
     augmentation (a fresh augmented view of each shape at every step); AdamW, warm-up + cosine.
-    Scored on the cached evaluation views; its training accuracy shows whether it fits its labels."""
+    Scored on the cached evaluation views; its training accuracy shows whether it fits its labels.
+    With ``init_state`` (the pretrained encoder's weights) the same training fine-tunes the pretrained
+    encoder: the same shapes, augmented views, steps and head, so the two differ only in the start."""
     torch.manual_seed(seed)
     model = Classifier(Encoder.build(adapter, model_cfg), int(labels.max()) + 1)
+    if init_state is not None:
+        model.encoder.load_state_dict(init_state)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
     rng = np.random.default_rng(seed)
@@ -246,9 +251,12 @@ def _scratch_job(job: tuple) -> dict:
     kind, setting, tr, te, labels, seed = job
     torch.set_num_threads(1)
     c = _SCRATCH
+    finetune = kind.startswith(FINETUNE)  # "ft-few", "ft-episode": the pretrained encoder as the start
     out = supervised_scratch(c["adapter"], c["model_cfg"], c["dataset"], c["views"], labels, tr, te,
-                             c["steps"][kind], c["batch"], c["lr"], seed)
-    print(f"scratch {kind} {setting} {seed}: OA {out['oa']:.3f}, train acc {out['train_acc']:.3f}", flush=True)
+                             c["steps"][kind.removeprefix(FINETUNE)], c["batch"], c["ft_lr"] if finetune else c["lr"], seed,
+                             init_state=c["pretrained_state"] if finetune else None)
+    print(f"{'fine-tune' if finetune else 'scratch'} {kind} {setting} {seed}: OA {out['oa']:.3f}, "
+          f"train acc {out['train_acc']:.3f}", flush=True)
     return out
 
 
@@ -277,12 +285,14 @@ def episode_labels(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
 
 def recorded_scratch(prev: dict, kind: str, setting: str, seed: int) -> dict | None:
     """The from-scratch result of job (kind, setting, seed) as a previous results file recorded it, or None."""
+    arm = "finetuned" if kind.startswith(FINETUNE) else "scratch_supervised"
+    kind = kind.removeprefix(FINETUNE)
     if kind == "few":
-        rows = prev.get("few_label", {}).get("scratch_supervised", [])
+        rows = prev.get("few_label", {}).get(arm, [])
     elif kind == "all":
-        rows = prev.get("svm_all_labels", {}).get("scratch_supervised", {}).get("seeds", [])
+        rows = prev.get("svm_all_labels", {}).get(arm, {}).get("seeds", [])
     else:
-        rec = prev.get("episodes", {}).get("scratch_supervised", {}).get(setting, {})
+        rec = prev.get("episodes", {}).get(arm, {}).get(setting, {})
         # older files keep per-episode accuracies and only the setting's mean training accuracy; giving
         # every reused episode that mean keeps the merged mean exact
         rows = rec.get("runs") or [{"oa": a, "train_acc": rec["train_acc"]} for a in rec.get("accs", [])]
@@ -294,7 +304,10 @@ def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.Arg
     pretrained features on the same label sets (its pretrained results equal this run's exactly) and
     trained its from-scratch models with the same settings."""
     old = vars(parse(parser, prev["meta"]["argv"]))
-    for key in ("sup_steps", "sup_batch", "sup_lr", "sup_steps_all", "k", "test_fraction", "episodes", "subset"):
+    keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "subset"]
+    keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
+    keys += ["ft_lr"] * ("finetuned" in prev["few_label"] or "finetuned" in prev["episodes"])
+    for key in keys:
         if old[key] != getattr(args, key):
             raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
     same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
@@ -305,12 +318,13 @@ def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.Arg
         raise SystemExit(f"--reuse-scratch {path}: its pretrained results differ from this run's (another encoder, split or episodes)")
 
 
-def reuse_scratch(jobs: list[tuple], prev: dict, check: int) -> tuple[dict[int, dict], list[int]]:
-    """Which jobs a previous run already answered (index -> its record) and which to train. The first
-    ``check`` reused jobs of each kind are trained anyway, to show the training reproduces them."""
+def reuse_scratch(jobs: list[tuple], prevs: list[dict], check: int) -> tuple[dict[int, dict], list[int]]:
+    """Which jobs previous runs already answered (index -> the record of the first file that has it) and
+    which to train. The first ``check`` reused jobs of each kind are trained anyway, to show the training
+    reproduces them."""
     reused, train, checked = {}, [], {}
     for i, (kind, setting, _, _, _, seed) in enumerate(jobs):
-        rec = recorded_scratch(prev, kind, setting, seed)
+        rec = next((r for r in (recorded_scratch(p, kind, setting, seed) for p in prevs) if r is not None), None)
         if rec is not None:
             reused[i] = {**rec, "reused": True}
         if rec is None or checked.get(kind, 0) < check:
@@ -351,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--scratch", default="few,episodes",
                     help="which label sets get a from-scratch supervised model: few (k per class), episodes, all "
                          "(all training labels, beside the SVM), comma-separated")
+    ap.add_argument("--finetune", default="",
+                    help="label sets (few, episodes) on which the pretrained encoder is also fine-tuned end-to-end with the "
+                         "from-scratch model's training (same shapes, views, steps, head), comma-separated")
+    ap.add_argument("--ft-lr", type=float, default=5e-4, help="learning rate of that fine-tuning")
     ap.add_argument("--sup-steps-all", type=int, default=3000,
                     help="steps of the from-scratch model on all training labels (600 steps is only 4 epochs of 2,394 shapes)")
     ap.add_argument("--sup-seeds-all", type=int, default=0, help="its seeds (0: --seeds)")
@@ -370,8 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="stop after pretraining (e.g. pretrain on a lent GPU; a later run with the same --work, "
                          "recipe and overrides reuses the encoder and evaluates)")
     ap.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
-    ap.add_argument("--reuse-scratch", type=Path, default=None,
-                    help="a previous results file of this benchmark: take its from-scratch results instead of retraining them")
+    ap.add_argument("--reuse-scratch", type=Path, nargs="+", default=None,
+                    help="previous results files of this benchmark: take their from-scratch results instead of retraining them "
+                         "(the first file that has a job wins)")
     ap.add_argument("--reuse-check", type=int, default=1,
                     help="retrain this many of the reused jobs of each kind and require identical results")
     return ap
@@ -396,19 +415,24 @@ def main(argv: list[str] | None = None) -> dict:
     args.scratch = set() if args.skip_scratch else {a for a in args.scratch.split(",") if a}
     if args.scratch - {"few", "episodes", "all"}:
         ap.error(f"--scratch: unknown label sets {sorted(args.scratch - {'few', 'episodes', 'all'})}")
+    args.finetune = {a for a in args.finetune.split(",") if a}
+    if args.finetune - {"few", "episodes"}:
+        ap.error(f"--finetune: unknown label sets {sorted(args.finetune - {'few', 'episodes'})}")
     torch.set_num_threads(args.threads)
+    # the code that runs is the code at the start: a run takes hours, and commits may land meanwhile
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "modalities/pointcloud", "benchmarks/pointcloud_modelnet10.py",
+                                 "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     t0 = time.perf_counter()
     # An accuracy experiment, not a timing: it does not wait for the timed-benchmark lock (its
     # timings are reported with the machine's load average, for orientation only).
     result = run(args)
     if args.pretrain_only:
         return result
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "modalities/pointcloud", "benchmarks/pointcloud_modelnet10.py",
-                                 "recipes"], cwd=REPO, capture_output=True, text=True).stdout.strip())
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
                       "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
                       "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
+                      "finetune": sorted(args.finetune), "ft_lr": args.ft_lr,
                       "sup_batch": args.sup_batch, "sup_lr": args.sup_lr,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                   "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
@@ -458,6 +482,8 @@ def run(args) -> dict:
             few[m].append(row)
         if "few" in args.scratch:
             scratch_jobs.append(("few", "", tr, test, labels, seed))
+        if "few" in args.finetune:
+            scratch_jobs.append((FINETUNE + "few", "", tr, test, labels, seed))
         print(f"seed {seed}: " + ", ".join(f"{m} {few[m][-1]['oa']:.3f}" for m in few), flush=True)
     timings["few_label_s"] = time.perf_counter() - t
 
@@ -485,12 +511,13 @@ def run(args) -> dict:
                     episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
                 except ValueError as err:
                     episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
-    for setting in episodes.get("pretrained", {}) if "episodes" in args.scratch else ():  # the same episodes (seed 0)
+    arms = ["episode"] * ("episodes" in args.scratch) + [FINETUNE + "episode"] * ("episodes" in args.finetune)
+    for setting in episodes.get("pretrained", {}) if arms else ():  # the same episodes (seed 0)
         if "accs" in episodes["pretrained"][setting]:
             way, shot = (int(v) for v in setting[:-1].split("w"))
             drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=0)
             for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
-                scratch_jobs.append(("episode", setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e))
+                scratch_jobs += [(arm, setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e) for arm in arms]
     timings["episodes_s"] = time.perf_counter() - t
 
     # -- the same architecture trained from scratch, supervised, on each of those label sets ----
@@ -498,29 +525,34 @@ def run(args) -> dict:
     if scratch_jobs:
         t = time.perf_counter()
         context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
-                   "lr": args.sup_lr, "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
+                   "lr": args.sup_lr, "ft_lr": args.ft_lr, "pretrained_state": encoder.state_dict(), "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         reused, train = {}, list(range(len(scratch_jobs)))
         if args.reuse_scratch:
-            prev = json.loads(args.reuse_scratch.read_text())
-            check_reusable(prev, args.reuse_scratch, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test),
-                                                      "few_label": few, "episodes": episodes}, args, args.parser)
-            reused, train = reuse_scratch(scratch_jobs, prev, args.reuse_check)
-            print(f"reusing {len(reused)} from-scratch results of {args.reuse_scratch}; training {len(train)} "
+            prevs = [json.loads(f.read_text()) for f in args.reuse_scratch]
+            for f, prev in zip(args.reuse_scratch, prevs):
+                check_reusable(prev, f, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test),
+                                         "few_label": few, "episodes": episodes}, args, args.parser)
+            reused, train = reuse_scratch(scratch_jobs, prevs, args.reuse_check)
+            print(f"reusing {len(reused)} from-scratch results of {', '.join(map(str, args.reuse_scratch))}; training {len(train)} "
                   f"({len(set(train) & set(reused))} of them to check they reproduce)", flush=True)
         check = [i for i in train if i in reused]  # first, so that a mismatch stops the run before hours of training
         trained = dict(zip(check, run_scratch([scratch_jobs[i] for i in check], context, args.procs)))
         if reused:
-            reuse = {"file": str(args.reuse_scratch), "reused": len(set(reused) - set(trained)),
-                     "retrained_and_matched": confirm_reproduced(scratch_jobs, reused, trained)}
+            reuse = {"files": [str(f) for f in args.reuse_scratch], "reused": len(set(reused) - set(trained)),
+                     "retrained_and_matched": confirm_reproduced(scratch_jobs, reused, trained),
+                     # the checks those files' own runs made, when they too reused results
+                     "matched_in_files": {Path(f).name: p.get("scratch_reuse", {}).get("retrained_and_matched", 0)
+                                          for f, p in zip(args.reuse_scratch, prevs)}}
         rest = [i for i in train if i not in trained]
         trained.update(zip(rest, run_scratch([scratch_jobs[i] for i in rest], context, args.procs)))
         results = [trained[i] if i in trained else reused[i] for i in range(len(scratch_jobs))]
         done: dict[tuple[str, str], list[dict]] = {}
         for (kind, setting, *_), r in zip(scratch_jobs, results):
             done.setdefault((kind, setting), []).append(r)
-        if ("few", "") in done:
-            few["scratch_supervised"] = done["few", ""]
+        for arm, name in (("", "scratch_supervised"), (FINETUNE, "finetuned")):
+            if (arm + "few", "") in done:
+                few[name] = done[arm + "few", ""]
         done_all = done.get(("all", ""), [])
         if done_all:
             svm["scratch_supervised"] = {**{k: float(np.mean([r[k] for r in done_all])) for k in ("oa", "macc", "train_acc")},
@@ -529,33 +561,31 @@ def run(args) -> dict:
             for metric in ("oa", "macc"):
                 mean, lo, hi = paired_interval([svm["pretrained"][metric]] * len(done_all), [r[metric] for r in done_all])
                 svm_cmp[f"scratch_supervised-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
-        if any(kind == "episode" for kind, _ in done):
-            episodes["scratch_supervised"] = {}
-            for setting in episodes["pretrained"]:
-                rows = done.get(("episode", setting))
+        for arm, name in (("", "scratch_supervised"), (FINETUNE, "finetuned")):
+            for setting in episodes.get("pretrained", {}):
+                rows = done.get((arm + "episode", setting))
                 if rows:
                     accs = [r["oa"] for r in rows]
-                    episodes["scratch_supervised"][setting] = {
+                    episodes.setdefault(name, {})[setting] = {
                         "mean": float(np.mean(accs)), "std": float(np.std(accs)), "episodes": len(accs), "accs": accs,
                         "train_acc": float(np.mean([r["train_acc"] for r in rows])), "runs": rows}
         timings["scratch_s"] = time.perf_counter() - t
 
+    pairs = [("pretrained", o) for o in ("random_init", "classical", "scratch_supervised")] + [("finetuned", "scratch_supervised")]
     episode_cmp = {}
-    for other in [o for o in ("random_init", "classical", "scratch_supervised") if o in episodes]:
-        for setting, a in episodes["pretrained"].items():
+    for ours, other in [(a, b) for a, b in pairs if a in episodes and b in episodes]:
+        for setting, a in episodes[ours].items():
             b = episodes[other].get(setting, {})
             if "accs" in a and "accs" in b:  # the same episodes (seed 0) for every method: paired
-                n = len(b["accs"])  # the from-scratch model may cover only the first episodes
-                mean, lo, hi = paired_interval(a["accs"][:n], b["accs"])
-                episode_cmp[f"pretrained-vs-{other}-{setting}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+                n = min(len(a["accs"]), len(b["accs"]))  # trained models may cover only the first episodes
+                mean, lo, hi = paired_interval(a["accs"][:n], b["accs"][:n])
+                episode_cmp[f"{ours}-vs-{other}-{setting}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
 
     comparisons = {}
     for metric in ("oa", "macc"):
-        for other in [o for o in ("random_init", "classical", "scratch_supervised") if o in few]:
-            a = [r[metric] for r in few["pretrained"]]
-            b = [r[metric] for r in few[other]]
-            mean, lo, hi = paired_interval(a, b)
-            comparisons[f"pretrained-vs-{other}-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+        for ours, other in [(a, b) for a, b in pairs if a in few and b in few]:
+            mean, lo, hi = paired_interval([r[metric] for r in few[ours]], [r[metric] for r in few[other]])
+            comparisons[f"{ours}-vs-{other}-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
     return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
             "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
             "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "episode_comparison": episode_cmp,
@@ -610,8 +640,10 @@ def format_table(res: dict) -> str:
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
     if res.get("scratch_reuse"):
         r = res["scratch_reuse"]
-        lines += ["", f"From-scratch results reused from `{Path(r['file']).name}`: {r['reused']} (not retrained); "
-                      f"{r['retrained_and_matched']} reused job(s) retrained here gave identical results."]
+        files = r.get("files") or [r["file"]]
+        lines += ["", f"From-scratch results reused from {', '.join(f'`{Path(f).name}`' for f in files)}: {r['reused']} "
+                      f"(not retrained); {r['retrained_and_matched']} reused job(s) retrained here gave identical results"
+                  + "".join(f"; `{k}`'s run retrained {v} and matched" for k, v in r.get("matched_in_files", {}).items() if v) + "."]
     return "\n".join(lines)
 
 

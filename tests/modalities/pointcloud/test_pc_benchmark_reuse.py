@@ -18,7 +18,7 @@ def previous_run(episodes_accs: list[float], with_runs: bool) -> dict:
     rec = {"mean": float(np.mean(episodes_accs)), "accs": episodes_accs, "train_acc": 0.9, "episodes": len(episodes_accs)}
     if with_runs:
         rec["runs"] = [{"oa": a, "train_acc": 1.0, "final_loss": 0.1} for a in episodes_accs]
-    return {"n_shapes": 10, "n_pool": 6, "n_test": 4,
+    return {"n_shapes": 10, "n_pool": 6, "n_test": 4, "svm_all_labels": {},
             "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.7}],
                           "scratch_supervised": [{"oa": 0.6, "final_loss": 0.2}, {"oa": 0.5, "final_loss": 0.3}]},
             "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.7]}}, "scratch_supervised": {"5w10s": rec}},
@@ -41,23 +41,32 @@ def test_recorded_scratch_reads_every_kind_and_older_files(with_runs):
     assert recorded_scratch(prev, "episode", "5w10s", 2) is None
     assert recorded_scratch(prev, "episode", "10w10s", 0) is None
     assert recorded_scratch(prev, "all", "", 0) is None
+    # fine-tuned runs of the pretrained encoder are looked up in their own rows, never the from-scratch ones
+    assert recorded_scratch(prev, "ft-few", "", 0) is None and recorded_scratch(prev, "ft-episode", "5w10s", 0) is None
+    prev["few_label"]["finetuned"] = [{"oa": 0.9}]
+    assert recorded_scratch(prev, "ft-few", "", 0) == {"oa": 0.9}
 
 
 def test_reuse_trains_only_new_jobs_plus_one_check_per_kind():
     prev = previous_run([0.85, 0.75], with_runs=True)
     js = jobs(seeds_few=3, episodes=4)  # few seeds 0-1 and episodes 0-1 recorded; few 2 and episodes 2-3 new
-    reused, train = reuse_scratch(js, prev, check=1)
+    reused, train = reuse_scratch(js, [prev], check=1)
     assert sorted(reused) == [0, 1, 3, 4]
     assert train == [0, 2, 3, 5, 6]  # the first reused job of each kind (0, 3) is retrained
     assert all(r["reused"] for r in reused.values())
-    _, train0 = reuse_scratch(js, prev, check=0)
+    _, train0 = reuse_scratch(js, [prev], check=0)
     assert train0 == [2, 5, 6]
+    # a second file answers what the first lacks; the first file wins where both have a job
+    more = previous_run([0.1, 0.2, 0.3], with_runs=True)
+    more["few_label"]["scratch_supervised"].append({"oa": 0.4, "final_loss": 0.4})
+    reused2, train2 = reuse_scratch(js, [prev, more], check=0)
+    assert train2 == [6] and reused2[2]["oa"] == 0.4 and reused2[5]["oa"] == 0.3 and reused2[3]["oa"] == 0.85
 
 
 def test_confirm_reproduced_requires_identical_results():
     prev = previous_run([0.85, 0.75], with_runs=True)
     js = jobs(seeds_few=2, episodes=2)
-    reused, _ = reuse_scratch(js, prev, check=1)
+    reused, _ = reuse_scratch(js, [prev], check=1)
     same = {0: {"oa": 0.6, "final_loss": 0.2}, 2: {"oa": 0.85, "final_loss": 0.1}}
     assert confirm_reproduced(js, reused, same) == 2
     with pytest.raises(SystemExit, match="not reproducible"):
@@ -71,6 +80,11 @@ def test_check_reusable_refuses_another_encoder_or_settings():
     check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000"]), ap)  # same protocol: accepted
     with pytest.raises(SystemExit, match="sup_steps"):
         check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps", "300"]), ap)
+    # the all-labels model's steps matter only where that file trained it
+    check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps-all", "500"]), ap)
+    prev["svm_all_labels"]["scratch_supervised"] = {"seeds": [{"oa": 0.9}]}
+    with pytest.raises(SystemExit, match="sup_steps_all"):
+        check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps-all", "500"]), ap)
     other = {**now, "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.71}]}}
     with pytest.raises(SystemExit, match="pretrained results differ"):
         check_reusable(prev, "prev.json", other, parse(ap, []), ap)
