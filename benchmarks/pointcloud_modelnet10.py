@@ -166,6 +166,12 @@ def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metr
     return {"diff": float(d), "lo": float(lo), "hi": float(hi), "beats": bool(lo > 0)}
 
 
+def paired_difference(a: list[float], b: list[float]) -> dict:
+    """Mean of a - b over paired seeds, episodes or from-scratch seeds, with its 95% t-interval; a win when it excludes zero."""
+    mean, lo, hi = paired_interval(a, b)
+    return {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+
+
 def probe_pooled(kind: str, feats: dict, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
                  poolings: tuple[str, ...] | None = None) -> dict:
     """Pick the pooling (or descriptor block) among ``poolings`` (default: every entry of ``feats``) by inner
@@ -559,8 +565,8 @@ def run(args) -> dict:
                                          "pooling": f"end-to-end, {args.sup_steps_all} steps, {len(done_all)} seeds",
                                          "seeds": done_all}
             for metric in ("oa", "macc"):
-                mean, lo, hi = paired_interval([svm["pretrained"][metric]] * len(done_all), [r[metric] for r in done_all])
-                svm_cmp[f"scratch_supervised-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+                svm_cmp[f"scratch_supervised-{metric}"] = paired_difference([svm["pretrained"][metric]] * len(done_all),
+                                                                            [r[metric] for r in done_all])
         for arm, name in (("", "scratch_supervised"), (FINETUNE, "finetuned")):
             for setting in episodes.get("pretrained", {}):
                 rows = done.get((arm + "episode", setting))
@@ -578,14 +584,13 @@ def run(args) -> dict:
             b = episodes[other].get(setting, {})
             if "accs" in a and "accs" in b:  # the same episodes (seed 0) for every method: paired
                 n = min(len(a["accs"]), len(b["accs"]))  # trained models may cover only the first episodes
-                mean, lo, hi = paired_interval(a["accs"][:n], b["accs"][:n])
-                episode_cmp[f"{ours}-vs-{other}-{setting}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+                episode_cmp[f"{ours}-vs-{other}-{setting}"] = paired_difference(a["accs"][:n], b["accs"][:n])
 
     comparisons = {}
     for metric in ("oa", "macc"):
         for ours, other in [(a, b) for a, b in pairs if a in few and b in few]:
-            mean, lo, hi = paired_interval([r[metric] for r in few[ours]], [r[metric] for r in few[other]])
-            comparisons[f"{ours}-vs-{other}-{metric}"] = {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+            comparisons[f"{ours}-vs-{other}-{metric}"] = paired_difference([r[metric] for r in few[ours]],
+                                                                           [r[metric] for r in few[other]])
     return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
             "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
             "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "episode_comparison": episode_cmp,
