@@ -259,7 +259,8 @@ def _scratch_job(job: tuple) -> dict:
     c = _SCRATCH
     finetune = kind.startswith(FINETUNE)  # "ft-few", "ft-episode": the pretrained encoder as the start
     out = supervised_scratch(c["adapter"], c["model_cfg"], c["dataset"], c["views"], labels, tr, te,
-                             c["steps"][kind.removeprefix(FINETUNE)], c["batch"], c["ft_lr"] if finetune else c["lr"], seed,
+                             (c["ft_steps"] or c["steps"][kind.removeprefix(FINETUNE)]) if finetune else c["steps"][kind],
+                             c["batch"], c["ft_lr"] if finetune else c["lr"], seed,
                              init_state=c["pretrained_state"] if finetune else None)
     print(f"{'fine-tune' if finetune else 'scratch'} {kind} {setting} {seed}: OA {out['oa']:.3f}, "
           f"train acc {out['train_acc']:.3f}", flush=True)
@@ -312,7 +313,7 @@ def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.Arg
     old = vars(parse(parser, prev["meta"]["argv"]))
     keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "subset"]
     keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
-    keys += ["ft_lr"] * ("finetuned" in prev["few_label"] or "finetuned" in prev["episodes"])
+    keys += ["ft_lr", "ft_steps"] * ("finetuned" in prev["few_label"] or "finetuned" in prev["episodes"])
     for key in keys:
         if old[key] != getattr(args, key):
             raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
@@ -375,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="label sets (few, episodes) on which the pretrained encoder is also fine-tuned end-to-end with the "
                          "from-scratch model's training (same shapes, views, steps, head), comma-separated")
     ap.add_argument("--ft-lr", type=float, default=5e-4, help="learning rate of that fine-tuning")
+    ap.add_argument("--ft-steps", type=int, default=0,
+                    help="its optimiser steps (0: the from-scratch model's own; fewer keep the comparison's budget on the "
+                         "from-scratch side)")
     ap.add_argument("--sup-steps-all", type=int, default=3000,
                     help="steps of the from-scratch model on all training labels (600 steps is only 4 epochs of 2,394 shapes)")
     ap.add_argument("--sup-seeds-all", type=int, default=0, help="its seeds (0: --seeds)")
@@ -438,7 +442,7 @@ def main(argv: list[str] | None = None) -> dict:
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
                       "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
                       "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
-                      "finetune": sorted(args.finetune), "ft_lr": args.ft_lr,
+                      "finetune": sorted(args.finetune), "ft_lr": args.ft_lr, "ft_steps": args.ft_steps,
                       "sup_batch": args.sup_batch, "sup_lr": args.sup_lr,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                   "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
@@ -531,7 +535,7 @@ def run(args) -> dict:
     if scratch_jobs:
         t = time.perf_counter()
         context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
-                   "lr": args.sup_lr, "ft_lr": args.ft_lr, "pretrained_state": encoder.state_dict(), "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
+                   "lr": args.sup_lr, "ft_lr": args.ft_lr, "ft_steps": args.ft_steps, "pretrained_state": encoder.state_dict(), "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         reused, train = {}, list(range(len(scratch_jobs)))
         if args.reuse_scratch:

@@ -91,3 +91,8 @@ def test_check_reusable_refuses_another_encoder_or_settings():
     other = {**now, "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.6]}}}}
     with pytest.raises(SystemExit, match="pretrained results differ"):
         check_reusable(prev, "prev.json", other, parse(ap, []), ap)
+    # fine-tuning's learning rate and steps matter only where that file fine-tuned
+    check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
+    prev["episodes"]["finetuned"] = {"5w10s": {"accs": [0.9]}}
+    with pytest.raises(SystemExit, match="ft_steps"):
+        check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
