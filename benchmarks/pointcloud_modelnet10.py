@@ -306,10 +306,9 @@ def recorded_scratch(prev: dict, kind: str, setting: str, seed: int) -> dict | N
     return dict(rows[seed]) if seed < len(rows) else None
 
 
-def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.ArgumentParser) -> None:
-    """Refuse to mix from-scratch results of another protocol: the previous run must have probed the same
-    pretrained features on the same label sets (its pretrained results equal this run's exactly) and
-    trained its from-scratch models with the same settings."""
+def check_settings(prev: dict, path: Path, args, parser: argparse.ArgumentParser) -> None:
+    """Refuse to mix from-scratch results trained with other settings; runs before anything else, so a
+    wrong flag stops the run at once rather than after the probes."""
     old = vars(parse(parser, prev["meta"]["argv"]))
     keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "subset"]
     keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
@@ -317,6 +316,11 @@ def check_reusable(prev: dict, path: Path, now: dict, args, parser: argparse.Arg
     for key in keys:
         if old[key] != getattr(args, key):
             raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
+
+
+def check_reusable(prev: dict, path: Path, now: dict) -> None:
+    """Refuse to mix from-scratch results of another protocol: the previous run must have probed the same
+    pretrained features on the same label sets (its pretrained results equal this run's exactly)."""
     same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
     same &= [r["oa"] for r in prev["few_label"]["pretrained"]] == [r["oa"] for r in now["few_label"]["pretrained"]]
     same &= all(prev["episodes"].get("pretrained", {}).get(s, {}).get("accs") == e.get("accs")
@@ -421,13 +425,14 @@ def parse(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Names
 def main(argv: list[str] | None = None) -> dict:
     ap = build_parser()
     args = parse(ap, argv)
-    args.parser = ap
     args.scratch = set() if args.skip_scratch else {a for a in args.scratch.split(",") if a}
     if args.scratch - {"few", "episodes", "all"}:
         ap.error(f"--scratch: unknown label sets {sorted(args.scratch - {'few', 'episodes', 'all'})}")
     args.finetune = {a for a in args.finetune.split(",") if a}
     if args.finetune - {"few", "episodes"}:
         ap.error(f"--finetune: unknown label sets {sorted(args.finetune - {'few', 'episodes'})}")
+    for path in args.reuse_scratch or ():
+        check_settings(json.loads(path.read_text()), path, args, ap)
     torch.set_num_threads(args.threads)
     # the code that runs is the code at the start: a run takes hours, and commits may land meanwhile
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -542,7 +547,7 @@ def run(args) -> dict:
             prevs = [json.loads(f.read_text()) for f in args.reuse_scratch]
             for f, prev in zip(args.reuse_scratch, prevs):
                 check_reusable(prev, f, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test),
-                                         "few_label": few, "episodes": episodes}, args, args.parser)
+                                         "few_label": few, "episodes": episodes})
             reused, train = reuse_scratch(scratch_jobs, prevs, args.reuse_check)
             print(f"reusing {len(reused)} from-scratch results of {', '.join(map(str, args.reuse_scratch))}; training {len(train)} "
                   f"({len(set(train) & set(reused))} of them to check they reproduce)", flush=True)

@@ -5,10 +5,12 @@ which are retrained to check reproducibility, and that a mismatch stops the run.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
-from benchmarks.pointcloud_modelnet10 import (build_parser, check_reusable, confirm_reproduced, parse,
+from benchmarks.pointcloud_modelnet10 import (build_parser, check_reusable, check_settings, confirm_reproduced, main, parse,
                                               recorded_scratch, reuse_scratch)
 
 IDX = np.arange(3)
@@ -73,26 +75,39 @@ def test_confirm_reproduced_requires_identical_results():
         confirm_reproduced(js, reused, {0: {"oa": 0.6, "final_loss": 0.2000001}})
 
 
-def test_check_reusable_refuses_another_encoder_or_settings():
+def test_check_settings_refuses_other_training_settings():
     ap = build_parser()
     prev = previous_run([0.85], with_runs=True)
-    now = {k: prev[k] for k in ("n_shapes", "n_pool", "n_test", "few_label", "episodes")}
-    check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000"]), ap)  # same protocol: accepted
+    check_settings(prev, "prev.json", parse(ap, ["--steps", "8000"]), ap)  # same protocol: accepted
     with pytest.raises(SystemExit, match="sup_steps"):
-        check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps", "300"]), ap)
+        check_settings(prev, "prev.json", parse(ap, ["--sup-steps", "300"]), ap)
     # the all-labels model's steps matter only where that file trained it
-    check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps-all", "500"]), ap)
+    check_settings(prev, "prev.json", parse(ap, ["--sup-steps-all", "500"]), ap)
     prev["svm_all_labels"]["scratch_supervised"] = {"seeds": [{"oa": 0.9}]}
     with pytest.raises(SystemExit, match="sup_steps_all"):
-        check_reusable(prev, "prev.json", now, parse(ap, ["--sup-steps-all", "500"]), ap)
-    other = {**now, "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.71}]}}
-    with pytest.raises(SystemExit, match="pretrained results differ"):
-        check_reusable(prev, "prev.json", other, parse(ap, []), ap)
-    other = {**now, "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.6]}}}}
-    with pytest.raises(SystemExit, match="pretrained results differ"):
-        check_reusable(prev, "prev.json", other, parse(ap, []), ap)
+        check_settings(prev, "prev.json", parse(ap, ["--sup-steps-all", "500"]), ap)
     # fine-tuning's learning rate and steps matter only where that file fine-tuned
-    check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
+    check_settings(prev, "prev.json", parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
     prev["episodes"]["finetuned"] = {"5w10s": {"accs": [0.9]}}
     with pytest.raises(SystemExit, match="ft_steps"):
-        check_reusable(prev, "prev.json", now, parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
+        check_settings(prev, "prev.json", parse(ap, ["--steps", "8000", "--ft-steps", "300"]), ap)
+
+
+def test_a_wrong_flag_stops_the_run_before_any_work(tmp_path):
+    prev = tmp_path / "prev.json"
+    prev.write_text(json.dumps(previous_run([0.85], with_runs=True)))
+    with pytest.raises(SystemExit, match="sup_steps"):
+        main(["--reuse-scratch", str(prev), "--sup-steps", "300", "--work", str(tmp_path / "work"), "--out", str(tmp_path)])
+    assert not (tmp_path / "work").exists()
+
+
+def test_check_reusable_refuses_another_encoder():
+    prev = previous_run([0.85], with_runs=True)
+    now = {k: prev[k] for k in ("n_shapes", "n_pool", "n_test", "few_label", "episodes")}
+    check_reusable(prev, "prev.json", now)  # the same pretrained results: accepted
+    other = {**now, "few_label": {"pretrained": [{"oa": 0.8}, {"oa": 0.71}]}}
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", other)
+    other = {**now, "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.6]}}}}
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", other)
