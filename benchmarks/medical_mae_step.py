@@ -24,7 +24,6 @@ import warnings
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import time_steps  # noqa: E402
@@ -164,7 +163,7 @@ def main() -> None:
     }
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=2))
-    print(f"| model | samples/s | peak memory (MB) | parameters |\n|---|---|---|---|")
+    print("| model | samples/s | peak memory (MB) | parameters |\n|---|---|---|---|")
     print(f"| ours (domainfm medical MAE) | {so:.2f} | {mem_o:.0f} | {params['ours']:,} |")
     print(f"| MONAI MaskedAutoEncoderViT | {sm:.2f} | {mem_m:.0f} | {params['monai']:,} |")
     print(f"ratio ours/MONAI: speed {so / sm:.2f}x, memory {mem_o / max(mem_m, 1e-9):.2f}x  ({device}, {a.threads} threads, wrote {a.out})")

@@ -5,7 +5,6 @@ structure enters in the trunk through positions and the attention-bias codes.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 

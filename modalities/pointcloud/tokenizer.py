@@ -6,7 +6,6 @@ each point's channels keeps the same shape of network without that leak.
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 

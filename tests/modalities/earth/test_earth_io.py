@@ -4,9 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import rasterio
-from rasterio.windows import Window
 
 from modalities.earth.adapter import EarthAdapter
 from modalities.earth.io import RasterPart, gsd_metres, read_chip, reference_grid, tile_windows, window_id, parse_window_id

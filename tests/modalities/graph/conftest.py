@@ -1,7 +1,6 @@
 """Shared-data resolution and small graph fixtures for the graph tests (DESIGN.md "Tests and the shared data")."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
