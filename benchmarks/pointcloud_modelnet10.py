@@ -22,9 +22,10 @@ Protocol (DESIGN "How we prove a claim"):
   the SVM, given ``--sup-steps-all`` steps (20 epochs by default, so that it fits its labels).
 - The from-scratch trainings (45 by default) are most of the wall time; ``--procs`` spreads them
   over cores, one thread each. ``--reuse-scratch PREV.json`` takes those a previous run of the same
-  protocol already recorded (checked: same pretrained results, same from-scratch settings, and the
-  first reused job of each kind retrained and matched exactly), so a run can be extended, e.g. from
-  5 to 10 episodes, without repeating hours of training.
+  protocol already recorded (checked: the same shapes, split and architecture, by a fingerprint, or
+  for older files the same pretrained results; the same from-scratch settings; and the first reused
+  job of each kind retrained and matched exactly), so a run can be extended, e.g. from 5 to 10
+  episodes, or a longer pretraining of the same architecture evaluated, without hours of retraining.
 
 The deterministic evaluation view of every shape is grouped once (FPS + kNN) and reused by every
 encoder and every probe, so each encoder costs one forward pass over the data.
@@ -39,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import os
 import platform
@@ -318,9 +320,27 @@ def check_settings(prev: dict, path: Path, args, parser: argparse.ArgumentParser
             raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
 
 
+def protocol_fingerprint(files: list[str], labels: np.ndarray, pool: np.ndarray, test: np.ndarray, model_cfg: dict) -> str:
+    """What the from-scratch results depend on besides the training flags (``check_settings``): the shapes
+    (class folder and file name, not where the data sits), their labels, the split (which fixes the k-shot
+    draws and the episodes) and the architecture with its preprocessing. Not the pretrained weights or
+    objective: a longer pretraining of the same architecture reuses the same from-scratch results."""
+    h = hashlib.sha256("\n".join(f"{Path(f).parent.name}/{Path(f).name}" for f in files).encode())
+    for a in (labels, pool, test):
+        h.update(np.ascontiguousarray(a, dtype=np.int64).tobytes())
+    h.update(json.dumps({k: model_cfg.get(k) for k in ("modality", "adapter", "encoder")}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
 def check_reusable(prev: dict, path: Path, now: dict) -> None:
-    """Refuse to mix from-scratch results of another protocol: the previous run must have probed the same
-    pretrained features on the same label sets (its pretrained results equal this run's exactly)."""
+    """Refuse to mix from-scratch results of another protocol. Files that carry a protocol fingerprint
+    must match it; older files must have probed the same pretrained features on the same label sets (their
+    pretrained results equal this run's exactly, which pins the encoder and the split)."""
+    if "protocol" in prev and "protocol" in now:
+        if prev["protocol"] != now["protocol"]:
+            raise SystemExit(f"--reuse-scratch {path}: another protocol (shapes, split or architecture): "
+                             f"fingerprint {prev['protocol']}, this run {now['protocol']}")
+        return
     same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
     same &= [r["oa"] for r in prev["few_label"]["pretrained"]] == [r["oa"] for r in now["few_label"]["pretrained"]]
     same &= all(prev["episodes"].get("pretrained", {}).get(s, {}).get("accs") == e.get("accs")
@@ -473,6 +493,7 @@ def run(args) -> dict:
         return {}
     timings = {"pretrain_s": info["summary"].get("wall_s", time.perf_counter() - t)}
     adapter = encoder.adapter
+    protocol = protocol_fingerprint(files, labels, pool, test, dict(encoder.config))
     eval_ds = adapter.dataset({"manifest": str(manifest), "labels": "column:label"}, train=False)
     assert list(eval_ds.classes) == classes and [eval_ds.label(i) for i in range(len(eval_ds))] == labels.tolist()
     t = time.perf_counter()
@@ -546,7 +567,7 @@ def run(args) -> dict:
         if args.reuse_scratch:
             prevs = [json.loads(f.read_text()) for f in args.reuse_scratch]
             for f, prev in zip(args.reuse_scratch, prevs):
-                check_reusable(prev, f, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test),
+                check_reusable(prev, f, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test), "protocol": protocol,
                                          "few_label": few, "episodes": episodes})
             reused, train = reuse_scratch(scratch_jobs, prevs, args.reuse_check)
             print(f"reusing {len(reused)} from-scratch results of {', '.join(map(str, args.reuse_scratch))}; training {len(train)} "
@@ -600,7 +621,7 @@ def run(args) -> dict:
         for ours, other in [(a, b) for a, b in pairs if a in few and b in few]:
             comparisons[f"{ours}-vs-{other}-{metric}"] = paired_difference([r[metric] for r in few[ours]],
                                                                            [r[metric] for r in few[other]])
-    return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes,
+    return {"n_shapes": len(files), "n_pool": int(len(pool)), "n_test": int(len(test)), "classes": classes, "protocol": protocol,
             "pretrain": info["summary"], "recipe": info["recipe"], "few_label": few, "comparisons": comparisons,
             "svm_all_labels": svm, "svm_comparison": svm_cmp, "episodes": episodes, "episode_comparison": episode_cmp,
             "timings": timings, **({"scratch_reuse": reuse} if reuse else {})}

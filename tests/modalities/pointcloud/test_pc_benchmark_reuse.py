@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from benchmarks.pointcloud_modelnet10 import (build_parser, check_reusable, check_settings, confirm_reproduced, main, parse,
+                                              protocol_fingerprint,
                                               recorded_scratch, reuse_scratch)
 
 IDX = np.arange(3)
@@ -111,3 +112,28 @@ def test_check_reusable_refuses_another_encoder():
     other = {**now, "episodes": {"pretrained": {"5w10s": {"accs": [0.9, 0.8, 0.6]}}}}
     with pytest.raises(SystemExit, match="pretrained results differ"):
         check_reusable(prev, "prev.json", other)
+
+
+def test_a_protocol_fingerprint_lets_another_encoder_reuse_the_same_split():
+    files = [f"/data/modelnet10/{c}/{c}_{i}.pcd" for c in ("chair", "desk") for i in range(3)]
+    labels, pool, test = np.array([0, 0, 0, 1, 1, 1]), np.array([0, 1, 3, 4]), np.array([2, 5])
+    cfg = {"modality": "pointcloud", "adapter": {"points": 1024}, "encoder": {"width": 128}, "objective": "jepa", "steps": 8000}
+    fp = protocol_fingerprint(files, labels, pool, test, cfg)
+    # the pretraining (objective, steps) and where the data sits do not enter; shapes, split and architecture do
+    assert protocol_fingerprint([f.replace("/data", "/elsewhere") for f in files], labels, pool, test,
+                                {**cfg, "objective": "mae", "steps": 20000}) == fp
+    assert protocol_fingerprint(files, labels, np.array([0, 1, 2, 4]), np.array([3, 5]), cfg) != fp
+    assert protocol_fingerprint(files, labels, pool, test, {**cfg, "encoder": {"width": 256}}) != fp
+    assert protocol_fingerprint(files, labels, pool, test, {**cfg, "adapter": {"points": 2048}}) != fp
+    assert protocol_fingerprint(files[::-1], labels, pool, test, cfg) != fp
+
+    prev = {**previous_run([0.85], with_runs=True), "protocol": fp}
+    other_encoder = {k: prev[k] for k in ("n_shapes", "n_pool", "n_test", "episodes")}
+    other_encoder["few_label"] = {"pretrained": [{"oa": 0.9}, {"oa": 0.95}]}  # a better encoder, the same protocol
+    check_reusable(prev, "prev.json", {**other_encoder, "protocol": fp})
+    with pytest.raises(SystemExit, match="another protocol"):
+        check_reusable(prev, "prev.json", {**other_encoder, "protocol": "0" * 16})
+    # a file without a fingerprint falls back to the pretrained results, which a new encoder changes
+    del prev["protocol"]
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", {**other_encoder, "protocol": fp})
