@@ -334,13 +334,15 @@ def protocol_fingerprint(files: list[str], labels: np.ndarray, pool: np.ndarray,
 
 def check_reusable(prev: dict, path: Path, now: dict) -> None:
     """Refuse to mix from-scratch results of another protocol. Files that carry a protocol fingerprint
-    must match it; older files must have probed the same pretrained features on the same label sets (their
-    pretrained results equal this run's exactly, which pins the encoder and the split)."""
+    must match it; older files, and files with fine-tuned results (which depend on the pretrained weights),
+    must also have probed the same pretrained features on the same label sets (their pretrained results
+    equal this run's exactly, which pins the encoder and the split)."""
     if "protocol" in prev and "protocol" in now:
         if prev["protocol"] != now["protocol"]:
             raise SystemExit(f"--reuse-scratch {path}: another protocol (shapes, split or architecture): "
                              f"fingerprint {prev['protocol']}, this run {now['protocol']}")
-        return
+        if "finetuned" not in prev["few_label"] and "finetuned" not in prev["episodes"]:
+            return
     same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
     same &= [r["oa"] for r in prev["few_label"]["pretrained"]] == [r["oa"] for r in now["few_label"]["pretrained"]]
     same &= all(prev["episodes"].get("pretrained", {}).get(s, {}).get("accs") == e.get("accs")

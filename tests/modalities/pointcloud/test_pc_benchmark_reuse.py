@@ -133,6 +133,11 @@ def test_a_protocol_fingerprint_lets_another_encoder_reuse_the_same_split():
     check_reusable(prev, "prev.json", {**other_encoder, "protocol": fp})
     with pytest.raises(SystemExit, match="another protocol"):
         check_reusable(prev, "prev.json", {**other_encoder, "protocol": "0" * 16})
+    # fine-tuned results depend on the pretrained weights: a file with them also needs this run's encoder
+    prev["episodes"]["finetuned"] = {"5w10s": {"accs": [0.9]}}
+    with pytest.raises(SystemExit, match="pretrained results differ"):
+        check_reusable(prev, "prev.json", {**other_encoder, "protocol": fp})
+    del prev["episodes"]["finetuned"]
     # a file without a fingerprint falls back to the pretrained results, which a new encoder changes
     del prev["protocol"]
     with pytest.raises(SystemExit, match="pretrained results differ"):
