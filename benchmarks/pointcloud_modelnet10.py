@@ -308,13 +308,18 @@ def recorded_scratch(prev: dict, kind: str, setting: str, seed: int) -> dict | N
     return dict(rows[seed]) if seed < len(rows) else None
 
 
+def fine_tuned_in(prev: dict) -> bool:
+    """Whether a results file holds fine-tuned runs, whose reuse depends on its fine-tuning flags and its encoder."""
+    return "finetuned" in prev["few_label"] or "finetuned" in prev["episodes"]
+
+
 def check_settings(prev: dict, path: Path, args, parser: argparse.ArgumentParser) -> None:
     """Refuse to mix from-scratch results trained with other settings; runs before anything else, so a
     wrong flag stops the run at once rather than after the probes."""
     old = vars(parse(parser, prev["meta"]["argv"]))
     keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "subset"]
     keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
-    keys += ["ft_lr", "ft_steps"] * ("finetuned" in prev["few_label"] or "finetuned" in prev["episodes"])
+    keys += ["ft_lr", "ft_steps"] * fine_tuned_in(prev)
     for key in keys:
         if old[key] != getattr(args, key):
             raise SystemExit(f"--reuse-scratch {path}: it ran with {key}={old[key]}, this run with {getattr(args, key)}")
@@ -341,7 +346,7 @@ def check_reusable(prev: dict, path: Path, now: dict) -> None:
         if prev["protocol"] != now["protocol"]:
             raise SystemExit(f"--reuse-scratch {path}: another protocol (shapes, split or architecture): "
                              f"fingerprint {prev['protocol']}, this run {now['protocol']}")
-        if "finetuned" not in prev["few_label"] and "finetuned" not in prev["episodes"]:
+        if not fine_tuned_in(prev):
             return
     same = (prev["n_shapes"], prev["n_pool"], prev["n_test"]) == (now["n_shapes"], now["n_pool"], now["n_test"])
     same &= [r["oa"] for r in prev["few_label"]["pretrained"]] == [r["oa"] for r in now["few_label"]["pretrained"]]
