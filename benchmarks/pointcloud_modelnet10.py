@@ -15,7 +15,7 @@ Protocol (DESIGN "How we prove a claim"):
   accuracy (mAcc); a win is a paired 95% t-interval above zero.
 - Linear SVM on all training labels (as the field reports), OA and mAcc, with a paired bootstrap
   95% interval over the test shapes (one split: the interval is over test shapes, not splits).
-- The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes) on the test split:
+- The field's few-shot episodes (5/10-way, 10/20-shot, 20 queries, 10 episodes; ``--episode-seed`` draws others) on the test split:
   a linear SVM per episode on each encoder's frozen features, and a from-scratch model trained on
   each episode's support set (the same episodes for all three: a paired t-interval over episodes).
 - Optionally (``--scratch few,episodes,all``) a from-scratch model on all training labels beside
@@ -284,6 +284,15 @@ def run_scratch(jobs: list[tuple], context: dict, procs: int) -> list[dict]:
         return pool.map(_scratch_job, jobs, chunksize=1)
 
 
+EPISODE_SETTINGS = ("5w10s", "5w20s", "10w10s", "10w20s")  # the field's (Point-BERT, Point-MAE)
+
+
+def episode_setting(name: str) -> tuple[int, int]:
+    """(way, shot) of a setting named like ``5w20s``."""
+    way, shot = name.removesuffix("s").split("w")
+    return int(way), int(shot)
+
+
 def episode_labels(labels: np.ndarray, classes: np.ndarray) -> np.ndarray:
     """Labels 0..way-1 for an episode's classes (-1 elsewhere), so its from-scratch model has ``way`` outputs."""
     y = np.full(len(labels), -1)
@@ -317,7 +326,7 @@ def check_settings(prev: dict, path: Path, args, parser: argparse.ArgumentParser
     """Refuse to mix from-scratch results trained with other settings; runs before anything else, so a
     wrong flag stops the run at once rather than after the probes."""
     old = vars(parse(parser, prev["meta"]["argv"]))
-    keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "subset"]
+    keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "episode_seed", "subset"]
     keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
     keys += ["ft_lr", "ft_steps"] * fine_tuned_in(prev)
     for key in keys:
@@ -400,6 +409,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="tuned on held-out training-pool shapes (5e-4, 1e-3)")
     ap.add_argument("--episodes", type=int, default=10)
+    ap.add_argument("--episode-seed", type=int, default=0,
+                    help="seed of the episode draws: another seed gives fresh episodes, e.g. to retest a result on "
+                         "episodes that did not suggest it")
+    ap.add_argument("--episode-settings", default="5w10s,5w20s,10w10s,10w20s",
+                    help="which of the field's episode settings to run (way w shot s), comma-separated")
     ap.add_argument("--scratch", default="few,episodes",
                     help="which label sets get a from-scratch supervised model: few (k per class), episodes, all "
                          "(all training labels, beside the SVM), comma-separated")
@@ -458,6 +472,10 @@ def main(argv: list[str] | None = None) -> dict:
     args.finetune = {a for a in args.finetune.split(",") if a}
     if args.finetune - {"few", "episodes"}:
         ap.error(f"--finetune: unknown label sets {sorted(args.finetune - {'few', 'episodes'})}")
+    args.episode_settings = [s for s in args.episode_settings.split(",") if s]
+    if set(args.episode_settings) - set(EPISODE_SETTINGS):
+        ap.error(f"--episode-settings: unknown settings {sorted(set(args.episode_settings) - set(EPISODE_SETTINGS))}, "
+                 f"choose from {', '.join(EPISODE_SETTINGS)}")
     for path in args.reuse_scratch or ():
         check_settings(json.loads(path.read_text()), path, args, ap)
     torch.set_num_threads(args.threads)
@@ -472,7 +490,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.pretrain_only:
         return result
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
-                      "seeds": list(range(args.seeds)), "k": args.k, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
+                      "seeds": list(range(args.seeds)), "k": args.k, "episode_seed": args.episode_seed, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
                       "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
                       "finetune": sorted(args.finetune), "ft_lr": args.ft_lr, "ft_steps": args.ft_steps,
                       "sup_batch": args.sup_batch, "sup_lr": args.sup_lr,
@@ -548,17 +566,16 @@ def run(args) -> dict:
     for m in () if args.skip_episodes else FROZEN:
         x = feats[m][svm[m]["pooling"]][test]
         episodes[m] = {}
-        for way in (5, 10):
-            for shot in (10, 20):
-                try:
-                    episodes[m][f"{way}w{shot}s"] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=0)
-                except ValueError as err:
-                    episodes[m][f"{way}w{shot}s"] = {"error": str(err)}
+        for setting in args.episode_settings:
+            way, shot = episode_setting(setting)
+            try:
+                episodes[m][setting] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=args.episode_seed)
+            except ValueError as err:
+                episodes[m][setting] = {"error": str(err)}
     arms = ["episode"] * ("episodes" in args.scratch) + [FINETUNE + "episode"] * ("episodes" in args.finetune)
-    for setting in episodes.get("pretrained", {}) if arms else ():  # the same episodes (seed 0)
+    for setting in episodes.get("pretrained", {}) if arms else ():  # the same episodes (the same seed)
         if "accs" in episodes["pretrained"][setting]:
-            way, shot = (int(v) for v in setting[:-1].split("w"))
-            drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=0)
+            drawn = few_shot_episodes(labels[test], *episode_setting(setting), episodes=args.episodes, seed=args.episode_seed)
             for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
                 scratch_jobs += [(arm, setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e) for arm in arms]
     timings["episodes_s"] = time.perf_counter() - t
@@ -619,7 +636,7 @@ def run(args) -> dict:
     for ours, other in [(a, b) for a, b in pairs if a in episodes and b in episodes]:
         for setting, a in episodes[ours].items():
             b = episodes[other].get(setting, {})
-            if "accs" in a and "accs" in b:  # the same episodes (seed 0) for every method: paired
+            if "accs" in a and "accs" in b:  # the same episodes (one seed) for every method: paired
                 n = min(len(a["accs"]), len(b["accs"]))  # trained models may cover only the first episodes
                 episode_cmp[f"{ours}-vs-{other}-{setting}"] = paired_difference(a["accs"][:n], b["accs"][:n])
 
@@ -669,7 +686,8 @@ def format_table(res: dict) -> str:
         return "\n".join(lines)
     args_episodes = max((v.get("episodes", 0) for v in res["episodes"]["pretrained"].values()), default=0)
     lines += ["", "## Few-shot episodes on the test split (linear SVM per episode on frozen features, or the from-scratch "
-              "model trained on the episode's support set; 20 queries/class, mean ± std over episodes)", "",
+              "model trained on the episode's support set; 20 queries/class, mean ± std over episodes"
+              + (f"; episodes drawn with seed {meta['episode_seed']}" if meta.get("episode_seed") else "") + ")", "",
               "| method | " + " | ".join(res["episodes"]["pretrained"]) + " |", "| --- |" + " --- |" * len(res["episodes"]["pretrained"])]
     for m, e in res["episodes"].items():
         cells = [f"{v['mean']:.3f} ± {v['std']:.3f}" + (f" ({v['episodes']} ep.)" if v["episodes"] != args_episodes else "")
