@@ -476,8 +476,9 @@ def main(argv: list[str] | None = None) -> dict:
     if set(args.episode_settings) - set(EPISODE_SETTINGS):
         ap.error(f"--episode-settings: unknown settings {sorted(set(args.episode_settings) - set(EPISODE_SETTINGS))}, "
                  f"choose from {', '.join(EPISODE_SETTINGS)}")
-    for path in args.reuse_scratch or ():
-        check_settings(json.loads(path.read_text()), path, args, ap)
+    prevs = [json.loads(path.read_text()) for path in args.reuse_scratch or ()]  # read once, checked twice
+    for path, prev in zip(args.reuse_scratch or (), prevs):
+        check_settings(prev, path, args, ap)
     torch.set_num_threads(args.threads)
     # the code that runs is the code at the start: a run takes hours, and commits may land meanwhile
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
@@ -486,7 +487,7 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     # An accuracy experiment, not a timing: it does not wait for the timed-benchmark lock (its
     # timings are reported with the machine's load average, for orientation only).
-    result = run(args)
+    result = run(args, prevs)
     if args.pretrain_only:
         return result
     result["meta"] = {"git_commit": commit, "dirty": dirty, "argv": sys.argv[1:] if argv is None else argv,
@@ -505,7 +506,8 @@ def main(argv: list[str] | None = None) -> dict:
     return result
 
 
-def run(args) -> dict:
+def run(args, prevs: list[dict] | None = None) -> dict:
+    """The benchmark; ``prevs`` are the ``--reuse-scratch`` files, already read and checked by ``check_settings``."""
     adapter_cls = adapter_class("pointcloud")
     files, names, classes, labels = labelled_shapes(args.data, args.subset)
     pool, test = split(labels, args.test_fraction)
@@ -518,7 +520,8 @@ def run(args) -> dict:
         return {}
     timings = {"pretrain_s": info["summary"].get("wall_s", time.perf_counter() - t)}
     adapter = encoder.adapter
-    protocol = protocol_fingerprint(files, labels, pool, test, dict(encoder.config))
+    model_cfg = dict(encoder.config)
+    protocol = protocol_fingerprint(files, labels, pool, test, model_cfg)
     eval_ds = adapter.dataset({"manifest": str(manifest), "labels": "column:label"}, train=False)
     assert list(eval_ds.classes) == classes and [eval_ds.label(i) for i in range(len(eval_ds))] == labels.tolist()
     t = time.perf_counter()
@@ -584,12 +587,11 @@ def run(args) -> dict:
     reuse = {}
     if scratch_jobs:
         t = time.perf_counter()
-        context = {"adapter": adapter, "model_cfg": dict(encoder.config), "views": views, "batch": args.sup_batch,
+        context = {"adapter": adapter, "model_cfg": model_cfg, "views": views, "batch": args.sup_batch,
                    "lr": args.sup_lr, "ft_lr": args.ft_lr, "ft_steps": args.ft_steps, "pretrained_state": encoder.state_dict(), "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         reused, train = {}, list(range(len(scratch_jobs)))
-        if args.reuse_scratch:
-            prevs = [json.loads(f.read_text()) for f in args.reuse_scratch]
+        if prevs:
             for f, prev in zip(args.reuse_scratch, prevs):
                 check_reusable(prev, f, {"n_shapes": len(files), "n_pool": len(pool), "n_test": len(test), "protocol": protocol,
                                          "few_label": few, "episodes": episodes})
