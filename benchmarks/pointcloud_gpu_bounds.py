@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.common import time_steps, timing_lock  # noqa: E402
 from foundation.data import TrainSampler, train_loader  # noqa: E402
 from foundation.engine import build_objective  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
@@ -42,7 +43,9 @@ def loader_rate(dataset, workers: int, batch: int, seconds: float, pin: bool) ->
 
 
 def step_rate(recipe: dict, adapter, dataset, batch_size: int, seconds: float, device: str) -> float:
-    """Clouds/s of the objective's training step (bf16 on CUDA) repeated on one fixed batch."""
+    """Clouds/s of the objective's training step (bf16 on CUDA; forward, backward, optimiser, without the
+    engine's EMA update) repeated on one fixed batch, timed by the benchmarks' GPU-synchronised timer for
+    about ``seconds``."""
     torch.manual_seed(0)
     model = build_objective(recipe, Encoder.build(adapter, recipe["model"])).to(device)
     teacher = model.make_teacher().to(device) if hasattr(model, "make_teacher") else None
@@ -58,13 +61,10 @@ def step_rate(recipe: dict, adapter, dataset, batch_size: int, seconds: float, d
         opt.zero_grad(set_to_none=True)
         return loss.item()  # the engine syncs once per step too
 
-    for _ in range(5):
+    for _ in range(4):
         step()
-    t, n = time.perf_counter(), 0
-    while time.perf_counter() - t < seconds:
-        step()
-        n += 1
-    return batch_size * n / (time.perf_counter() - t)
+    steps = max(5, round(seconds / time_steps(step, torch.device(device), 1)))  # one more warm-up step sizes the run
+    return batch_size / time_steps(step, torch.device(device), steps)
 
 
 def main() -> None:
@@ -79,12 +79,13 @@ def main() -> None:
     recipe = load_recipe(args.recipe, [f"data.root={args.root}"])
     adapter = adapter_class(recipe["modality"])(recipe["adapter"])
     dataset = adapter.dataset(recipe["data"], train=True)
-    for w in (int(v) for v in args.workers.split(",")):
-        print(f"loader alone: {w} workers, batch 64: {loader_rate(dataset, w, 64, args.seconds, device == 'cuda'):.0f} clouds/s",
-              flush=True)
-    for b in (int(v) for v in args.batches.split(",")):
-        print(f"step alone ({device}): batch {b}: {step_rate(recipe, adapter, dataset, b, args.seconds, device):.0f} clouds/s",
-              flush=True)
+    with timing_lock():  # timed benchmarks take turns
+        for w in (int(v) for v in args.workers.split(",")):
+            print(f"loader alone: {w} workers, batch 64: {loader_rate(dataset, w, 64, args.seconds, device == 'cuda'):.0f} clouds/s",
+                  flush=True)
+        for b in (int(v) for v in args.batches.split(",")):
+            print(f"step alone ({device}): batch {b}: {step_rate(recipe, adapter, dataset, b, args.seconds, device):.0f} clouds/s",
+                  flush=True)
 
 
 if __name__ == "__main__":
