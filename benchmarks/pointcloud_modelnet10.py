@@ -216,9 +216,12 @@ class Classifier(torch.nn.Module):
 
 
 def supervised_scratch(adapter, model_cfg: dict, dataset, views: list, labels: np.ndarray, tr: np.ndarray, te: np.ndarray,
-                       steps: int, batch_size: int, lr: float, seed: int, init_state: dict | None = None) -> dict:
+                       steps: int, batch_size: int, lr: float, seed: int, init_state: dict | None = None,
+                       precision: str = "fp32") -> dict:
     """Train the same architecture from random init on the labelled shapes only, with the adapter's
     augmentation (a fresh augmented view of each shape at every step); AdamW, warm-up + cosine.
+    ``precision="bf16"`` runs the forward pass under bf16 autocast (as the GPU pretraining does), about
+    1.7x faster on CPUs with AMX/AVX-512 bf16, so larger budgets fit; scoring stays in float32.
     Scored on the cached evaluation views; its training accuracy shows whether it fits its labels.
     With ``init_state`` (the pretrained encoder's weights) the same training fine-tunes the pretrained
     encoder: the same shapes, augmented views, steps and head, so the two differ only in the start."""
@@ -233,7 +236,8 @@ def supervised_scratch(adapter, model_cfg: dict, dataset, views: list, labels: n
     for step in range(steps):
         pick = rng.choice(tr, size=min(batch_size, len(tr)), replace=False)
         batch = collate([dataset[(int(i), sample_seed(seed, step, int(i)))] for i in pick])
-        loss = torch.nn.functional.cross_entropy(model(batch), torch.as_tensor(labels[pick]))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = torch.nn.functional.cross_entropy(model(batch), torch.as_tensor(labels[pick]))
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -263,7 +267,7 @@ def _scratch_job(job: tuple) -> dict:
     out = supervised_scratch(c["adapter"], c["model_cfg"], c["dataset"], c["views"], labels, tr, te,
                              (c["ft_steps"] or c["steps"][kind.removeprefix(FINETUNE)]) if finetune else c["steps"][kind],
                              c["batch"], c["ft_lr"] if finetune else c["lr"], seed,
-                             init_state=c["pretrained_state"] if finetune else None)
+                             init_state=c["pretrained_state"] if finetune else None, precision=c["precision"])
     print(f"{'fine-tune' if finetune else 'scratch'} {kind} {setting} {seed}: OA {out['oa']:.3f}, "
           f"train acc {out['train_acc']:.3f}", flush=True)
     return out
@@ -326,7 +330,7 @@ def check_settings(prev: dict, path: Path, args, parser: argparse.ArgumentParser
     """Refuse to mix from-scratch results trained with other settings; runs before anything else, so a
     wrong flag stops the run at once rather than after the probes."""
     old = vars(parse(parser, prev["meta"]["argv"]))
-    keys = ["sup_steps", "sup_batch", "sup_lr", "k", "test_fraction", "episodes", "episode_seed", "subset"]
+    keys = ["sup_steps", "sup_batch", "sup_lr", "sup_precision", "k", "test_fraction", "episodes", "episode_seed", "subset"]
     keys += ["sup_steps_all"] * ("scratch_supervised" in prev["svm_all_labels"])  # only where it trained those models
     keys += ["ft_lr", "ft_steps"] * fine_tuned_in(prev)
     for key in keys:
@@ -408,6 +412,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="optimiser steps of each from-scratch supervised run (150 left it at training accuracy 0.84; 600 fits its labels, 0.98)")
     ap.add_argument("--sup-batch", type=int, default=16)
     ap.add_argument("--sup-lr", type=float, default=1e-3, help="tuned on held-out training-pool shapes (5e-4, 1e-3)")
+    ap.add_argument("--sup-precision", choices=("fp32", "bf16"), default="fp32",
+                    help="the from-scratch (and fine-tuning) trainings' precision: bf16 autocast is the GPU pretraining's and "
+                         "about 1.7x faster on CPUs with bf16 units")
     ap.add_argument("--episodes", type=int, default=10)
     ap.add_argument("--episode-seed", type=int, default=0,
                     help="seed of the episode draws: another seed gives fresh episodes, e.g. to retest a result on "
@@ -494,7 +501,7 @@ def main(argv: list[str] | None = None) -> dict:
                       "seeds": list(range(args.seeds)), "k": args.k, "episode_seed": args.episode_seed, "pretrain_steps": args.steps, "sup_steps": args.sup_steps,
                       "scratch": sorted(args.scratch), "sup_steps_all": args.sup_steps_all,
                       "finetune": sorted(args.finetune), "ft_lr": args.ft_lr, "ft_steps": args.ft_steps,
-                      "sup_batch": args.sup_batch, "sup_lr": args.sup_lr,
+                      "sup_batch": args.sup_batch, "sup_lr": args.sup_lr, "sup_precision": args.sup_precision,
                       "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch_threads": args.threads,
                                   "load_avg_end": os.getloadavg()}, "wall_s": time.perf_counter() - t0}
     name = "pointcloud_modelnet10" + (f"-{args.tag}" if args.tag else "")
@@ -587,7 +594,7 @@ def run(args, prevs: list[dict] | None = None) -> dict:
     reuse = {}
     if scratch_jobs:
         t = time.perf_counter()
-        context = {"adapter": adapter, "model_cfg": model_cfg, "views": views, "batch": args.sup_batch,
+        context = {"adapter": adapter, "model_cfg": model_cfg, "views": views, "batch": args.sup_batch, "precision": args.sup_precision,
                    "lr": args.sup_lr, "ft_lr": args.ft_lr, "ft_steps": args.ft_steps, "pretrained_state": encoder.state_dict(), "steps": {"few": args.sup_steps, "episode": args.sup_steps, "all": args.sup_steps_all},
                    "dataset": adapter_cls(adapter.config).dataset({"manifest": str(manifest), "labels": "column:label"}, train=True)}
         reused, train = {}, list(range(len(scratch_jobs)))
@@ -618,7 +625,8 @@ def run(args, prevs: list[dict] | None = None) -> dict:
         done_all = done.get(("all", ""), [])
         if done_all:
             svm["scratch_supervised"] = {**{k: float(np.mean([r[k] for r in done_all])) for k in ("oa", "macc", "train_acc")},
-                                         "pooling": f"end-to-end, {args.sup_steps_all} steps, {len(done_all)} seeds",
+                                         "pooling": f"end-to-end, {args.sup_steps_all} steps, {len(done_all)} seeds"
+                                                    + (f", {args.sup_precision}" if args.sup_precision != "fp32" else ""),
                                          "seeds": done_all}
             for metric in ("oa", "macc"):
                 svm_cmp[f"scratch_supervised-{metric}"] = paired_difference([svm["pretrained"][metric]] * len(done_all),
