@@ -572,22 +572,20 @@ def run(args, prevs: list[dict] | None = None) -> dict:
 
     # -- the field's few-shot episodes on the test split (pooling chosen on the training split) --
     t = time.perf_counter()
-    episodes = {}
-    for m in () if args.skip_episodes else FROZEN:
-        x = feats[m][svm[m]["pooling"]][test]
-        episodes[m] = {}
-        for setting in args.episode_settings:
-            way, shot = episode_setting(setting)
-            try:
-                episodes[m][setting] = few_shot_eval(x, labels[test], way, shot, episodes=args.episodes, seed=args.episode_seed)
-            except ValueError as err:
-                episodes[m][setting] = {"error": str(err)}
+    episodes = {m: {} for m in (() if args.skip_episodes else FROZEN)}
     arms = ["episode"] * ("episodes" in args.scratch) + [FINETUNE + "episode"] * ("episodes" in args.finetune)
-    for setting in episodes.get("pretrained", {}) if arms else ():  # the same episodes (the same seed)
-        if "accs" in episodes["pretrained"][setting]:
-            drawn = few_shot_episodes(labels[test], *episode_setting(setting), episodes=args.episodes, seed=args.episode_seed)
-            for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
-                scratch_jobs += [(arm, setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e) for arm in arms]
+    for setting in () if args.skip_episodes else args.episode_settings:
+        way, shot = episode_setting(setting)
+        try:  # drawn once: every frozen method and the from-scratch models see the same episodes
+            drawn = few_shot_episodes(labels[test], way, shot, episodes=args.episodes, seed=args.episode_seed)
+        except ValueError as err:
+            for m in FROZEN:
+                episodes[m][setting] = {"error": str(err)}
+            continue
+        for m in FROZEN:
+            episodes[m][setting] = few_shot_eval(feats[m][svm[m]["pooling"]][test], labels[test], way, shot, drawn=drawn)
+        for e, (sup, qry, drawn_classes) in enumerate(drawn[:args.scratch_episodes or None]):
+            scratch_jobs += [(arm, setting, test[sup], test[qry], episode_labels(labels, drawn_classes), e) for arm in arms]
     timings["episodes_s"] = time.perf_counter() - t
 
     # -- the same architecture trained from scratch, supervised, on each of those label sets ----

@@ -87,12 +87,13 @@ def few_shot_episodes(labels: np.ndarray, n_way: int, k_shot: int, n_query: int 
 
 
 def few_shot_eval(features: np.ndarray, labels: np.ndarray, n_way: int, k_shot: int, episodes: int = 10,
-                  seed: int = 0, kind: str = "svm") -> dict[str, float]:
+                  seed: int = 0, kind: str = "svm", drawn: list | None = None) -> dict[str, float]:
     """Mean and std of episode accuracy with a probe fitted on each episode's support set; ``accs`` holds
-    each episode's accuracy (the same ``seed`` gives the same episodes, so two encoders pair up)."""
+    each episode's accuracy (the same ``seed`` gives the same episodes, so two encoders pair up).
+    ``drawn`` (``few_shot_episodes``' output) scores episodes drawn once for several methods instead."""
     labels = np.asarray(labels)
     accs = []
-    for sup, qry, _ in few_shot_episodes(labels, n_way, k_shot, episodes=episodes, seed=seed):
+    for sup, qry, _ in drawn if drawn is not None else few_shot_episodes(labels, n_way, k_shot, episodes=episodes, seed=seed):
         accs.append(probe(kind, features[sup], labels[sup], features[qry], labels[qry])["oa"])
     return {"mean": float(np.mean(accs)), "std": float(np.std(accs)), "episodes": len(accs), "accs": [float(a) for a in accs]}
 
