@@ -24,28 +24,33 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, write_results  # noqa: E402
-from benchmarks.pointcloud_modelnet10 import FROZEN, paired_difference  # noqa: E402
+from benchmarks.pointcloud_modelnet10 import FROZEN, build_parser, paired_difference, parse  # noqa: E402
 
-SAME = ("sup_steps", "sup_batch", "sup_lr", "pretrain_steps")  # from-scratch and pretraining settings that must agree
+SAME = ("sup_steps", "sup_batch", "sup_lr", "sup_precision", "steps")  # from-scratch and pretraining settings that must agree
+
+
+def run_settings(res: dict) -> dict:
+    """The flags a results file ran with, its argv read back by the benchmark's own parser, so a flag
+    an older file predates takes its default (e.g. ``--sup-precision fp32``, ``--episode-seed 0``)."""
+    return vars(parse(build_parser(), res["meta"]["argv"]))
 
 
 def pool_episodes(results: dict[str, dict], setting: str) -> dict:
     """Every method's episode accuracies of ``setting``, concatenated file by file (the pairing holds within
     each file, so it holds in the concatenation), and the pretrained encoder's paired differences."""
     first_name, first = next(iter(results.items()))
+    first_args = run_settings(first)
     seeds = {}
     for name, res in results.items():
-        meta = res["meta"]
+        args = run_settings(res)
         if res.get("protocol") is None or res.get("protocol") != first.get("protocol"):
             raise SystemExit(f"{name}: protocol fingerprint {res.get('protocol')} differs from {first_name}'s {first.get('protocol')}")
         if res["svm_all_labels"]["pretrained"] != first["svm_all_labels"]["pretrained"]:
             raise SystemExit(f"{name}: another pretrained encoder (its all-labels SVM differs from {first_name}'s)")
         for key in SAME:
-            if meta.get(key) != first["meta"].get(key):
-                raise SystemExit(f"{name}: {key}={meta.get(key)}, {first_name} has {first['meta'].get(key)}")
-        if meta.get("sup_precision", "fp32") != first["meta"].get("sup_precision", "fp32"):
-            raise SystemExit(f"{name}: from-scratch precision differs from {first_name}'s")
-        seed = meta.get("episode_seed") or 0
+            if args[key] != first_args[key]:
+                raise SystemExit(f"{name}: {key}={args[key]}, {first_name} has {first_args[key]}")
+        seed = args["episode_seed"]
         if seed in seeds:
             raise SystemExit(f"{name} and {seeds[seed]} drew their episodes with the same seed {seed}: they would count twice")
         seeds[seed] = name
@@ -82,9 +87,10 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.time()
     pooled = pool_episodes({str(f): json.loads(f.read_text()) for f in args.files}, args.setting)
     out = write_results(f"pointcloud_modelnet10-{args.tag}", pooled, started)
-    payload = json.loads(out.read_text())
-    (RESULTS / f"pointcloud_modelnet10-{args.tag}.md").write_text(markdown(payload, payload["commit"]))
-    print(markdown(payload, payload["commit"]))
+    payload = json.loads(out.read_text())  # with the commit, machine and wall time write_results added
+    md = markdown(payload, payload["commit"])
+    (RESULTS / f"pointcloud_modelnet10-{args.tag}.md").write_text(md)
+    print(md)
     return payload
 
 

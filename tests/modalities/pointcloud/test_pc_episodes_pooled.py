@@ -10,11 +10,12 @@ from benchmarks.pointcloud_episodes_pooled import pool_episodes
 from benchmarks.pointcloud_modelnet10 import paired_difference
 
 
-def results(seed: int, pre: list[float], scratch: list[float], protocol: str = "abc", svm_oa: float = 0.9) -> dict:
+def results(seed: int, pre: list[float], scratch: list[float], protocol: str = "abc", svm_oa: float = 0.9,
+            flags: tuple[str, ...] = ()) -> dict:
     eps = {m: {"5w20s": {"accs": [a - d for a in pre]}} for m, d in (("random_init", 0.03), ("classical", 0.05))}
     return {"protocol": protocol, "svm_all_labels": {"pretrained": {"oa": svm_oa}},
             "episodes": {"pretrained": {"5w20s": {"accs": pre}}, "scratch_supervised": {"5w20s": {"accs": scratch}}, **eps},
-            "meta": {"episode_seed": seed, "sup_steps": 600, "sup_batch": 16, "sup_lr": 1e-3, "pretrain_steps": 8000}}
+            "meta": {"argv": ["--steps", "8000", "--episode-seed", str(seed), *flags]}}
 
 
 def test_pooled_difference_is_over_every_episode_of_every_file():
@@ -38,9 +39,9 @@ def test_files_of_another_protocol_or_a_repeated_draw_are_refused(change, messag
         pool_episodes({"a.json": a, "b.json": b}, "5w20s")
 
 
-def test_other_from_scratch_settings_are_refused():
+@pytest.mark.parametrize("flags, message", [(("--sup-steps", "300"), "sup_steps"), (("--sup-precision", "bf16"), "sup_precision")])
+def test_other_from_scratch_settings_are_refused(flags, message):
     a = results(0, [0.9, 0.8], [0.85, 0.8])
-    b = results(1, [0.9, 0.8], [0.85, 0.8])
-    b["meta"]["sup_steps"] = 300
-    with pytest.raises(SystemExit, match="sup_steps"):
+    b = results(1, [0.9, 0.8], [0.85, 0.8], flags=flags)
+    with pytest.raises(SystemExit, match=message):
         pool_episodes({"a.json": a, "b.json": b}, "5w20s")
