@@ -24,6 +24,7 @@ import fcntl
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -189,7 +190,9 @@ def main() -> None:
     # 1. pretrain without labels on EuroSAT + synthetic (train-generator seed 0)
     syn_root = Path(write_synthetic(work / "synthetic-pretrain", args.synthetic, seed=0, with_sar=False)["root"]) if args.synthetic else None
     manifest = write_manifest(work / "pretrain.csv", eurosat, syn_root)
-    run_dir = work / f"run-{args.steps}{'-' + args.tag if args.tag else ''}"
+    # named by what shapes the encoder (steps, overrides), not by --tag: the sections of one study, run apart
+    # under their own tags, share one pretraining
+    run_dir = work / "-".join([f"run-{args.steps}", *(re.sub(r"[^\w.]+", "_", o) for o in args.override)])
     recipe = load_recipe("earth-mae", [f"data.manifest={manifest}", f"run.dir={run_dir}", f"train.steps={args.steps}",
                                        f"adapter.bands=[{','.join(S2_BANDS)}]", *args.override])
     t_pre = time.perf_counter()
