@@ -190,9 +190,9 @@ def main() -> None:
     # 1. pretrain without labels on EuroSAT + synthetic (train-generator seed 0)
     syn_root = Path(write_synthetic(work / "synthetic-pretrain", args.synthetic, seed=0, with_sar=False)["root"]) if args.synthetic else None
     manifest = write_manifest(work / "pretrain.csv", eurosat, syn_root)
-    # named by what shapes the encoder (steps, overrides), not by --tag: the sections of one study, run apart
-    # under their own tags, share one pretraining
-    run_dir = work / "-".join([f"run-{args.steps}", *(re.sub(r"[^\w.]+", "_", o) for o in args.override)])
+    # named by what shapes the encoder (steps, synthetic chips, overrides), not by --tag: the sections of one
+    # study, run apart under their own tags, share one pretraining
+    run_dir = work / "-".join([f"run-{args.steps}", f"syn{args.synthetic}", *(re.sub(r"[^\w.]+", "_", o) for o in args.override)])
     recipe = load_recipe("earth-mae", [f"data.manifest={manifest}", f"run.dir={run_dir}", f"train.steps={args.steps}",
                                        f"adapter.bands=[{','.join(S2_BANDS)}]", *args.override])
     t_pre = time.perf_counter()
