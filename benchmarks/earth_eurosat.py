@@ -253,13 +253,7 @@ def main() -> None:
         write(False)
 
     if "eurosat4" in sections:
-        import tempfile
-        sub_manifest = Path(tempfile.mkdtemp()) / "eurosat4.csv"
-        with open(sub_manifest, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "preset"])
-            for p in sorted(eurosat.rglob("*.tif")):
-                w.writerow([str(p), "eurosat_ms"])
+        sub_manifest = write_manifest(work / "eurosat4.csv", eurosat, None)  # the EuroSAT rows alone, band order declared
         _, ds4 = dataset({"bands": RGBN, "preset": "eurosat_ms"}, {"manifest": str(sub_manifest), "labels": "folder"})
         ds4_labels = np.asarray([ds4.label(i) for i in range(len(ds4))])
         assert ds4[0].patches.shape[1] == 4 * 64 and (ds4_labels == labels).all()
