@@ -25,7 +25,6 @@ import json
 import os
 import platform
 import re
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.common import git_commit  # noqa: E402
 from foundation.finetune import train_from_scratch, tune_lr  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
@@ -211,7 +211,7 @@ def main() -> None:
 
     out: dict = {"pretrain": {"steps": args.steps, "synthetic": args.synthetic, "wall_s": pretrain_s, **summary}, "results": {}}
     md: list[str] = []
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
+    commit = git_commit()  # "unknown" on a machine without git (a borrowed GPU's copy of the tree)
     name = "earth_eurosat" + (f"-{args.tag}" if args.tag else "")
     res_dir = REPO / "benchmarks" / "results"
 
