@@ -10,7 +10,7 @@
    --finetune also that model started from the pretrained encoder.
 4. Segmentation: UNETR decoder fine-tuned from the pretrained encoder vs the same model from scratch,
    on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed.
-Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_interval).
+Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_difference).
 
     OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py            # full (CPU: tens of minutes)
     OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py --quick    # a smoke run (the CI version: tests/modalities/medical/test_med_fewlabel_reduced.py)
@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from foundation.probes import paired_difference
 
 warnings.filterwarnings("ignore")
 
@@ -77,14 +79,6 @@ def scratch_classifier(encoder_like, ds, train_idx, test_idx, labels, steps, see
                 best = (model, train_acc, f"{pooling}/{lr:g}")
     model, train_acc, setting = best
     return float((predict_classes(model, ds, test_idx) == labels[test_idx]).mean()), train_acc, setting
-
-
-def interval(a, b) -> dict:
-    """Paired difference a - b over seeds, its 95% interval, and whether a beats b (lo > 0)."""
-    from foundation.probes import paired_interval
-
-    d, lo, hi = paired_interval(a, b)
-    return {"diff": d, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -202,10 +196,10 @@ def main() -> None:
         row = {"k": k, **{m: float(np.mean(v)) for m, v in acc.items()}, **{f"{m}_std": float(np.std(v)) for m, v in acc.items()},
                "scratch_train_accuracy": float(np.mean(scratch_train)) if scratch_train else None, "scratch_lrs": scratch_lr, "test_volumes": int(len(test))}
         for other in methods[1:]:
-            row[f"vs_{other}"] = interval(acc["pretrained"], acc[other])
+            row[f"vs_{other}"] = paired_difference(acc["pretrained"], acc[other])
         if ft_train:
             row["finetuned_train_accuracy"] = float(np.mean(ft_train))
-            row["finetuned_vs_scratch"] = interval(acc["finetuned"], acc["scratch"])
+            row["finetuned_vs_scratch"] = paired_difference(acc["finetuned"], acc["scratch"])
         rows.append(row)
         raw[k] = acc
 
@@ -243,7 +237,7 @@ def main() -> None:
         seg = {"seeds": args.seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
                "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
                "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
-               **interval(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
+               **paired_difference(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
                "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
 
     res = {"benchmark": "medical_fewlabel", "git_commit": git_commit(), "args": vars(args), "seeds": list(range(args.seeds)),

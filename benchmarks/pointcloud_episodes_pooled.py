@@ -24,7 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks.common import RESULTS, write_results  # noqa: E402
-from benchmarks.pointcloud_modelnet10 import FROZEN, build_parser, paired_difference, parse  # noqa: E402
+from benchmarks.pointcloud_modelnet10 import FROZEN, build_parser, parse  # noqa: E402
+from foundation.probes import paired_difference  # noqa: E402
 
 SAME = ("sup_steps", "sup_batch", "sup_lr", "sup_precision", "steps")  # from-scratch and pretraining settings that must agree
 
@@ -73,7 +74,7 @@ def markdown(p: dict, commit: str) -> str:
              "| method | mean accuracy |", "| --- | --- |"]
     lines += [f"| {m} | {v:.3f} |" for m, v in p["mean"].items()]
     lines += ["", "| paired difference, pretrained vs | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
-    lines += [f"| {m} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |"
+    lines += [f"| {m} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {'yes' if c['beats'] else 'no'} |"
               for m, c in p["comparison"].items()]
     return "\n".join(lines) + "\n"
 

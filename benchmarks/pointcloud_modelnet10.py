@@ -59,7 +59,7 @@ sys.path.insert(0, str(REPO))
 from foundation.engine import pretrain, warmup_cosine  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
-from foundation.probes import few_shot_indices, paired_interval  # noqa: E402
+from foundation.probes import few_shot_indices, paired_difference  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from foundation.tokens import collate  # noqa: E402
 from foundation.trunk import masked_max, masked_max_mean, masked_mean_std  # noqa: E402
@@ -165,13 +165,7 @@ def paired_bootstrap(y: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray, metr
         diffs.append(score(idx, pred_a) - score(idx, pred_b))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
     d = score(full, pred_a) - score(full, pred_b)
-    return {"diff": float(d), "lo": float(lo), "hi": float(hi), "beats": bool(lo > 0)}
-
-
-def paired_difference(a: list[float], b: list[float]) -> dict:
-    """Mean of a - b over paired seeds, episodes or from-scratch seeds, with its 95% t-interval; a win when it excludes zero."""
-    mean, lo, hi = paired_interval(a, b)
-    return {"diff": mean, "lo": lo, "hi": hi, "beats": lo > 0}
+    return {"diff": float(d), "ci_low": float(lo), "ci_high": float(hi), "beats": bool(lo > 0)}
 
 
 def probe_pooled(kind: str, feats: dict, y: np.ndarray, tr: np.ndarray, te: np.ndarray,
@@ -679,7 +673,7 @@ def format_table(res: dict) -> str:
         lines.append(f"| {m} | {_ms(few[m], 'oa')} | {_ms(few[m], 'macc')} | {_ms(few[m], 'train_acc')} |")
     lines += ["", "| paired difference | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
     for name, c in cmp_.items():
-        lines.append(f"| {name} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
+        lines.append(f"| {name} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
     lines += ["", "## Linear SVM on all training labels", "", "| method | OA | mAcc | train acc | pooling |", "| --- | --- | --- | --- | --- |"]
     for m, r in res["svm_all_labels"].items():
         lines.append(f"| {m} | {r['oa']:.3f} | {r['macc']:.3f} | {r['train_acc']:.3f} | {r['pooling']} |")
@@ -687,7 +681,7 @@ def format_table(res: dict) -> str:
         lines += ["", "| paired difference (random init, classical: bootstrap over test shapes; from scratch: t-interval over its seeds) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
         for name, c in res["svm_comparison"].items():
             name = name if "-" in name else f"random_init-{name}"  # random init's rows are keyed by metric alone
-            lines.append(f"| pretrained-vs-{name} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | "
+            lines.append(f"| pretrained-vs-{name} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | "
                          f"{'yes' if c['beats'] else 'no'} |")
     if not res["episodes"]:
         lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
@@ -704,7 +698,7 @@ def format_table(res: dict) -> str:
     if res.get("episode_comparison"):
         lines += ["", "| paired difference (same episodes) | mean | 95% CI | beats |", "| --- | --- | --- | --- |"]
         for setting, c in res["episode_comparison"].items():
-            lines.append(f"| {setting} | {c['diff']:+.3f} | [{c['lo']:+.3f}, {c['hi']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
+            lines.append(f"| {setting} | {c['diff']:+.3f} | [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}] | {'yes' if c['beats'] else 'no'} |")
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in res["timings"].items())]
     if res.get("scratch_reuse"):
         r = res["scratch_reuse"]

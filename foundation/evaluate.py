@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
-from foundation.probes import compare_few_shot, paired_interval
+from foundation.probes import compare_few_shot, paired_difference
 
 
 def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
@@ -39,10 +39,9 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
     for k in ks:
         a = [r["accuracy"] for r in res["pretrained"][k]]
         b = [r["accuracy"] for r in res["random_init"][k]]
-        mean, lo, hi = paired_interval(a, b)
         rows.append({"k": k, "pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
                      "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)),
-                     "diff": mean, "ci_low": lo, "ci_high": hi, "beats": lo > 0})
+                     **paired_difference(a, b)})
     return {"rows": rows, "n_test": int(len(test)), "n_pool": int(len(pool)), "classes": len(np.unique(labels)),
             "seeds": seeds, "raw": res}
 

@@ -84,6 +84,12 @@ def paired_interval(a: np.ndarray | list, b: np.ndarray | list, confidence: floa
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
+def paired_difference(a: np.ndarray | list, b: np.ndarray | list) -> dict:
+    """``paired_interval`` as the record every results file stores, so all benchmarks share one key set."""
+    mean, lo, hi = paired_interval(a, b)
+    return {"diff": mean, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+
+
 def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: np.ndarray, test_idx: np.ndarray,
                      ks: list[int], seeds: int) -> dict:
     """Probe each encoder's features with k labels per class over ``seeds`` paired splits.

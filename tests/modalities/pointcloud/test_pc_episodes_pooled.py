@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.pointcloud_episodes_pooled import pool_episodes
-from benchmarks.pointcloud_modelnet10 import paired_difference
+from foundation.probes import paired_difference
 
 
 def results(seed: int, pre: list[float], scratch: list[float], protocol: str = "abc", svm_oa: float = 0.9,
