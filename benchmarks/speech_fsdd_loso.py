@@ -40,7 +40,7 @@ from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
-from foundation.probes import few_shot_indices, linear_probe, paired_interval  # noqa: E402
+from foundation.probes import few_shot_indices, linear_probe, paired_difference  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from modalities.base import adapter_from_config  # noqa: E402
 from modalities.speech.tasks import cosine_trials, equal_error_rate  # noqa: E402
@@ -187,14 +187,14 @@ def summarise(folds: list[dict], objectives: list[str], ks: list[int]) -> tuple[
             best = max(cls, key=lambda n: cls[n].mean())  # best on test: favours the baseline, never us
             row = {"objective": obj, "k": k, "pretrained": pre.mean(), "random_init": rnd.mean(), "logmel_stats": cls["logmel_stats"].mean(),
                    "mfcc_stats": cls["mfcc_stats"].mean(), "best_classical": best, "n_pairs": len(pre),
-                   "vs_random": paired_interval(pre, rnd), "vs_classical": paired_interval(pre, cls[best])}
+                   "vs_random": paired_difference(pre, rnd), "vs_classical": paired_difference(pre, cls[best])}
             have_scratch = all(f["scratch"].get(key) for f in folds)
             if have_scratch:
                 sc = np.concatenate([[r["accuracy"] for r in f["scratch"][key]] for f in folds])
                 sc_tr = np.concatenate([[r["train_accuracy"] for r in f["scratch"][key]] for f in folds])
-                row.update(scratch=sc.mean(), scratch_train=sc_tr.mean(), vs_scratch=paired_interval(pre, sc))
+                row.update(scratch=sc.mean(), scratch_train=sc_tr.mean(), vs_scratch=paired_difference(pre, sc))
             rows.append(row)
-            ci = lambda t: f"{t[0]:+.3f} [{t[1]:+.3f}, {t[2]:+.3f}]{' ✓' if t[1] > 0 else ''}"  # noqa: E731
+            ci = lambda t: f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]{' ✓' if t['beats'] else ''}"  # noqa: E731
             lines.append(f"| {obj} | {k} | {pre.mean():.3f} ± {pre.std():.3f} | {rnd.mean():.3f} | "
                          + (f"{row['scratch']:.3f} ({row['scratch_train']:.2f})" if have_scratch else "—")
                          + f" | {cls['logmel_stats'].mean():.3f} | {cls['mfcc_stats'].mean():.3f} | {ci(row['vs_random'])} | "

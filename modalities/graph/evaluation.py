@@ -17,7 +17,7 @@ from torch.nn import functional as F
 from foundation.data import eval_loader
 from foundation.finetune import train_from_scratch, tune_lr
 from foundation.model import Encoder
-from foundation.probes import compare_few_shot, paired_interval
+from foundation.probes import compare_few_shot, paired_difference
 from foundation.trunk import masked_max, masked_mean
 from modalities.graph.tasks import svm_cv, wl_features
 
@@ -125,9 +125,9 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     sc_acc = res["from_scratch"]["fold_accuracy"]
     pre_folds = np.array(res["pretrained"]["fold_accuracy"])
     res["paired"] = {
-        "pretrained_minus_random": paired_interval(pre_folds, res["random_init"]["fold_accuracy"]),
-        "pretrained_minus_scratch": paired_interval(pre_folds[: len(sc_acc)], sc_acc) if sc_acc else None,
-        "pretrained_minus_wl": paired_interval(pre_folds, res["wl_kernel"]["fold_accuracy"]),
+        "pretrained_minus_random": paired_difference(pre_folds, res["random_init"]["fold_accuracy"]),
+        "pretrained_minus_scratch": paired_difference(pre_folds[: len(sc_acc)], sc_acc) if sc_acc else None,
+        "pretrained_minus_wl": paired_difference(pre_folds, res["wl_kernel"]["fold_accuracy"]),
     }
     # few labels: k per class from a stratified half, tested on the other half, paired seeds
     rng = np.random.default_rng(0)
@@ -137,7 +137,7 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     res["few_label"] = {name: {str(k): {"mean": float(np.mean([r["accuracy"] for r in v])),
                                          "accuracies": [r["accuracy"] for r in v]} for k, v in per.items()}
                         for name, per in few.items()}
-    res["few_label_paired"] = {str(k): paired_interval([r["accuracy"] for r in few["pretrained"][k]],
+    res["few_label_paired"] = {str(k): paired_difference([r["accuracy"] for r in few["pretrained"][k]],
                                                        [r["accuracy"] for r in few["random_init"][k]]) for k in ks}
     res["wall_s"] = round(time.time() - t0, 1)
     return res
