@@ -49,6 +49,7 @@ from modalities.earth.synthetic import write_synthetic  # noqa: E402
 
 POOLINGS = ("meanstd", "mean", "mid_meanstd", "layers_meanstd")  # chosen by inner CV; the first is used when k=1 (no inner CV)
 RGBN = ["B02", "B03", "B04", "B08"]
+SECTIONS = ("eurosat13", "eurosat4", "synthetic")
 
 
 def shared_data() -> Path:
@@ -172,11 +173,15 @@ def main() -> None:
     ap.add_argument("--test-per-class", type=int, default=4)
     ap.add_argument("--work", default=str(REPO / "runs" / "bench-earth"))
     ap.add_argument("--tag", default="")
-    ap.add_argument("--sections", default="eurosat13,eurosat4,synthetic", help="which tables to compute")
+    ap.add_argument("--sections", default=",".join(SECTIONS),
+                    help="which tables to compute; 'none': pretrain only (no tables, no results file)")
     ap.add_argument("--override", nargs="*", default=[], help="extra recipe overrides key=value")
     args = ap.parse_args()
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     t0 = time.perf_counter()
+    sections = [] if args.sections == "none" else args.sections.split(",")
+    if set(sections) - set(SECTIONS):
+        raise SystemExit(f"unknown --sections {sorted(set(sections) - set(SECTIONS))}; choose among {', '.join(SECTIONS)} or 'none'")
     ks = [int(k) for k in args.ks.split(",")]
     eurosat = shared_data()
     if not eurosat.exists():
@@ -199,6 +204,9 @@ def main() -> None:
     if not reused:
         pretrain(recipe, progress=False)
     pretrain_s = time.perf_counter() - t_pre
+    if not sections:  # pretraining only (benchmarks/earth_pretrain_budget.py): the run folder is the result
+        print(f"pretrained {run_dir} ({pretrain_s / 60:.1f} min)", flush=True)
+        return
     enc = Encoder.from_pretrained(run_dir / "encoder")
     rand = random_twin(enc, seed=0)
     stats = enc.adapter.config["stats"]
@@ -235,7 +243,6 @@ def main() -> None:
         print(f"wrote {res_dir / name}.json/.md ({out['wall_s'] / 60:.1f} min)", flush=True)
 
     # 2. EuroSAT, 13 bands and the 4-band subset
-    sections = args.sections.split(",")
     a13, ds13 = dataset({"preset": "eurosat_ms"}, {"root": str(eurosat), "labels": "folder"})
     labels = np.asarray([ds13.label(i) for i in range(len(ds13))])
     mc = enc.config

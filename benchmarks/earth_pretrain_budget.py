@@ -27,7 +27,7 @@ BENCH = REPO / "benchmarks" / "earth_eurosat.py"
 
 def launch(work: Path, steps: int, overrides: list[str], log: Path) -> subprocess.Popen:
     cmd = [sys.executable, str(BENCH), "--work", str(work), "--steps", str(steps), "--sections", "none",
-           "--scratch-seeds", "0", "--tag", f"budget-{work.name}", "--override", *overrides]
+           "--override", *overrides]
     return subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT)
 
 
