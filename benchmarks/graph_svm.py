@@ -78,10 +78,7 @@ def render(results: dict) -> str:
              "| pretrained - random, 95% CI | pretrained - scratch, 95% CI | k=10 labels/class: pretrained / random, diff 95% CI |",
              "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    def ci(v) -> str:
-        if not isinstance(v, dict):  # datasets merged from a results file written before stop 21: (diff, lo, hi)
-            v = dict(zip(("diff", "ci_low", "ci_high"), v))
-        return f"{100 * v['diff']:+.1f} [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]"
+    ci = lambda v: f"{100 * v['diff']:+.1f} [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]"  # noqa: E731
     for key, r in results["datasets"].items():
         name, recipe = key.split("/")
         sc, f = r["from_scratch"], r["few_label"]
