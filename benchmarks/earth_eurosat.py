@@ -41,7 +41,7 @@ from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
-from foundation.probes import few_shot_indices, linear_probe, paired_difference  # noqa: E402
+from foundation.probes import few_shot_indices, format_interval, linear_probe, paired_difference  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from modalities.earth.adapter import EarthAdapter  # noqa: E402
 from modalities.earth.bands import S2_BANDS  # noqa: E402
@@ -154,7 +154,7 @@ def table(res: dict, ks: list[int], ref: str = "pretrained") -> tuple[str, list[
             if m != ref:
                 n = len(acc)
                 row.update(paired_difference([r["accuracy"] for r in res[ref][k]][:n], acc))
-                cell = f"{row['diff']:+.3f} [{row['ci_low']:+.3f}, {row['ci_high']:+.3f}]{' **beats**' if row['beats'] else ''}"
+                cell = format_interval(row) + (" **beats**" if row["beats"] else "")
             rows.append(row)
             lines.append(f"| {k} | {m} | {row['accuracy']:.3f} ± {row['std']:.3f} | {tr:.2f} | {cell} | {len(acc)} |")
     return "\n".join(lines), rows

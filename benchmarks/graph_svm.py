@@ -25,6 +25,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from foundation.probes import format_interval  # noqa: E402
 from modalities.graph.evaluation import POOLINGS, compare_encoders  # noqa: E402
 from modalities.graph.synthetic import write_network_families  # noqa: E402
 
@@ -78,7 +79,7 @@ def render(results: dict) -> str:
              "| pretrained - random, 95% CI | pretrained - scratch, 95% CI | k=10 labels/class: pretrained / random, diff 95% CI |",
              "|---|---|---|---|---|---|---|---|---|"]
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
-    ci = lambda v: f"{100 * v['diff']:+.1f} [{100 * v['ci_low']:+.1f}, {100 * v['ci_high']:+.1f}]"  # noqa: E731
+    ci = lambda v: format_interval(v, scale=100, digits=1)  # noqa: E731
     for key, r in results["datasets"].items():
         name, recipe = key.split("/")
         sc, f = r["from_scratch"], r["few_label"]

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foundation.probes import paired_difference
+from foundation.probes import format_interval, paired_difference
 
 warnings.filterwarnings("ignore")
 
@@ -264,7 +264,7 @@ def format_table(res: dict) -> str:
         lines += ["| labels/class | MAE pretrained | random init | from scratch (train acc) | intensity stats | pretrained - random [95% CI] | pretrained - scratch [95% CI] | pretrained - stats [95% CI] |",
                   "|---|---|---|---|---|---|---|---|"]
     for r in res["classification"]:
-        ci = lambda o: f"{r[o]['diff']:+.3f} [{r[o]['ci_low']:+.3f}, {r[o]['ci_high']:+.3f}]" if o in r else "not run"  # noqa: E731
+        ci = lambda o: format_interval(r[o]) if o in r else "not run"  # noqa: E731
         scratch = f"{r['scratch']:.3f} ± {r['scratch_std']:.3f} ({r['scratch_train_accuracy']:.2f})" if "scratch" in r else "not run"
         lines.append(f"| {r['k']} | {r['pretrained']:.3f} ± {r['pretrained_std']:.3f} | {r['random_init']:.3f} ± {r['random_init_std']:.3f} | "
                      f"{scratch} | {r['intensity_stats']:.3f} ± {r['intensity_stats_std']:.3f} | "
@@ -276,7 +276,7 @@ def format_table(res: dict) -> str:
         for r in tuned:
             f = r["finetuned_vs_scratch"]
             lines.append(f"| {r['k']} | {r['finetuned']:.3f} ± {r['finetuned_std']:.3f} ({r['finetuned_train_accuracy']:.2f}) | {r['scratch']:.3f} ± {r['scratch_std']:.3f} | "
-                         f"{f['diff']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}] |")
+                         f"{format_interval(f)} |")
     c = res.get("ceiling")
     if c:
         lines += ["", f"Ceiling check: the from-scratch model trained on all {c['train_volumes']} labelled volumes of seed 0's split ({c['steps']} steps, "
@@ -286,7 +286,7 @@ def format_table(res: dict) -> str:
         lines += ["", f"Segmentation ({s['train_volumes']} labelled volumes, {s['steps']} steps for both, mean foreground Dice on {s['test_volumes']} held-out "
                   f"volumes, {s.get('seeds', len(res['seeds']))} paired seeds):", "",
                   "| fine-tuned from MAE | from scratch | difference [95% CI] |", "|---|---|---|",
-                  f"| {s['pretrained']:.3f} ± {s['pretrained_std']:.3f} | {s['scratch']:.3f} ± {s['scratch_std']:.3f} | {s['diff']:+.3f} [{s['ci_low']:+.3f}, {s['ci_high']:+.3f}] |"]
+                  f"| {s['pretrained']:.3f} ± {s['pretrained_std']:.3f} | {s['scratch']:.3f} ± {s['scratch_std']:.3f} | {format_interval(s)} |"]
         if s.get("per_structure"):  # the cohort's structures: 1 body, 2 organs, 3 lesions
             lines += ["", "Mean Dice per structure (body / organs / lesions): " + "; ".join(
                 f"{m} " + " / ".join(f"{x:.3f}" for x in v) for m, v in s["per_structure"].items()) + "."]

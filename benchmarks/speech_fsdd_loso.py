@@ -40,7 +40,7 @@ from foundation.embed import embed_dataset  # noqa: E402
 from foundation.engine import pretrain  # noqa: E402
 from foundation.evaluate import random_twin  # noqa: E402
 from foundation.model import Encoder  # noqa: E402
-from foundation.probes import few_shot_indices, linear_probe, paired_difference  # noqa: E402
+from foundation.probes import few_shot_indices, format_interval, linear_probe, paired_difference  # noqa: E402
 from foundation.recipes import load_recipe  # noqa: E402
 from modalities.base import adapter_from_config  # noqa: E402
 from modalities.speech.tasks import cosine_trials, equal_error_rate  # noqa: E402
@@ -194,7 +194,7 @@ def summarise(folds: list[dict], objectives: list[str], ks: list[int]) -> tuple[
                 sc_tr = np.concatenate([[r["train_accuracy"] for r in f["scratch"][key]] for f in folds])
                 row.update(scratch=sc.mean(), scratch_train=sc_tr.mean(), vs_scratch=paired_difference(pre, sc))
             rows.append(row)
-            ci = lambda t: f"{t['diff']:+.3f} [{t['ci_low']:+.3f}, {t['ci_high']:+.3f}]{' ✓' if t['beats'] else ''}"  # noqa: E731
+            ci = lambda t: format_interval(t) + (" ✓" if t["beats"] else "")  # noqa: E731
             lines.append(f"| {obj} | {k} | {pre.mean():.3f} ± {pre.std():.3f} | {rnd.mean():.3f} | "
                          + (f"{row['scratch']:.3f} ({row['scratch_train']:.2f})" if have_scratch else "—")
                          + f" | {cls['logmel_stats'].mean():.3f} | {cls['mfcc_stats'].mean():.3f} | {ci(row['vs_random'])} | "

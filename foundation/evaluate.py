@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
-from foundation.probes import compare_few_shot, paired_difference
+from foundation.probes import compare_few_shot, format_interval, paired_difference
 
 
 def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
@@ -50,6 +50,6 @@ def format_report(rep: dict) -> str:
     lines = [f"{'k/class':>8} {'pretrained':>14} {'random init':>14} {'paired diff [95% CI]':>28}"]
     for r in rep["rows"]:
         lines.append(f"{r['k']:>8} {r['pretrained']:>8.3f}±{r['pretrained_std']:.3f} {r['random_init']:>8.3f}±{r['random_init_std']:.3f}"
-                     f"   {r['diff']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]{'  beats' if r['beats'] else ''}")
+                     f"   {format_interval(r)}{'  beats' if r['beats'] else ''}")
     lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
     return "\n".join(lines)

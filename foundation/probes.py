@@ -90,6 +90,11 @@ def paired_difference(a: np.ndarray | list, b: np.ndarray | list) -> dict:
     return {"diff": mean, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
 
 
+def format_interval(r: dict, scale: float = 1.0, digits: int = 3) -> str:
+    """A ``paired_difference`` record as every results table prints it: ``+0.012 [-0.026, +0.051]``."""
+    return "{0:+.{3}f} [{1:+.{3}f}, {2:+.{3}f}]".format(scale * r["diff"], scale * r["ci_low"], scale * r["ci_high"], digits)
+
+
 def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: np.ndarray, test_idx: np.ndarray,
                      ks: list[int], seeds: int) -> dict:
     """Probe each encoder's features with k labels per class over ``seeds`` paired splits.
