@@ -20,6 +20,8 @@ def embed_dataset(encoder: Encoder, dataset, batch_size: int = 64, device: str |
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_available() and dist.is_initialized() else (1, 0)
+    if isinstance(encoder, Encoder):  # the adapter may embed several views of a sample (earth band views)
+        encoder = encoder.adapter.feature_model(encoder, dataset)
     encoder = encoder.to(device).eval()
     feats: dict[str, list] = {}
     ids, paths, labels = [], [], []

@@ -170,6 +170,12 @@ class Adapter(ABC):
         scale patches and centres together) override it."""
         return batch
 
+    def feature_model(self, encoder: nn.Module, dataset: TokenDataset) -> nn.Module:
+        """What ``foundation.embed.embed_dataset`` calls ``pooled`` on to get ``dataset``'s frozen
+        features. Default: the encoder itself. An adapter may wrap it to embed several views of each
+        sample and concatenate them (earth: all bands and the finest-resolution bands)."""
+        return encoder
+
     def preprocessing(self) -> dict:
         """What travels with an exported encoder: the full adapter config."""
         return copy.deepcopy(self.config)

@@ -21,6 +21,7 @@ from modalities.earth.dataset import EarthDataset
 from modalities.earth.preprocess import StreamingBandStats
 from modalities.earth.scenes import find_scenes
 from modalities.earth.tokenizer import SpectralConvPatchEmbed, SpectralPatchEmbed
+from modalities.earth.views import BandViewEncoder, resolution_views
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,9 @@ class EarthAdapter(Adapter):
         "cache_chips": 1024,  # keep up to this many decoded chips in memory (small datasets re-read every epoch)
         "tokenizer_hidden": 128,
         "tokenizer": "linear",  # linear patch embedding | conv: per-pixel spectral mixing + 3x3 convs inside the patch
+        # frozen features (embed, probe): resolution = all bands and the finest-resolution bands alone,
+        # concatenated (modalities/earth/views.py; Sentinel-2: + the 10 m bands) | none = all bands only
+        "embed_views": "resolution",
     }
     position_kind: ClassVar[str] = "sincos"
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random", "ratio": 0.75}
@@ -81,6 +85,8 @@ class EarthAdapter(Adapter):
         p, size = int(self.config["patch_size"]), int(self.config["chip_size"])
         if size % p:
             raise ValueError(f"earth adapter: chip_size {size} is not a multiple of patch_size {p}")
+        if self.config["embed_views"] not in ("resolution", "none"):
+            raise ValueError(f"earth adapter: embed_views must be 'resolution' or 'none', got {self.config['embed_views']!r}")
         if self.config["tokenizer"] not in TOKENIZERS:
             raise ValueError(f"earth adapter: tokenizer must be one of {sorted(TOKENIZERS)}, got {self.config['tokenizer']!r}")
 
@@ -129,6 +135,14 @@ class EarthAdapter(Adapter):
         from modalities.earth.synthetic import write_synthetic
 
         return write_synthetic(out_dir, n, seed)
+
+    def feature_model(self, encoder: nn.Module, dataset: EarthDataset) -> nn.Module:
+        """Band views (``embed_views``): the 20 m/60 m bands blur the 10 m bands' texture inside a
+        token, so the finest bands are embedded once more on their own (``views.py``)."""
+        if self.config["embed_views"] == "none":
+            return encoder
+        views = resolution_views(dataset.channels)
+        return encoder if len(views) == 1 else BandViewEncoder(encoder, dataset.channels, views)
 
     # -- model parts ----------------------------------------------------------------------------
     def make_tokenizer(self, width: int) -> nn.Module:

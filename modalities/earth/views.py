@@ -18,7 +18,6 @@ from dataclasses import replace
 import torch
 from torch import Tensor, nn
 
-from foundation.model import Encoder
 from foundation.tokens import PatchBatch
 from modalities.earth.bands import band
 
@@ -61,7 +60,7 @@ class BandViewEncoder(nn.Module):
     It drops into ``foundation.embed.embed_dataset`` and the probes unchanged; the wrapped encoder
     is shared, not copied."""
 
-    def __init__(self, encoder: Encoder, channels: list[str], views: list[list[str]] | None = None) -> None:
+    def __init__(self, encoder: nn.Module, channels: list[str], views: list[list[str]] | None = None) -> None:
         super().__init__()
         self.encoder, self.channels = encoder, list(channels)
         self.views = views if views is not None else resolution_views(self.channels)

@@ -33,8 +33,10 @@ def test_a_band_view_embeds_like_a_dataset_declaring_only_those_bands(tmp_path, 
     full.fit(ds)
     enc = Encoder.build(full, {"width": 64, "depth": 2, "heads": 4})
     sub = EarthAdapter({"bands": RGBN, "stats": full.config["stats"]}).dataset({"manifest": str(manifest)}, train=False)
-    direct = embed_dataset(enc, sub)["meanstd"]
-    both = embed_dataset(BandViewEncoder(enc, full.channels), ds)["meanstd"]
+    direct = embed_dataset(enc, sub)["meanstd"]  # 4 bands: one view
+    both = embed_dataset(enc, ds)["meanstd"]  # the adapter's default (embed_views: resolution)
+    np.testing.assert_array_equal(both, embed_dataset(BandViewEncoder(enc, full.channels), ds)["meanstd"])
+    full.config["embed_views"] = "none"
     alone = embed_dataset(enc, ds)["meanstd"]
     w = alone.shape[1]
     assert both.shape == (len(files), 2 * w)
