@@ -13,7 +13,7 @@ with k = 1, 5, 10 labelled chips per class:
 Also: the 13-band model embeds 4-band (B02 B03 B04 B08) chips, pretrained vs random init on them;
 and the same comparison on held-out synthetic scenes (a different generator seed).
 
-    python benchmarks/earth_eurosat.py                     # full run (~1.5 h on one thread; sections can run apart)
+    python benchmarks/earth_eurosat.py                     # full run (~2.5 h on one thread; sections can run apart)
     python benchmarks/earth_eurosat.py --steps 150 --seeds 5 --scratch-seeds 0 --tag quick
 Writes benchmarks/results/earth_eurosat[-TAG].{json,md}.
 """
