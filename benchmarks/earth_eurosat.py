@@ -47,7 +47,6 @@ from foundation.recipes import load_recipe  # noqa: E402
 from modalities.earth.adapter import EarthAdapter  # noqa: E402
 from modalities.earth.bands import S2_BANDS  # noqa: E402
 from modalities.earth.synthetic import write_synthetic  # noqa: E402
-from modalities.earth.views import BandViewEncoder, resolution_views  # noqa: E402
 
 POOLINGS = ("meanstd", "mean", "mid_meanstd", "layers_meanstd")  # chosen by inner CV; the first is used when k=1 (no inner CV)
 RGBN = ["B02", "B03", "B04", "B08"]
@@ -82,10 +81,9 @@ def band_stats_features(ds) -> np.ndarray:
     return np.asarray(rows)
 
 
-def pooled(enc: Encoder, ds, views: str = "resolution") -> dict[str, np.ndarray]:
-    """Features under every probed pooling; ``views="resolution"`` concatenates the band views'."""
-    model = BandViewEncoder(enc, ds.channels, resolution_views(ds.channels) if views == "resolution" else [ds.channels])
-    out = embed_dataset(model, ds, batch_size=64)
+def pooled(enc: Encoder, ds) -> dict[str, np.ndarray]:
+    """Features under every probed pooling (band views as the encoder's ``adapter.embed_views`` says)."""
+    out = embed_dataset(enc, ds, batch_size=64)
     return {p: out[p] for p in POOLINGS}
 
 
@@ -217,6 +215,7 @@ def main() -> None:
         return
     enc = Encoder.from_pretrained(run_dir / "encoder")
     rand = random_twin(enc, seed=0)
+    enc.adapter.config["embed_views"] = args.views  # the random twin shares this adapter, so both arms get the same views
     stats = enc.adapter.config["stats"]
     summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
 
@@ -257,7 +256,7 @@ def main() -> None:
     mc = enc.config
     if "eurosat13" in sections:
         scratch = scratch_arm(a13, mc, ds13, labels, args.test_per_class, args)
-        feats = {"pretrained": pooled(enc, ds13, args.views), "random_init": pooled(rand, ds13, args.views), "band_mean_std": band_stats_features(ds13)}
+        feats = {"pretrained": pooled(enc, ds13), "random_init": pooled(rand, ds13), "band_mean_std": band_stats_features(ds13)}
         res = compare(feats, labels, ks, args.seeds, args.test_per_class, scratch)
         if scratch:
             out["scratch_lr"] = {"eurosat_13band": {"lr": scratch["lr"], "validation": scratch["tuning"]}}
@@ -272,7 +271,7 @@ def main() -> None:
         _, ds4 = dataset({"bands": RGBN, "preset": "eurosat_ms"}, {"manifest": str(sub_manifest), "labels": "folder"})
         ds4_labels = np.asarray([ds4.label(i) for i in range(len(ds4))])
         assert ds4[0].patches.shape[1] == 4 * 64 and (ds4_labels == labels).all()
-        feats4 = {"pretrained": pooled(enc, ds4, args.views), "random_init": pooled(rand, ds4, args.views), "band_mean_std": band_stats_features(ds4)}
+        feats4 = {"pretrained": pooled(enc, ds4), "random_init": pooled(rand, ds4), "band_mean_std": band_stats_features(ds4)}
         res4 = compare(feats4, labels, ks, args.seeds, args.test_per_class)
         text, rows = table(res4, ks)
         out["results"]["eurosat_4band_rgbn"] = rows
@@ -285,7 +284,7 @@ def main() -> None:
         _, dss = dataset({}, syn_test)
         slabels = np.asarray([dss.label(i) for i in range(len(dss))])
         scratch_s = scratch_arm(a13, mc, dss, slabels, 15, args)
-        feats_s = {"pretrained": pooled(enc, dss, args.views), "random_init": pooled(rand, dss, args.views), "band_mean_std": band_stats_features(dss)}
+        feats_s = {"pretrained": pooled(enc, dss), "random_init": pooled(rand, dss), "band_mean_std": band_stats_features(dss)}
         res_s = compare(feats_s, slabels, ks, args.seeds, 15, scratch_s)
         if scratch_s:
             out.setdefault("scratch_lr", {})["synthetic_heldout"] = {"lr": scratch_s["lr"], "validation": scratch_s["tuning"]}

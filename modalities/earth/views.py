@@ -47,8 +47,8 @@ def restrict_to_bands(batch: PatchBatch, channels: list[str], view: list[str]) -
         raise ValueError(f"patches carry {p} values per token, not a multiple of the {c} channels {channels}")
     per_band = (b, n, c, p // c)
     patches = (batch.patches.view(per_band) * keep[None, None, :, None]).view(b, n, p)
-    seen = batch.target_valid.view(per_band)[:, :, keep].flatten(2).any(-1) if batch.target_valid.shape == batch.patches.shape else None
-    padding = batch.padding | ~seen if seen is not None else batch.padding
+    seen = batch.target_valid.view(per_band)[:, :, keep].flatten(2).any(-1)  # target_valid is the patches' pixel validity
+    padding = batch.padding | ~seen
     meta = dict(batch.meta)
     meta["band_valid"] = meta.get("band_valid", torch.ones(b, c, dtype=torch.bool, device=keep.device)).bool() & keep[None]
     return replace(batch, patches=patches, padding=padding, meta=meta)
