@@ -211,10 +211,27 @@ def main(argv: list[str] | None = None) -> int:
     from foundation.recipes import RecipeError
 
     try:
-        return args.fn(args)
+        code = args.fn(args)
     except RecipeError as err:
         print(f"domainfm: recipe error: {err}", file=sys.stderr)
         return 2
+    release_process_group()
+    return code
+
+
+def release_process_group() -> None:
+    """Tear gloo/NCCL down while the interpreter is alive, after a command that ran under torchrun.
+
+    A process group left for interpreter finalisation is destroyed while modules are being cleared, and gloo's
+    worker threads then sometimes abort the process ("terminate called without an active exception"), turning a
+    finished run into a failed torchrun. Only the success path does this: after an error a peer may still be
+    blocked in a collective and a collective teardown would hang instead of letting torchrun report the error.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":
