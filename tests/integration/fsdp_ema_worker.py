@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
+from foundation.cli import release_process_group
 from foundation.model import Encoder
 from foundation.objectives.jepa import ema_update
 from modalities.grid.adapter import GridAdapter
@@ -52,8 +53,7 @@ def main(out_dir: str) -> None:
     result = check(rank)  # the sharded modules die with check's frame, before the group is torn down
     gc.collect()
     Path(out_dir, f"fsdp_ema.rank{rank}.json").write_text(json.dumps(result))
-    dist.barrier()  # no rank tears gloo down while the other still talks to it
-    dist.destroy_process_group()
+    release_process_group()  # the CLI's teardown: barrier, so no rank tears gloo down while the other talks to it
     # Torch-side caches (FSDP2's device mesh among them) can keep the gloo group alive past
     # destroy_process_group; left to interpreter finalisation, gloo's threads once aborted rank 1 here after
     # all work was done (CI, stop 22; the same class of crash as pytorch#65237).
