@@ -58,8 +58,11 @@ def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer
     if not keep.any():
         keep = w > 0
     f = feats[:, keep] / w[keep]
-    mean = f.mean(1)
-    return {"mean": mean, "meanstd": torch.cat([mean, f.std(1, unbiased=False)]), "max": f.amax(1)}
+    mean, top = f.mean(1), f.amax(1)
+    # "maxmin": a focal finding (a small lesion) moves a few positions' features to an extreme, in
+    # either sign; the mean dilutes it over the volume and max alone sees only the positive tail
+    return {"mean": mean, "meanstd": torch.cat([mean, f.std(1, unbiased=False)]), "max": top,
+            "maxmin": torch.cat([top, f.amin(1)])}
 
 
 def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None) -> dict:

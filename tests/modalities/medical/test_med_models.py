@@ -71,6 +71,7 @@ def test_sliding_window_embedding_matches_plain_encoding_and_handles_any_size(sm
     with torch.no_grad():
         e = enc(collate([s]))
     assert torch.allclose(pooled["mean"], masked_mean(e.tokens, e.padding)[0], atol=1e-5)
+    assert torch.allclose(pooled["maxmin"], torch.cat([e.tokens[0].amax(0), e.tokens[0].amin(0)]), atol=1e-5)
     # a volume of any size, smaller than a window along one axis and larger along others
     big = torch.rand(1, 20, 72, 50)
     vol2 = {"image": MetaTensor(big, affine=torch.diag(torch.tensor([1.5, 1.5, 1.5, 1.0]))), "valid": torch.ones(1, 20, 72, 50)}
