@@ -108,6 +108,16 @@ class MedicalAdapter(Adapter):
         gain, gamma = draw(), draw()
         return dataclasses.replace(batch, patches=gain * batch.patches.clamp(min=0) ** gamma)
 
+    def feature_model(self, encoder: nn.Module, dataset: MedicalDataset) -> nn.Module:
+        """Whole studies by sliding windows (``embed.py``), so a probe reads the same features as
+        ``embed_studies`` and the few-label benchmark; a crop view (training crops or ``eval_roi``)
+        is already window-sized and goes through the encoder itself."""
+        from modalities.medical.embed import SlidingWindowEncoder
+
+        if dataset.train or self.config.get("eval_roi"):
+            return encoder
+        return SlidingWindowEncoder(encoder, dataset)
+
     def make_tokenizer(self, width: int) -> nn.Module:
         patch = tuple(self.config["patch"])
         if self.config["tokenizer"] == "conv":

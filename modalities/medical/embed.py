@@ -65,6 +65,26 @@ def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer
             "maxmin": torch.cat([top, f.amin(1)])}
 
 
+class SlidingWindowEncoder(torch.nn.Module):
+    """The medical feature model of ``foundation.embed.embed_dataset`` (so of ``domainfm embed/probe/
+    evaluate``): each study of a batch is embedded whole by sliding windows of the pretraining size,
+    as ``embed_studies`` does, instead of as one long sequence at positions pretraining never saw.
+
+    A batch carries tokens, not voxels, so the study is fetched again from the dataset by its source
+    path (a cache hit under ``adapter.cache``); the wrapped encoder is shared, not copied."""
+
+    def __init__(self, encoder, dataset, sw_batch_size: int = 4) -> None:
+        super().__init__()
+        self.encoder, self.sw_batch_size = encoder, sw_batch_size
+        self._dataset = dataset  # not a submodule: nothing of it is a parameter
+
+    @torch.no_grad()
+    def pooled(self, batch) -> dict[str, Tensor]:
+        ds = self._dataset
+        rows = [embed_volume(self.encoder, ds.volume(ds._index[path]), ds.cfg, self.sw_batch_size) for path in batch.paths]
+        return {k: torch.stack([r[k] for r in rows]).to(batch.patches.device) for k in rows[0]}
+
+
 def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None) -> dict:
     """One vector per volume of a ``MedicalDataset`` (any size), plus ids, paths and labels, as numpy."""
     encoder.eval()

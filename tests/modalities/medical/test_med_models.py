@@ -80,6 +80,29 @@ def test_sliding_window_embedding_matches_plain_encoding_and_handles_any_size(sm
     assert not torch.allclose(out["mean"], pooled["mean"])
 
 
+def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cfg):
+    """``domainfm embed/probe`` on whole studies read what ``embed_studies`` (and the few-label
+    benchmark) reads; a crop view goes through the encoder itself."""
+    from foundation.embed import embed_dataset
+    from modalities.medical.embed import SlidingWindowEncoder, embed_studies
+
+    root, data = cohort
+    cfg = small_cfg(sw_roi=[16, 16, 16])  # windows smaller than the 32^3 volumes: several per study
+    adapter = MedicalAdapter(cfg)
+    torch.manual_seed(0)
+    enc = Encoder.build(adapter, TINY).eval()
+    ds = MedicalDataset(adapter.config, data, train=False)
+    assert isinstance(adapter.feature_model(enc, ds), SlidingWindowEncoder)
+    via_cli = embed_dataset(enc, ds, batch_size=4, device="cpu")
+    direct = embed_studies(enc, ds)
+    assert list(via_cli["paths"]) == list(direct["paths"]) and list(via_cli["labels"]) == list(direct["labels"])
+    for k in ("mean", "meanstd", "max", "maxmin"):
+        assert np.allclose(via_cli[k], direct[k], atol=1e-5), k
+    crops = MedicalAdapter(small_cfg(eval_roi=[32, 32, 32]))
+    assert crops.feature_model(enc, MedicalDataset(crops.config, data, train=False)) is enc
+    assert adapter.feature_model(enc, MedicalDataset(adapter.config, data, train=True)) is enc
+
+
 @pytest.mark.parametrize("patch,roi", [((8, 8, 8), (32, 32, 32)), ((16, 16, 4), (32, 32, 8))])
 def test_unetr_decoder_shapes(patch, roi):
     dec = UNETRDecoder(1, 32, 4, patch, classes=3, features=4)
