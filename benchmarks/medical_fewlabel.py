@@ -138,7 +138,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     t0 = time.time()
     from foundation.evaluate import random_twin
-    from foundation.probes import few_shot_indices, linear_probe
+    from foundation.probes import bag_probe, few_shot_indices, linear_probe
     from modalities.medical.dataset import MedicalDataset
     from modalities.medical.embed import embed_studies
     from modalities.medical.synthetic import write_cohort
@@ -164,16 +164,18 @@ def main() -> None:
     eval_ds = MedicalDataset(cfg, data, train=False)
     train_ds = MedicalDataset(cfg, data, train=True)
     labels = np.array(eval_ds.labels)
-    pooled = {}
+    pooled, bags = {}, {}
     if ks:
-        feats = {"pretrained": embed_studies(encoder, eval_ds), "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds)}
-        pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels")} for m, f in feats.items()}
+        feats = {"pretrained": embed_studies(encoder, eval_ds, regions=True),
+                 "random_init": embed_studies(random_twin(encoder, seed=args.seed), eval_ds, regions=True)}
+        pooled = {m: {k: v for k, v in f.items() if k not in ("ids", "paths", "labels", "regions")} for m, f in feats.items()}
         pooled["intensity_stats"] = {"stats": intensity_features(eval_ds)}
+        bags = {f"{m}_regions": f["regions"] for m, f in feats.items()}
 
     rows, raw = [], {}
     for k in ks:
         methods = ("pretrained", "random_init", "intensity_stats") + (("scratch",) if args.scratch_steps else ())
-        acc = {m: [] for m in methods + (("finetuned",) if args.finetune and args.scratch_steps else ())}
+        acc = {m: [] for m in methods + tuple(bags) + (("finetuned",) if args.finetune and args.scratch_steps else ())}
         scratch_train, scratch_lr, ft_train = [], [], []
         for seed in range(args.seeds):
             pool, test = patient_split(eval_ds, 0.4, seed)
@@ -181,6 +183,8 @@ def main() -> None:
             for m in ("pretrained", "random_init", "intensity_stats"):
                 res = linear_probe({p: x[tr] for p, x in pooled[m].items()}, labels[tr], {p: x[test] for p, x in pooled[m].items()}, labels[test], seed=seed)
                 acc[m].append(res["accuracy"])
+            for m, b in bags.items():
+                acc[m].append(bag_probe([b[i] for i in tr], labels[tr], [b[i] for i in test], labels[test], seed=seed)["accuracy"])
             if args.scratch_steps:
                 test_acc, train_acc, lr = scratch_classifier(encoder, train_ds, tr, test, labels, args.scratch_steps, seed, args.scratch_lrs, args.scratch_poolings)
                 scratch_lr.append(lr)
@@ -197,6 +201,9 @@ def main() -> None:
                "scratch_train_accuracy": float(np.mean(scratch_train)) if scratch_train else None, "scratch_lrs": scratch_lr, "test_volumes": int(len(test))}
         for other in methods[1:]:
             row[f"vs_{other}"] = paired_difference(acc["pretrained"], acc[other])
+        if bags:  # the region probe against every other arm, its random-init twin (same probe) included
+            for other in ("random_init_regions", "pretrained") + methods[1:]:
+                row[f"regions_vs_{other}"] = paired_difference(acc["pretrained_regions"], acc[other])
         if ft_train:
             row["finetuned_train_accuracy"] = float(np.mean(ft_train))
             row["finetuned_vs_scratch"] = paired_difference(acc["finetuned"], acc["scratch"])
@@ -269,6 +276,18 @@ def format_table(res: dict) -> str:
         lines.append(f"| {r['k']} | {r['pretrained']:.3f} ± {r['pretrained_std']:.3f} | {r['random_init']:.3f} ± {r['random_init_std']:.3f} | "
                      f"{scratch} | {r['intensity_stats']:.3f} ± {r['intensity_stats_std']:.3f} | "
                      f"{ci('vs_random_init')} | {ci('vs_scratch')} | {ci('vs_intensity_stats')} |")
+    regional = [r for r in res["classification"] if "pretrained_regions" in r]
+    if regional:
+        lines += ["", "Region probe (`foundation.probes.bag_probe`: the same logistic regression fitted on each study's regions, "
+                  "windows of the pretraining crop size, per-feature max and min; a study predicted by its regions' mean "
+                  "probability), same splits:", "",
+                  "| labels/class | MAE pretrained, regions | random init, regions | regions - random init regions [95% CI] | "
+                  "regions - scratch [95% CI] | regions - whole-study probe [95% CI] | regions - stats [95% CI] |", "|---|---|---|---|---|---|---|"]
+        for r in regional:
+            ci = lambda o: format_interval(r[o]) if o in r else "not run"  # noqa: E731
+            lines.append(f"| {r['k']} | {r['pretrained_regions']:.3f} ± {r['pretrained_regions_std']:.3f} | "
+                         f"{r['random_init_regions']:.3f} ± {r['random_init_regions_std']:.3f} | {ci('regions_vs_random_init_regions')} | "
+                         f"{ci('regions_vs_scratch')} | {ci('regions_vs_pretrained')} | {ci('regions_vs_intensity_stats')} |")
     tuned = [r for r in res["classification"] if "finetuned" in r]
     if tuned:
         lines += ["", "Fine-tuned from MAE (the from-scratch model, steps and grid, started from the pretrained encoder):", "",

@@ -68,6 +68,47 @@ def linear_probe(Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.ndarray | dict
             "pooling": pool, "C": c, "inner_cv": float(cv)}
 
 
+@threadpool_limits.wrap(limits=1)
+def bag_probe(train_bags: list[np.ndarray], ytr: np.ndarray, test_bags: list[np.ndarray], yte: np.ndarray, seed: int = 0,
+              max_instances: int = 256) -> dict:
+    """A linear probe over bags of instance features (a study's regions, a recording's segments):
+    standardised logistic regression fitted on the instances, each carrying its bag's label, and a
+    bag predicted by its instances' mean class probabilities.
+
+    Why: where the label hangs on a local finding (a few small lesions in a large scan), pooling the
+    whole sample into one vector buries it among everything else, and k labelled samples are k points
+    to fit a direction through; their instances are many more. C is chosen by inner CV over bags
+    (no bag on both sides); at most ``max_instances`` instances per training bag (seeded draw).
+    """
+    ytr, yte = np.asarray(ytr), np.asarray(yte)
+    rng = np.random.default_rng(seed)
+    train_bags = [b if len(b) <= max_instances else b[rng.choice(len(b), max_instances, replace=False)] for b in train_bags]
+
+    def fit(bags: list[np.ndarray], y: np.ndarray, c: float):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            return _logreg(c).fit(np.concatenate(bags), np.repeat(y, [len(b) for b in bags]))
+
+    def predict(clf, bags: list[np.ndarray]) -> np.ndarray:
+        return clf.classes_[np.array([clf.predict_proba(b).mean(0).argmax() for b in bags])]
+
+    folds = _inner_folds(ytr)
+    scores = {}
+    for c in C_GRID if folds >= 2 else (1.0,):
+        if folds < 2:
+            scores[c] = 0.0
+            continue
+        acc = []
+        for fit_idx, val_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(ytr)), ytr):
+            clf = fit([train_bags[i] for i in fit_idx], ytr[fit_idx], c)
+            acc.append(float((predict(clf, [train_bags[i] for i in val_idx]) == ytr[val_idx]).mean()))
+        scores[c] = float(np.mean(acc))
+    c = max(scores, key=scores.get)
+    clf = fit(train_bags, ytr, c)
+    return {"accuracy": float((predict(clf, test_bags) == yte).mean()), "train_accuracy": float((predict(clf, train_bags) == ytr).mean()),
+            "pooling": "bag", "C": c, "inner_cv": scores[c]}
+
+
 def knn_probe(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray, k: int = 5) -> dict:
     """Cosine kNN on standardised features (k capped by the training-set size)."""
     clf = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(ytr)), metric="cosine"))

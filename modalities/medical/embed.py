@@ -42,27 +42,53 @@ class TokenGrid:
         return out.reshape(out.shape[0], *grid, out.shape[-1]).permute(0, 4, 1, 2, 3).to(windows.device)
 
 
+def _offsets(size: int, window: int) -> list[int]:
+    """Start positions of half-overlapping windows along one axis, the last one flush with the end."""
+    window = min(size, window)
+    starts = list(range(0, size - window + 1, max(1, window // 2)))
+    return starts if starts[-1] == size - window else starts + [size - window]
+
+
+def region_features(feats: Tensor, keep: Tensor, window: tuple[int, ...]) -> Tensor:
+    """Per-feature max and min over each window-sized region of a study's feature map
+    (``feats`` [D, *grid], ``keep`` [*grid]): [regions, 2D], regions with no scanned position left out.
+    The regions are the instances of ``foundation.probes.bag_probe``."""
+    rows = []
+    for a in _offsets(feats.shape[1], window[0]):
+        for b in _offsets(feats.shape[2], window[1]):
+            for c in _offsets(feats.shape[3], window[2]):
+                box = (slice(a, a + window[0]), slice(b, b + window[1]), slice(c, c + window[2]))
+                f = feats[(slice(None), *box)][:, keep[box]]
+                if f.shape[1]:
+                    rows.append(torch.cat([f.amax(1), f.amin(1)]))
+    return torch.stack(rows)
+
+
 @torch.no_grad()
-def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer: int | None = None) -> dict[str, Tensor]:
-    """Pooled features of one preprocessed volume (``MedicalDataset.volume(i)``) under several poolings."""
+def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer: int | None = None,
+                 regions: bool = False) -> dict[str, Tensor]:
+    """Pooled features of one preprocessed volume (``MedicalDataset.volume(i)``) under several poolings;
+    with ``regions``, also ``"regions"``: ``region_features`` over windows of the pretraining size."""
     image, valid = _plain(volume[IMAGE]).float(), _plain(volume[VALID]).float()
     spacing = torch.as_tensor(volume[IMAGE].pixdim, dtype=torch.float32)[:3] if hasattr(volume[IMAGE], "pixdim") else torch.ones(3)
     x = torch.cat([image, valid], 0)[None]
     roi = [int(r) for r in cfg["sw_roi"]]
     fmap = sliding_window_inference(x, roi, sw_batch_size, TokenGrid(encoder, cfg, spacing, layer),
-                                    overlap=float(cfg["sw_overlap"]), mode="constant", padding_mode="constant", cval=0.0)
-    fmap = fmap[0].flatten(1)  # [D+1, positions]
-    w = fmap[-1]
-    feats = fmap[:-1]
+                                    overlap=float(cfg["sw_overlap"]), mode="constant", padding_mode="constant", cval=0.0)[0]
+    w = fmap[-1]  # [*grid]: how much of each position the windows saw inside the scan
     keep = w > 0.5
     if not keep.any():
         keep = w > 0
-    f = feats[:, keep] / w[keep]
+    grid_feats = fmap[:-1] / w.clamp_min(1e-6)
+    f = grid_feats[:, keep]
     mean, top = f.mean(1), f.amax(1)
     # "maxmin": a focal finding (a small lesion) moves a few positions' features to an extreme, in
     # either sign; the mean dilutes it over the volume and max alone sees only the positive tail
-    return {"mean": mean, "meanstd": torch.cat([mean, f.std(1, unbiased=False)]), "max": top,
-            "maxmin": torch.cat([top, f.amin(1)])}
+    out = {"mean": mean, "meanstd": torch.cat([mean, f.std(1, unbiased=False)]), "max": top,
+           "maxmin": torch.cat([top, f.amin(1)])}
+    if regions:
+        out["regions"] = region_features(grid_feats, keep, tuple(r // int(p) for r, p in zip(roi, cfg["patch"])))
+    return out
 
 
 class SlidingWindowEncoder(torch.nn.Module):
@@ -85,17 +111,18 @@ class SlidingWindowEncoder(torch.nn.Module):
         return {k: torch.stack([r[k] for r in rows]).to(batch.patches.device) for k in rows[0]}
 
 
-def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None) -> dict:
-    """One vector per volume of a ``MedicalDataset`` (any size), plus ids, paths and labels, as numpy."""
+def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None, regions: bool = False) -> dict:
+    """One vector per volume of a ``MedicalDataset`` (any size), plus ids, paths and labels, as numpy;
+    with ``regions``, also ``"regions"``: a list of [regions, 2D] arrays, one per volume."""
     encoder.eval()
     feats: dict[str, list] = {}
     paths = []
     for i in range(len(dataset.items)):
         vol = dataset.volume(i)
-        for k, v in embed_volume(encoder, vol, dataset.cfg, sw_batch_size, layer).items():
+        for k, v in embed_volume(encoder, vol, dataset.cfg, sw_batch_size, layer, regions).items():
             feats.setdefault(k, []).append(v.float().cpu().numpy())
         paths.append(vol["source"])
-    out = {k: np.stack(v) for k, v in feats.items()}
+    out = {k: v if k == "regions" else np.stack(v) for k, v in feats.items()}
     labels = dataset.labels if dataset.labels is not None else [-1] * len(paths)
     out.update(ids=np.array(paths), paths=np.array(paths), labels=np.array(labels))
     return out
