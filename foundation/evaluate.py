@@ -16,7 +16,8 @@ def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
     return Encoder(encoder.adapter, **encoder.config)
 
 
-PROBE_POOLINGS = ("meanstd", "mid_meanstd", "max")
+# the encoder's own poolings, and "maxmin", which an adapter's feature model may add (medical studies)
+PROBE_POOLINGS = ("meanstd", "mid_meanstd", "max", "maxmin")
 
 
 def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_fraction: float = 0.3,
@@ -33,7 +34,10 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
         raise ValueError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
     idx = np.arange(len(labels))
     pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=12345)
-    pooled = {m: {k: f[k] for k in poolings} for m, f in feats.items()}
+    # an adapter's feature model (``Adapter.feature_model``) may offer only some of them
+    pooled = {m: {k: f[k] for k in poolings if k in f} for m, f in feats.items()}
+    if not pooled["pretrained"]:
+        raise ValueError(f"none of the poolings {poolings} among the features ({sorted(feats['pretrained'])})")
     res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
     rows = []
     for k in ks:

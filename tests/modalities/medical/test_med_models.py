@@ -98,6 +98,10 @@ def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cf
     assert list(via_cli["paths"]) == list(direct["paths"]) and list(via_cli["labels"]) == list(direct["labels"])
     for k in ("mean", "meanstd", "max", "maxmin"):
         assert np.allclose(via_cli[k], direct[k], atol=1e-5), k
+    from foundation.evaluate import few_label_report
+
+    rep = few_label_report(enc, ds, ks=[1], seeds=2, test_fraction=0.34)  # what `domainfm probe` runs
+    assert {r["pooling"] for r in rep["raw"]["pretrained"][1]} <= {"meanstd", "max", "maxmin"}
     crops = MedicalAdapter(small_cfg(eval_roi=[32, 32, 32]))
     assert crops.feature_model(enc, MedicalDataset(crops.config, data, train=False)) is enc
     assert adapter.feature_model(enc, MedicalDataset(adapter.config, data, train=True)) is enc
