@@ -72,8 +72,9 @@ def cmd_embed(args) -> int:
 
     encoder, dataset, _ = _exported_and_data(args)
     out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
-    if args.pooling not in out:
-        raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {[k for k in out if k not in ('ids', 'paths', 'labels')]}")
+    choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample regions
+    if args.pooling not in choices:
+        raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {choices}")
     np.savez(args.out, embeddings=out[args.pooling].astype(np.float32), ids=out["ids"], paths=out["paths"], labels=out["labels"])
     print(f"wrote {len(out['ids'])} embeddings of width {out[args.pooling].shape[1]} to {args.out}")
     return 0

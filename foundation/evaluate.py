@@ -38,14 +38,20 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
     pooled = {m: {k: f[k] for k in poolings if k in f} for m, f in feats.items()}
     if not pooled["pretrained"]:
         raise ValueError(f"none of the poolings {poolings} among the features ({sorted(feats['pretrained'])})")
+    if isinstance(feats["pretrained"].get("regions"), list):  # per-sample regions: the region probe as well
+        pooled.update({f"{m}_regions": f["regions"] for m, f in feats.items()})
     res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
     rows = []
     for k in ks:
-        a = [r["accuracy"] for r in res["pretrained"][k]]
-        b = [r["accuracy"] for r in res["random_init"][k]]
-        rows.append({"k": k, "pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
-                     "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)),
-                     **paired_difference(a, b)})
+        acc = {m: [r["accuracy"] for r in v[k]] for m, v in res.items()}
+        a, b = acc["pretrained"], acc["random_init"]
+        row = {"k": k, "pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
+               "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)), **paired_difference(a, b)}
+        if "pretrained_regions" in acc:
+            ra, rb = acc["pretrained_regions"], acc["random_init_regions"]
+            row["regions"] = {"pretrained": float(np.mean(ra)), "pretrained_std": float(np.std(ra)), "random_init": float(np.mean(rb)),
+                              "random_init_std": float(np.std(rb)), **paired_difference(ra, rb)}
+        rows.append(row)
     return {"rows": rows, "n_test": int(len(test)), "n_pool": int(len(pool)), "classes": len(np.unique(labels)),
             "seeds": seeds, "raw": res}
 
@@ -53,7 +59,11 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
 def format_report(rep: dict) -> str:
     lines = [f"{'k/class':>8} {'pretrained':>14} {'random init':>14} {'paired diff [95% CI]':>28}"]
     for r in rep["rows"]:
-        lines.append(f"{r['k']:>8} {r['pretrained']:>8.3f}±{r['pretrained_std']:.3f} {r['random_init']:>8.3f}±{r['random_init_std']:.3f}"
-                     f"   {format_interval(r)}{'  beats' if r['beats'] else ''}")
+        for label, x in (("", r), (" regions", r.get("regions"))):
+            if x:
+                lines.append(f"{str(r['k']) + label:>8} {x['pretrained']:>8.3f}±{x['pretrained_std']:.3f} {x['random_init']:>8.3f}±{x['random_init_std']:.3f}"
+                             f"   {format_interval(x)}{'  beats' if x['beats'] else ''}")
+    if any("regions" in r for r in rep["rows"]):
+        lines.append("(regions: foundation.probes.bag_probe on each sample's regions, the same splits)")
     lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
     return "\n".join(lines)

@@ -140,8 +140,9 @@ def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: 
                      ks: list[int], seeds: int) -> dict:
     """Probe each encoder's features with k labels per class over ``seeds`` paired splits.
 
-    ``features`` maps a method name to its dict of pooled features (all rows in dataset order);
-    every method sees the same labelled indices for a given (k, seed).
+    ``features`` maps a method name to its dict of pooled features (all rows in dataset order), or
+    to a list of per-sample bags, probed by ``bag_probe``; every method sees the same labelled
+    indices for a given (k, seed).
     """
     results: dict = {name: {} for name in features}
     for k in ks:
@@ -150,7 +151,10 @@ def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: 
         for seed in range(seeds):
             pick = train_pool[few_shot_indices(labels[train_pool], k, seed)]
             for name, feats in features.items():
-                r = linear_probe({p: f[pick] for p, f in feats.items()}, labels[pick],
-                                 {p: f[test_idx] for p, f in feats.items()}, labels[test_idx], seed)
+                if isinstance(feats, list):
+                    r = bag_probe([feats[i] for i in pick], labels[pick], [feats[i] for i in test_idx], labels[test_idx], seed)
+                else:
+                    r = linear_probe({p: f[pick] for p, f in feats.items()}, labels[pick],
+                                     {p: f[test_idx] for p, f in feats.items()}, labels[test_idx], seed)
                 results[name][k].append(r)
     return results

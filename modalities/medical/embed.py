@@ -96,6 +96,7 @@ class SlidingWindowEncoder(torch.nn.Module):
     evaluate``): each study of a batch is embedded whole by sliding windows of the pretraining size,
     as ``embed_studies`` does, instead of as one long sequence at positions pretraining never saw.
 
+    ``"regions"`` (one [regions, 2D] tensor per study) feeds the region probe of ``domainfm probe``.
     A batch carries tokens, not voxels, so the study is fetched again from the dataset by its source
     path (a cache hit under ``adapter.cache``); the wrapped encoder is shared, not copied."""
 
@@ -107,8 +108,10 @@ class SlidingWindowEncoder(torch.nn.Module):
     @torch.no_grad()
     def pooled(self, batch) -> dict[str, Tensor]:
         ds = self._dataset
-        rows = [embed_volume(self.encoder, ds.volume(ds._index[path]), ds.cfg, self.sw_batch_size) for path in batch.paths]
-        return {k: torch.stack([r[k] for r in rows]).to(batch.patches.device) for k in rows[0]}
+        rows = [embed_volume(self.encoder, ds.volume(ds._index[path]), ds.cfg, self.sw_batch_size, regions=True) for path in batch.paths]
+        out = {k: torch.stack([r[k] for r in rows]).to(batch.patches.device) for k in rows[0] if k != "regions"}
+        out["regions"] = [r["regions"] for r in rows]  # ragged: the region probe's instances
+        return out
 
 
 def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None, regions: bool = False) -> dict:

@@ -1,4 +1,4 @@
-"""Two CPU processes on gloo: DDP training with an EMA teacher, dataset sharding, FSDP2 EMA."""
+"""Two CPU processes on gloo: DDP training with an EMA teacher, dataset sharding, FSDP2 EMA, gathered embeddings."""
 import json
 import os
 import socket
@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 
 from modalities.grid.synthetic import write_texture_dataset
 
@@ -49,3 +50,21 @@ def test_fsdp2_sharded_teacher_is_updated_shard_by_shard(tmp_path):
         assert result["sharded"], out.stdout
         assert result["max_error"] < 1e-6
         assert result["negative_control_error"] > 1e-3  # updating the full tensor on one rank only is caught
+
+
+def test_two_process_embedding_equals_one_process_with_ragged_features(tmp_path):
+    """Each rank embeds a slice; the gathered result (pooled and per-sample features) is what one
+    process gets, in dataset order, on both ranks."""
+    from foundation.embed import embed_dataset
+    from tests.integration.embed_worker import setup
+
+    write_texture_dataset(tmp_path / "data", 45, seed=3, size=16)
+    torchrun([str(HERE / "embed_worker.py"), str(tmp_path / "data"), str(tmp_path)])
+    model, ds = setup(str(tmp_path / "data"))
+    one = embed_dataset(model, ds, batch_size=4, device="cpu")
+    for rank in (0, 1):
+        got = np.load(tmp_path / f"embed.rank{rank}.npz")
+        assert list(got["ids"]) == list(one["ids"]) and len(got["ids"]) == 45
+        np.testing.assert_allclose(got["mean"], one["mean"], atol=1e-5)
+        assert list(got["n_tokens"]) == [len(t) for t in one["tokens"]]
+        np.testing.assert_allclose(got["tokens"], np.concatenate(one["tokens"]), atol=1e-5)

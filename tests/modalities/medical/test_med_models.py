@@ -94,14 +94,21 @@ def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cf
     ds = MedicalDataset(adapter.config, data, train=False)
     assert isinstance(adapter.feature_model(enc, ds), SlidingWindowEncoder)
     via_cli = embed_dataset(enc, ds, batch_size=4, device="cpu")
-    direct = embed_studies(enc, ds)
+    direct = embed_studies(enc, ds, regions=True)
     assert list(via_cli["paths"]) == list(direct["paths"]) and list(via_cli["labels"]) == list(direct["labels"])
     for k in ("mean", "meanstd", "max", "maxmin"):
         assert np.allclose(via_cli[k], direct[k], atol=1e-5), k
+    # regions: 16^3 windows of 4^3 positions, half-overlapping, over a 8^3 grid -> 3 per axis
+    assert [r.shape for r in via_cli["regions"]] == [(27, 64)] * len(ds.items)
+    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(via_cli["regions"], direct["regions"]))
+    # the regions cover the study: their largest max is the whole-study max
+    full = embed_studies(enc, ds)
+    assert np.allclose(direct["regions"][0].max(0)[:32], full["max"][0], atol=1e-5)
     from foundation.evaluate import few_label_report
 
     rep = few_label_report(enc, ds, ks=[1], seeds=2, test_fraction=0.34)  # what `domainfm probe` runs
     assert {r["pooling"] for r in rep["raw"]["pretrained"][1]} <= {"meanstd", "max", "maxmin"}
+    assert {r["pooling"] for r in rep["raw"]["pretrained_regions"][1]} == {"bag"} and "regions" in rep["rows"][0]
     crops = MedicalAdapter(small_cfg(eval_roi=[32, 32, 32]))
     assert crops.feature_model(enc, MedicalDataset(crops.config, data, train=False)) is enc
     assert adapter.feature_model(enc, MedicalDataset(adapter.config, data, train=True)) is enc
