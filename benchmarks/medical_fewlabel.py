@@ -86,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true", help="reduced version (CI)")
     ap.add_argument("--pretrain-n", type=int, default=200)
     ap.add_argument("--labelled-n", type=int, default=160, help="labelled cohort; 40%% of it is each seed's test set")
-    ap.add_argument("--steps", type=int, default=1800, help="pretraining steps (the medical-mae recipe's)")
+    ap.add_argument("--steps", type=int, default=7200, help="pretraining steps (the medical-mae recipe's; CI runs 1800)")
     ap.add_argument("--ks", type=int, nargs="+", default=[2, 5, 10])
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--scratch-steps", type=int, default=200, help="from-scratch classifier steps: enough to fit its labels on most seeds (0: no from-scratch arm)")
@@ -136,7 +136,7 @@ def main() -> None:
         args.scratch_steps, args.seg_train, args.seg_test, args.seg_steps, args.seg_seeds = 30, 5, 6, 30, 5
     ks, ceiling_steps = ([], 0) if args.skip_classification else (args.ks, args.ceiling_steps)
     torch.set_num_threads(args.threads)
-    t0 = time.time()
+    t0, commit = time.time(), git_commit()  # the code that runs, not what HEAD is when the run ends
     from foundation.evaluate import random_twin
     from foundation.probes import bag_probe, few_shot_indices, linear_probe
     from modalities.medical.dataset import MedicalDataset
@@ -247,7 +247,7 @@ def main() -> None:
                **paired_difference(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
                "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
 
-    res = {"benchmark": "medical_fewlabel", "git_commit": git_commit(), "args": vars(args), "seeds": list(range(args.seeds)),
+    res = {"benchmark": "medical_fewlabel", "git_commit": commit, "args": vars(args), "seeds": list(range(args.seeds)),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
            "pretrain_seconds": t_pre, "pretrain_metrics_tail": metrics[-3:], "classification": rows, "raw": raw,
            "segmentation": seg, "ceiling": ceiling, "wall_time_s": time.time() - t0}
