@@ -92,21 +92,21 @@ def bag_probe(train_bags: list[np.ndarray], ytr: np.ndarray, test_bags: list[np.
     def predict(clf, bags: list[np.ndarray]) -> np.ndarray:
         return clf.classes_[np.array([clf.predict_proba(b).mean(0).argmax() for b in bags])]
 
+    def inner_cv(c: float) -> float:
+        splits = StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(ytr)), ytr)
+        return float(np.mean([(predict(fit([train_bags[i] for i in f], ytr[f], c), [train_bags[i] for i in v]) == ytr[v]).mean()
+                              for f, v in splits]))
+
     folds = _inner_folds(ytr)
-    scores = {}
-    for c in C_GRID if folds >= 2 else (1.0,):
-        if folds < 2:
-            scores[c] = 0.0
-            continue
-        acc = []
-        for fit_idx, val_idx in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(ytr)), ytr):
-            clf = fit([train_bags[i] for i in fit_idx], ytr[fit_idx], c)
-            acc.append(float((predict(clf, [train_bags[i] for i in val_idx]) == ytr[val_idx]).mean()))
-        scores[c] = float(np.mean(acc))
-    c = max(scores, key=scores.get)
+    if folds < 2:  # one bag per class: no inner CV is possible; C = 1, as linear_probe does
+        c, cv = 1.0, 0.0
+    else:
+        scores = {c: inner_cv(c) for c in C_GRID}
+        c = max(scores, key=scores.get)  # the first of equals, as select_by_inner_cv
+        cv = scores[c]
     clf = fit(train_bags, ytr, c)
     return {"accuracy": float((predict(clf, test_bags) == yte).mean()), "train_accuracy": float((predict(clf, train_bags) == ytr).mean()),
-            "pooling": "bag", "C": c, "inner_cv": scores[c]}
+            "pooling": "bag", "C": c, "inner_cv": cv}
 
 
 def knn_probe(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray, k: int = 5) -> dict:

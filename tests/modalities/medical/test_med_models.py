@@ -102,8 +102,7 @@ def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cf
     assert [r.shape for r in via_cli["regions"]] == [(27, 64)] * len(ds.items)
     assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(via_cli["regions"], direct["regions"]))
     # the regions cover the study: their largest max is the whole-study max
-    full = embed_studies(enc, ds)
-    assert np.allclose(direct["regions"][0].max(0)[:32], full["max"][0], atol=1e-5)
+    assert np.allclose(direct["regions"][0].max(0)[:32], direct["max"][0], atol=1e-5)
     from foundation.evaluate import few_label_report
 
     rep = few_label_report(enc, ds, ks=[1], seeds=2, test_fraction=0.34)  # what `domainfm probe` runs
