@@ -16,16 +16,15 @@ def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
     return Encoder(encoder.adapter, **encoder.config)
 
 
-# the encoder's own poolings, and "maxmin", which an adapter's feature model may add (medical studies)
-PROBE_POOLINGS = ("meanstd", "mid_meanstd", "max", "maxmin")
-
-
 def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_fraction: float = 0.3,
-                     batch_size: int = 64, progress: bool = False, poolings: tuple[str, ...] = PROBE_POOLINGS) -> dict:
+                     batch_size: int = 64, progress: bool = False, poolings: tuple[str, ...] | None = None) -> dict:
     """Pretrained vs random-init linear probes on paired few-label splits of ``dataset``.
 
-    Each encoder's pooling is chosen among ``poolings`` by inner CV on the training labels, the
-    same way for both, so neither side is handicapped by a pooling that suits the other.
+    Each encoder's pooling is chosen among ``poolings`` (default: the adapter's ``probe_poolings``)
+    by inner CV on the training labels, the same way for both, so neither side is handicapped by a
+    pooling that suits the other. A feature key that holds a list (one [instances, D] array per
+    sample, e.g. a study's regions) is a bag: ``bag_probe`` reads it on the same splits, and each
+    row gets that key's comparison too.
     """
     feats = {"pretrained": embed_dataset(encoder, dataset, batch_size, progress=progress),
              "random_init": embed_dataset(random_twin(encoder), dataset, batch_size)}
@@ -34,36 +33,40 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
         raise ValueError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
     idx = np.arange(len(labels))
     pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=12345)
+    poolings = tuple(poolings or encoder.adapter.probe_poolings)
     # an adapter's feature model (``Adapter.feature_model``) may offer only some of them
     pooled = {m: {k: f[k] for k in poolings if k in f} for m, f in feats.items()}
     if not pooled["pretrained"]:
         raise ValueError(f"none of the poolings {poolings} among the features ({sorted(feats['pretrained'])})")
-    if isinstance(feats["pretrained"].get("regions"), list):  # per-sample regions: the region probe as well
-        pooled.update({f"{m}_regions": f["regions"] for m, f in feats.items()})
+    bag_keys = [k for k, v in feats["pretrained"].items() if isinstance(v, list)]
+    for key in bag_keys:
+        pooled.update({f"{m}_{key}": f[key] for m, f in feats.items()})
     res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
     rows = []
     for k in ks:
         acc = {m: [r["accuracy"] for r in v[k]] for m, v in res.items()}
-        a, b = acc["pretrained"], acc["random_init"]
-        row = {"k": k, "pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
-               "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)), **paired_difference(a, b)}
-        if "pretrained_regions" in acc:
-            ra, rb = acc["pretrained_regions"], acc["random_init_regions"]
-            row["regions"] = {"pretrained": float(np.mean(ra)), "pretrained_std": float(np.std(ra)), "random_init": float(np.mean(rb)),
-                              "random_init_std": float(np.std(rb)), **paired_difference(ra, rb)}
+        row = {"k": k, **_comparison(acc["pretrained"], acc["random_init"])}
+        for key in bag_keys:
+            row[key] = _comparison(acc[f"pretrained_{key}"], acc[f"random_init_{key}"])
         rows.append(row)
-    return {"rows": rows, "n_test": int(len(test)), "n_pool": int(len(pool)), "classes": len(np.unique(labels)),
-            "seeds": seeds, "raw": res}
+    return {"rows": rows, "bag_keys": bag_keys, "n_test": int(len(test)), "n_pool": int(len(pool)),
+            "classes": len(np.unique(labels)), "seeds": seeds, "raw": res}
+
+
+def _comparison(a: list[float], b: list[float]) -> dict:
+    """Pretrained accuracies ``a`` against random-init ``b`` on the same splits."""
+    return {"pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
+            "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)), **paired_difference(a, b)}
 
 
 def format_report(rep: dict) -> str:
     lines = [f"{'k/class':>8} {'pretrained':>14} {'random init':>14} {'paired diff [95% CI]':>28}"]
+    bag_keys = rep.get("bag_keys", [])
     for r in rep["rows"]:
-        for label, x in (("", r), (" regions", r.get("regions"))):
-            if x:
-                lines.append(f"{str(r['k']) + label:>8} {x['pretrained']:>8.3f}±{x['pretrained_std']:.3f} {x['random_init']:>8.3f}±{x['random_init_std']:.3f}"
-                             f"   {format_interval(x)}{'  beats' if x['beats'] else ''}")
-    if any("regions" in r for r in rep["rows"]):
-        lines.append("(regions: foundation.probes.bag_probe on each sample's regions, the same splits)")
+        for label, x in [("", r)] + [(f" {key}", r[key]) for key in bag_keys]:
+            lines.append(f"{str(r['k']) + label:>8} {x['pretrained']:>8.3f}±{x['pretrained_std']:.3f} {x['random_init']:>8.3f}±{x['random_init_std']:.3f}"
+                         f"   {format_interval(x)}{'  beats' if x['beats'] else ''}")
+    for key in bag_keys:
+        lines.append(f"({key}: foundation.probes.bag_probe on each sample's {key}, the same splits)")
     lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
     return "\n".join(lines)

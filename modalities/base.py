@@ -104,6 +104,9 @@ class Adapter(ABC):
     attn_bias_buckets: ClassVar[int] = 0
     # mask kinds this adapter adds to the core's (random, block, tube, span); see ``mask_scores``
     mask_kinds: ClassVar[tuple[str, ...]] = ()
+    # the poolings ``foundation.evaluate.few_label_report`` chooses among by inner CV: the encoder's
+    # own, plus any that this adapter's ``feature_model`` adds (it may also offer fewer)
+    probe_poolings: ClassVar[tuple[str, ...]] = ("meanstd", "mid_meanstd", "max")
 
     def __init__(self, config: dict | None = None) -> None:
         config = dict(config or {})

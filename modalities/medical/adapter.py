@@ -24,6 +24,9 @@ class MedicalAdapter(Adapter):
     name = "medical"
     position_kind = "sincos"
     default_masking: ClassVar[dict[str, Any]] = {"kind": "block", "ratio": 0.75, "blocks": 4}
+    # "maxmin" from the sliding-window feature model (``embed.embed_volume``), which lacks
+    # "mid_meanstd"; a crop view (``eval_roi``) goes through the encoder and has it
+    probe_poolings: ClassVar[tuple[str, ...]] = ("meanstd", "mid_meanstd", "max", "maxmin")
     defaults: ClassVar[dict[str, Any]] = {
         # tokens
         "patch": [16, 16, 16],  # voxels per patch along (R, A, S) after resampling; e.g. [16, 16, 4] for thick-slice MR
