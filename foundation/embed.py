@@ -29,7 +29,11 @@ def embed_dataset(encoder: Encoder, dataset, batch_size: int = 64, device: str |
     feats: dict[str, list] = {}
     ragged: set[str] = set()
     ids, paths, labels = [], [], []
-    for batch in tqdm(eval_loader(dataset, batch_size, world, rank, num_workers), disable=not progress, desc="embed"):
+    # a feature model that fetches each sample from the dataset itself (medical: whole studies by
+    # sliding windows) names a light dataset for the loader (ids, paths, labels), so no sample is
+    # tokenised and collated only to be thrown away
+    source = dataset if getattr(encoder, "loader_dataset", None) is None else encoder.loader_dataset
+    for batch in tqdm(eval_loader(source, batch_size, world, rank, num_workers), disable=not progress, desc="embed"):
         batch = batch.to(device)
         for k, v in encoder.pooled(batch).items():
             if isinstance(v, list):  # ragged: one array per sample

@@ -13,7 +13,7 @@ import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
-from foundation.tokens import collate
+from foundation.tokens import SampleTokens, collate
 from modalities.medical.dataset import _plain, to_tokens
 from modalities.medical.preprocess import IMAGE, VALID
 
@@ -91,19 +91,43 @@ def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer
     return out
 
 
+class StudyReferences(torch.utils.data.Dataset):
+    """The studies of an evaluation ``MedicalDataset`` as one placeholder token each, carrying the
+    study's id, path and label: all ``SlidingWindowEncoder`` needs from the loader, so a whole study
+    is not tokenised and collated only to be fetched again and its tokens thrown away. The volume
+    is still read (a cache hit) so that under ``on_error=skip`` the stand-in study is named exactly as
+    ``MedicalDataset.sample`` names it."""
+
+    def __init__(self, dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> SampleTokens:
+        ds = self.dataset
+        src = ds.volume(index // ds.k)["source"]
+        label = None if ds.labels is None else ds.labels[ds._index[src]]
+        one = torch.zeros(1, 1)
+        return SampleTokens(patches=one, coords=torch.zeros(1, 3), targets=one, target_valid=torch.ones(1, 1, dtype=torch.bool),
+                            id=src, path=src, label=label)
+
+
 class SlidingWindowEncoder(torch.nn.Module):
     """The medical feature model of ``foundation.embed.embed_dataset`` (so of ``domainfm embed/probe/
     evaluate``): each study of a batch is embedded whole by sliding windows of the pretraining size,
     as ``embed_studies`` does, instead of as one long sequence at positions pretraining never saw.
 
     ``"regions"`` (one [regions, 2D] tensor per study) feeds the region probe of ``domainfm probe``.
-    A batch carries tokens, not voxels, so the study is fetched again from the dataset by its source
-    path (a cache hit under ``adapter.cache``); the wrapped encoder is shared, not copied."""
+    The loader reads ``loader_dataset`` (``StudyReferences``: ids, paths and labels only), and each
+    study is fetched from the dataset by its source path (a cache hit under ``adapter.cache``); the
+    wrapped encoder is shared, not copied."""
 
     def __init__(self, encoder, dataset, sw_batch_size: int = 4) -> None:
         super().__init__()
         self.encoder, self.sw_batch_size = encoder, sw_batch_size
         self._dataset = dataset  # not a submodule: nothing of it is a parameter
+        self.loader_dataset = StudyReferences(dataset)
 
     @torch.no_grad()
     def pooled(self, batch) -> dict[str, Tensor]:

@@ -92,7 +92,10 @@ def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cf
     torch.manual_seed(0)
     enc = Encoder.build(adapter, TINY).eval()
     ds = MedicalDataset(adapter.config, data, train=False)
-    assert isinstance(adapter.feature_model(enc, ds), SlidingWindowEncoder)
+    model = adapter.feature_model(enc, ds)
+    assert isinstance(model, SlidingWindowEncoder)
+    # the loader carries one placeholder token per study, not the study tokenised whole
+    assert len(model.loader_dataset) == len(ds) and model.loader_dataset[0].patches.shape == (1, 1)
     via_cli = embed_dataset(enc, ds, batch_size=4, device="cpu")
     direct = embed_studies(enc, ds, regions=True)
     assert list(via_cli["paths"]) == list(direct["paths"]) and list(via_cli["labels"]) == list(direct["labels"])
