@@ -72,7 +72,7 @@ def cmd_embed(args) -> int:
 
     encoder, dataset, _ = _exported_and_data(args)
     out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
-    choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample regions
+    choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample bags (bag_probe's instances)
     if args.pooling not in choices:
         raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {choices}")
     np.savez(args.out, embeddings=out[args.pooling].astype(np.float32), ids=out["ids"], paths=out["paths"], labels=out["labels"])

@@ -94,9 +94,10 @@ def embed_volume(encoder, volume: dict, cfg: dict, sw_batch_size: int = 4, layer
 class StudyReferences(torch.utils.data.Dataset):
     """The studies of an evaluation ``MedicalDataset`` as one placeholder token each, carrying the
     study's id, path and label: all ``SlidingWindowEncoder`` needs from the loader, so a whole study
-    is not tokenised and collated only to be fetched again and its tokens thrown away. The volume
-    is still read (a cache hit) so that under ``on_error=skip`` the stand-in study is named exactly as
-    ``MedicalDataset.sample`` names it."""
+    is not tokenised and collated only to be fetched again and its tokens thrown away. Only under
+    ``on_error=skip`` is the volume read here (a cache hit), so that a stand-in study is named exactly
+    as ``MedicalDataset.sample`` names it; otherwise the source is the item's own, and a file that
+    cannot be read fails in ``SlidingWindowEncoder.pooled`` with the same error."""
 
     def __init__(self, dataset) -> None:
         self.dataset = dataset
@@ -106,7 +107,8 @@ class StudyReferences(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> SampleTokens:
         ds = self.dataset
-        src = ds.volume(index // ds.k)["source"]
+        i = index // ds.k
+        src = ds.volume(i)["source"] if ds.on_error == "skip" else ds.items[i]["source"]
         label = None if ds.labels is None else ds.labels[ds._index[src]]
         one = torch.zeros(1, 1)
         return SampleTokens(patches=one, coords=torch.zeros(1, 3), targets=one, target_valid=torch.ones(1, 1, dtype=torch.bool),
