@@ -8,11 +8,11 @@ the scan (padding of small volumes, NaN) weigh nothing in the pooled vector.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from torch import Tensor
 
+from foundation.embed import embed_dataset
 from foundation.tokens import SampleTokens, collate
 from modalities.medical.dataset import _plain, to_tokens
 from modalities.medical.preprocess import IMAGE, VALID
@@ -103,11 +103,10 @@ class StudyReferences(torch.utils.data.Dataset):
         self.dataset = dataset
 
     def __len__(self) -> int:
-        return len(self.dataset)
+        return len(self.dataset.items)  # studies, not the crops a training view would make of each
 
-    def __getitem__(self, index: int) -> SampleTokens:
+    def __getitem__(self, i: int) -> SampleTokens:
         ds = self.dataset
-        i = index // ds.k
         src = ds.volume(i)["source"] if ds.on_error == "skip" else ds.items[i]["source"]
         label = None if ds.labels is None else ds.labels[ds._index[src]]
         one = torch.zeros(1, 1)
@@ -123,35 +122,30 @@ class SlidingWindowEncoder(torch.nn.Module):
     ``"regions"`` (one [regions, 2D] tensor per study) feeds the region probe of ``domainfm probe``.
     The loader reads ``loader_dataset`` (``StudyReferences``: ids, paths and labels only), and each
     study is fetched from the dataset by its source path (a cache hit under ``adapter.cache``); the
-    wrapped encoder is shared, not copied."""
+    wrapped encoder is shared, not copied. ``layer``: features of that block, layer-normalised,
+    instead of the final tokens (``embed_volume``)."""
 
-    def __init__(self, encoder, dataset, sw_batch_size: int = 4) -> None:
+    def __init__(self, encoder, dataset, sw_batch_size: int = 4, layer: int | None = None, regions: bool = True) -> None:
         super().__init__()
-        self.encoder, self.sw_batch_size = encoder, sw_batch_size
+        self.encoder, self.sw_batch_size, self.layer, self.regions = encoder, sw_batch_size, layer, regions
         self._dataset = dataset  # not a submodule: nothing of it is a parameter
         self.loader_dataset = StudyReferences(dataset)
 
     @torch.no_grad()
     def pooled(self, batch) -> dict[str, Tensor]:
         ds = self._dataset
-        rows = [embed_volume(self.encoder, ds.volume(ds._index[path]), ds.cfg, self.sw_batch_size, regions=True) for path in batch.paths]
+        rows = [embed_volume(self.encoder, ds.volume(ds._index[path]), ds.cfg, self.sw_batch_size, self.layer, self.regions)
+                for path in batch.paths]
         out = {k: torch.stack([r[k] for r in rows]).to(batch.patches.device) for k in rows[0] if k != "regions"}
-        out["regions"] = [r["regions"] for r in rows]  # ragged: the region probe's instances
+        if self.regions:
+            out["regions"] = [r["regions"] for r in rows]  # ragged: the region probe's instances
         return out
 
 
 def embed_studies(encoder, dataset, sw_batch_size: int = 4, layer: int | None = None, regions: bool = False) -> dict:
     """One vector per volume of a ``MedicalDataset`` (any size), plus ids, paths and labels, as numpy;
-    with ``regions``, also ``"regions"``: a list of [regions, 2D] arrays, one per volume."""
-    encoder.eval()
-    feats: dict[str, list] = {}
-    paths = []
-    for i in range(len(dataset.items)):
-        vol = dataset.volume(i)
-        for k, v in embed_volume(encoder, vol, dataset.cfg, sw_batch_size, layer, regions).items():
-            feats.setdefault(k, []).append(v.float().cpu().numpy())
-        paths.append(vol["source"])
-    out = {k: v if k == "regions" else np.stack(v) for k, v in feats.items()}
-    labels = dataset.labels if dataset.labels is not None else [-1] * len(paths)
-    out.update(ids=np.array(paths), paths=np.array(paths), labels=np.array(labels))
-    return out
+    with ``regions``, also ``"regions"``: a list of [regions, 2D] arrays, one per volume. The same
+    path as ``domainfm embed/probe`` (``embed_dataset`` over a ``SlidingWindowEncoder``), on the
+    encoder's own device."""
+    model = SlidingWindowEncoder(encoder, dataset, sw_batch_size, layer, regions)
+    return embed_dataset(model, dataset, batch_size=8, device=next(encoder.parameters()).device)

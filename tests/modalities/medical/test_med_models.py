@@ -97,15 +97,21 @@ def test_probe_features_are_the_sliding_window_study_embeddings(cohort, small_cf
     # the loader carries one placeholder token per study, not the study tokenised whole
     assert len(model.loader_dataset) == len(ds) and model.loader_dataset[0].patches.shape == (1, 1)
     via_cli = embed_dataset(enc, ds, batch_size=4, device="cpu")
-    direct = embed_studies(enc, ds, regions=True)
-    assert list(via_cli["paths"]) == list(direct["paths"]) and list(via_cli["labels"]) == list(direct["labels"])
+    # each row is the study's own sliding-window embedding, in dataset order, whatever the batching
+    direct = [embed_volume(enc, ds.volume(i), ds.cfg, regions=True) for i in range(len(ds.items))]
+    assert list(via_cli["paths"]) == [it["source"] for it in ds.items] and list(via_cli["labels"]) == list(ds.labels)
     for k in ("mean", "meanstd", "max", "maxmin"):
-        assert np.allclose(via_cli[k], direct[k], atol=1e-5), k
+        assert np.allclose(via_cli[k], np.stack([d[k].numpy() for d in direct]), atol=1e-5), k
     # regions: 16^3 windows of 4^3 positions, half-overlapping, over a 8^3 grid -> 3 per axis
     assert [r.shape for r in via_cli["regions"]] == [(27, 64)] * len(ds.items)
-    assert all(np.allclose(a, b, atol=1e-5) for a, b in zip(via_cli["regions"], direct["regions"]))
+    assert all(np.allclose(a, b["regions"].numpy(), atol=1e-5) for a, b in zip(via_cli["regions"], direct))
     # the regions cover the study: their largest max is the whole-study max
-    assert np.allclose(direct["regions"][0].max(0)[:32], direct["max"][0], atol=1e-5)
+    assert np.allclose(via_cli["regions"][0].max(0)[:32], via_cli["max"][0], atol=1e-5)
+    # embed_studies (the few-label benchmark's) is this path; a layer's features and no regions on request
+    studies = embed_studies(enc, ds, layer=0)
+    assert "regions" not in studies and list(studies["paths"]) == list(via_cli["paths"])
+    layer0 = embed_volume(enc, ds.volume(0), ds.cfg, layer=0)["meanstd"].numpy()
+    assert np.allclose(studies["meanstd"][0], layer0, atol=1e-5) and not np.allclose(layer0, via_cli["meanstd"][0])
     from foundation.evaluate import few_label_report
 
     rep = few_label_report(enc, ds, ks=[1], seeds=2, test_fraction=0.34)  # what `domainfm probe` runs
