@@ -9,7 +9,8 @@
    same size trained on the k labels (same steps for every k; its training accuracy is reported); with
    --finetune also that model started from the pretrained encoder.
 4. Segmentation: UNETR decoder fine-tuned from the pretrained encoder vs the same model from scratch,
-   on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed.
+   on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed; with
+   --restoration-steps also the whole UNETR restoration-pretrained on the unlabelled cohort (Models Genesis).
 Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_difference).
 
     OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py            # full (CPU: tens of minutes)
@@ -98,6 +99,10 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seg-test", type=int, default=12)
     ap.add_argument("--seg-steps", type=int, default=60)
     ap.add_argument("--seg-seeds", type=int, default=8)
+    ap.add_argument("--seg-first-seed", type=int, default=0, help="segmentation seeds are first..first+seg-seeds-1 (split a run over processes)")
+    ap.add_argument("--restoration-steps", type=int, default=0,
+                    help="also a third segmentation arm: the whole UNETR (MAE encoder + decoder) restoration-pretrained on the "
+                         "pretraining cohort for this many steps (modalities.medical.restoration), then fine-tuned like the others (0: off)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="folder for cohorts and the run (default: a temp dir)")
     ap.add_argument("--run-dir", default=None, help="reuse a finished pretraining run")
@@ -223,29 +228,52 @@ def main() -> None:
         from foundation.model import Encoder
 
         seg_ds = MedicalDataset(cfg, data, train=True, with_seg=True)
-        dice = {"pretrained": [], "scratch": []}
-        structures = {"pretrained": [], "scratch": []}  # per seed, the mean Dice of each structure
-        for seed in range(args.seg_seeds):
+        arms = ["pretrained", "scratch"]
+        restored, t_rest = None, 0.0
+        if args.restoration_steps:
+            from modalities.medical.restoration import restoration_pretrain, with_new_head
+
+            t_rest = time.time()
+            torch.manual_seed(args.seed)
+            restored = SegmentationModel(Encoder(encoder.adapter, **encoder.config), classes=int(cfg["channels"]))
+            restored.encoder.load_state_dict(encoder.state_dict())
+            rest_losses = restoration_pretrain(restored, MedicalDataset(cfg, {"manifest": str(pre)}, train=True), args.restoration_steps, seed=args.seed)
+            t_rest = time.time() - t_rest
+            print(f"restoration pretraining: loss {rest_losses[0]:.3f} -> {rest_losses[-1]:.3f} ({t_rest:.0f}s)", flush=True)
+            arms.append("restored")
+        dice = {a: [] for a in arms}
+        structures = {a: [] for a in arms}  # per seed, the mean Dice of each structure
+        seg_seeds = list(range(args.seg_first_seed, args.seg_first_seed + args.seg_seeds))
+        for seed in seg_seeds:
             pool, test = patient_split(seg_ds, 0.4, seed)
             rng = np.random.default_rng(seed)
             tr = rng.permutation(pool)[: args.seg_train].tolist()
             te = rng.permutation(test)[: args.seg_test].tolist()
-            for name in ("pretrained", "scratch"):
+            for name in arms:
                 torch.manual_seed(seed)
-                enc = Encoder(encoder.adapter, **encoder.config)
-                if name == "pretrained":
-                    enc.load_state_dict(encoder.state_dict())
-                model = SegmentationModel(enc, classes=4)
+                if name == "restored":
+                    model = with_new_head(restored, classes=4)
+                else:
+                    enc = Encoder(encoder.adapter, **encoder.config)
+                    if name == "pretrained":
+                        enc.load_state_dict(encoder.state_dict())
+                    model = SegmentationModel(enc, classes=4)
                 finetune_segmentation(model, seg_ds, tr, steps=args.seg_steps, seed=seed)
                 per = dice_scores(model, seg_ds, te, 4, per_class=True)
                 dice[name].append(float(np.mean(np.nanmean(per, 1))))
                 structures[name].append(np.nanmean(per, 0).tolist())
-            print(f"seg seed={seed} pretrained={dice['pretrained'][-1]:.3f} scratch={dice['scratch'][-1]:.3f} ({time.time() - t0:.0f}s)", flush=True)
-        seg = {"seeds": args.seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
+            print(f"seg seed={seed} " + " ".join(f"{a}={dice[a][-1]:.3f}" for a in arms) + f" ({time.time() - t0:.0f}s)", flush=True)
+        seg = {"seeds": args.seg_seeds, "seed_list": seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
                "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
                "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
                **paired_difference(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
                "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
+        if restored is not None:
+            seg["restored"] = {"restoration_steps": args.restoration_steps, "restoration_seconds": t_rest,
+                               "restoration_loss": [rest_losses[0], rest_losses[-1]], "dice": float(np.mean(dice["restored"])),
+                               "dice_std": float(np.std(dice["restored"])),
+                               "vs_scratch": paired_difference(dice["restored"], dice["scratch"]),
+                               "vs_pretrained": paired_difference(dice["restored"], dice["pretrained"])}
 
     res = {"benchmark": "medical_fewlabel", "git_commit": commit, "args": vars(args), "seeds": list(range(args.seeds)),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
@@ -306,6 +334,11 @@ def format_table(res: dict) -> str:
                   f"volumes, {s.get('seeds', len(res['seeds']))} paired seeds):", "",
                   "| fine-tuned from MAE | from scratch | difference [95% CI] |", "|---|---|---|",
                   f"| {s['pretrained']:.3f} ± {s['pretrained_std']:.3f} | {s['scratch']:.3f} ± {s['scratch_std']:.3f} | {format_interval(s)} |"]
+        r = s.get("restored")
+        if r:
+            lines += ["", f"Restoration-pretrained UNETR (MAE encoder and decoder, {r['restoration_steps']} restoration steps on the pretraining "
+                      f"cohort, `modalities.medical.restoration`), fine-tuned the same way: {r['dice']:.3f} ± {r['dice_std']:.3f}; "
+                      f"minus from scratch {format_interval(r['vs_scratch'])}; minus fine-tuned from MAE {format_interval(r['vs_pretrained'])}."]
         if s.get("per_structure"):  # the cohort's structures: 1 body, 2 organs, 3 lesions
             lines += ["", "Mean Dice per structure (body / organs / lesions): " + "; ".join(
                 f"{m} " + " / ".join(f"{x:.3f}" for x in v) for m, v in s["per_structure"].items()) + "."]

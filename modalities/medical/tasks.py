@@ -119,14 +119,15 @@ class SegmentationModel(nn.Module):
 
 
 def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng: torch.Generator, per_volume: int) -> tuple[Tensor, Tensor]:
-    """Random ``roi`` windows (image + validity channel, and segmentation) with random flips."""
+    """Random ``roi`` windows (image + validity channel, and segmentation: zeros for a dataset without
+    one) with random flips."""
     xs, ys = [], []
     for vi in vols:
         d = dataset.volume(vi)
         dataset.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
         for crop in dataset.crops(d)[:per_volume]:
             x = torch.cat([_plain(crop[IMAGE]).float(), _plain(crop[VALID]).float()], 0)
-            y = _plain(crop[SEG]).long()
+            y = _plain(crop[SEG]).long() if SEG in crop else torch.zeros(1, *x.shape[1:], dtype=torch.long)
             for ax in range(1, 4):
                 if bool(torch.rand((), generator=rng) < 0.5):
                     x, y = x.flip(ax), y.flip(ax)
