@@ -113,6 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default=str(RESULTS), help="folder for the results files")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (results are per seed, so threads change only the time)")
     ap.add_argument("--render", default=None, help="only rewrite the .md table of a results .json this script wrote")
+    ap.add_argument("--merge", nargs="+", default=None, help="only merge segmentation results over disjoint seeds into results --tag")
     return ap
 
 
@@ -123,7 +124,7 @@ def command_line(args: dict) -> str:
         return cmd + " --quick"
     for action in build_parser()._actions:
         key, value = action.dest, args.get(action.dest)
-        if key in ("help", "work", "run_dir", "render", "out", "threads") or value is None or value == action.default:
+        if key in ("help", "work", "run_dir", "render", "merge", "out", "threads") or value is None or value == action.default:
             continue
         flag = action.option_strings[-1]
         cmd += f" {flag}" if value is True else f" {flag} " + " ".join(str(v) for v in (value if isinstance(value, list) else [value]))
@@ -135,6 +136,14 @@ def main() -> None:
     if args.render:
         path = Path(args.render)
         path.with_suffix(".md").write_text(format_table(json.loads(path.read_text())))
+        return
+    if args.merge:
+        res = merge_segmentation(args.merge)
+        out = Path(args.out) / f"medical_fewlabel-{args.tag or 'merged'}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=2))
+        out.with_suffix(".md").write_text(format_table(res))
+        print(format_table(res))
         return
     if args.quick:
         args.pretrain_n, args.labelled_n, args.steps, args.ks, args.seeds = 48, 40, 120, [5], 5
@@ -263,17 +272,9 @@ def main() -> None:
                 dice[name].append(float(np.mean(np.nanmean(per, 1))))
                 structures[name].append(np.nanmean(per, 0).tolist())
             print(f"seg seed={seed} " + " ".join(f"{a}={dice[a][-1]:.3f}" for a in arms) + f" ({time.time() - t0:.0f}s)", flush=True)
-        seg = {"seeds": args.seg_seeds, "seed_list": seg_seeds, "train_volumes": args.seg_train, "test_volumes": args.seg_test, "steps": args.seg_steps,
-               "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
-               "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
-               **paired_difference(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
-               "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
-        if restored is not None:
-            seg["restored"] = {"restoration_steps": args.restoration_steps, "restoration_seconds": t_rest,
-                               "restoration_loss": [rest_losses[0], rest_losses[-1]], "dice": float(np.mean(dice["restored"])),
-                               "dice_std": float(np.std(dice["restored"])),
-                               "vs_scratch": paired_difference(dice["restored"], dice["scratch"]),
-                               "vs_pretrained": paired_difference(dice["restored"], dice["pretrained"])}
+        restoration = None if restored is None else {"restoration_steps": args.restoration_steps, "restoration_seconds": t_rest,
+                                                     "restoration_loss": [rest_losses[0], rest_losses[-1]]}
+        seg = segmentation_summary(dice, structures, seg_seeds, args.seg_train, args.seg_test, args.seg_steps, restoration)
 
     res = {"benchmark": "medical_fewlabel", "git_commit": commit, "args": vars(args), "seeds": list(range(args.seeds)),
            "machine": {"platform": platform.platform(), "processor": platform.processor(), "threads": torch.get_num_threads()},
@@ -288,11 +289,52 @@ def main() -> None:
     print(table)
 
 
+def segmentation_summary(dice: dict[str, list[float]], structures: dict[str, list], seeds: list[int], train: int, test: int, steps: int,
+                         restoration: dict | None = None) -> dict:
+    """Means, paired intervals and per-structure Dice of the segmentation arms, from per-seed Dice."""
+    seg = {"seeds": len(seeds), "seed_list": list(seeds), "train_volumes": train, "test_volumes": test, "steps": steps,
+           "pretrained": float(np.mean(dice["pretrained"])), "pretrained_std": float(np.std(dice["pretrained"])),
+           "scratch": float(np.mean(dice["scratch"])), "scratch_std": float(np.std(dice["scratch"])),
+           **paired_difference(dice["pretrained"], dice["scratch"]), "raw": dice, "raw_per_structure": structures,
+           "per_structure": {m: np.mean(v, 0).round(4).tolist() for m, v in structures.items()}}
+    if restoration is not None:
+        seg["restored"] = {**restoration, "dice": float(np.mean(dice["restored"])), "dice_std": float(np.std(dice["restored"])),
+                           "vs_scratch": paired_difference(dice["restored"], dice["scratch"]),
+                           "vs_pretrained": paired_difference(dice["restored"], dice["pretrained"])}
+    return seg
+
+
+def merge_segmentation(paths: list[str]) -> dict:
+    """One result from segmentation runs over disjoint seeds (``--seg-first-seed``) with the same
+    settings: the per-seed Dice concatenated, the intervals recomputed over all seeds."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    segs = [r["segmentation"] for r in runs]
+    keys = ("train_volumes", "test_volumes", "steps")
+    if any(tuple(s[k] for k in keys) != tuple(segs[0][k] for k in keys) for s in segs) or \
+            len({r["git_commit"] for r in runs}) != 1 or len({json.dumps(s.get("restored", {}).get("restoration_steps")) for s in segs}) != 1:
+        raise ValueError(f"cannot merge {paths}: different settings or commits")
+    seeds = [x for s in segs for x in s["seed_list"]]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"cannot merge {paths}: seeds overlap ({seeds})")
+    dice = {a: [x for s in segs for x in s["raw"][a]] for a in segs[0]["raw"]}
+    structures = {a: [x for s in segs for x in s["raw_per_structure"][a]] for a in segs[0]["raw"]}
+    restoration = None
+    if "restored" in segs[0]:
+        restoration = {k: segs[0]["restored"][k] for k in ("restoration_steps", "restoration_seconds", "restoration_loss")}
+    res = dict(runs[0])
+    res["segmentation"] = segmentation_summary(dice, structures, seeds, *(segs[0][k] for k in keys), restoration)
+    res["merged_from"] = [Path(p).name for p in paths]
+    res["wall_time_s"] = max(r["wall_time_s"] for r in runs)  # the runs ran side by side
+    return res
+
+
 def format_table(res: dict) -> str:
     cmd = command_line(res["args"])
     n_test = res["classification"][0].get("test_volumes", "?") if res["classification"] else "?"
     what = (f"Few-label medical volumes (synthetic cohort), {len(res['seeds'])} paired seeds, {n_test} held-out test volumes per seed"
             if res["classification"] else "Medical segmentation only (synthetic cohort)")
+    if res.get("merged_from"):
+        cmd += " (seeds split over processes with --seg-first-seed; merged from " + ", ".join(res["merged_from"]) + ")"
     lines = [f"{what}; `{cmd}`; commit {res['git_commit'][:10]}, wall time {res['wall_time_s'] / 60:.1f} min, pretraining "
              f"{res['pretrain_seconds'] / 60:.1f} min ({res['args']['steps']} steps).", ""]
     if res["classification"]:
