@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from foundation.engine import warmup_cosine
 from modalities.medical.dataset import MedicalDataset
-from modalities.medical.tasks import SegmentationModel, _window_batch
+from modalities.medical.tasks import SegmentationModel, _window_batch, optimiser_step
 
 
 def corrupt(image: Tensor, rng: torch.Generator, mask_ratio: float, cube: int, noise: float) -> Tensor:
@@ -53,12 +53,7 @@ def restoration_pretrain(model: SegmentationModel, dataset: MedicalDataset, step
         out = model(torch.cat([corrupt(clean, rng, mask_ratio, cube, noise), valid], 1), spacing)
         var = clean.flatten(1).var(1).mean().clamp_min(1e-8)
         loss = ((out - clean) ** 2 * valid).sum() / (valid.sum() * channels).clamp_min(1) / var
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(optimiser_step(model, opt, sched, loss))
     return losses
 
 

@@ -153,14 +153,18 @@ def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, tra
         pick = torch.randperm(len(train_idx), generator=rng)[:batch_volumes].tolist()
         x, y = _window_batch(dataset, [train_idx[i] for i in pick], dataset.cfg["roi"], rng, per_volume=2)
         logits = model(x, spacing)
-        loss = loss_fn(logits, y.clamp(max=classes - 1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss))
+        losses.append(optimiser_step(model, opt, sched, loss_fn(logits, y.clamp(max=classes - 1))))
     return losses
+
+
+def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: Tensor) -> float:
+    """One clipped step (gradient norm 1, as every segmentation-model training here); returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    return float(loss)
 
 
 @torch.no_grad()
