@@ -310,7 +310,9 @@ def merge_segmentation(paths: list[str]) -> dict:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     segs = [r["segmentation"] for r in runs]
     keys = ("train_volumes", "test_volumes", "steps")
+    same_run = ("steps", "seed", "pretrain_n", "labelled_n", "run_dir", "override")  # the encoder and cohorts
     if any(tuple(s[k] for k in keys) != tuple(segs[0][k] for k in keys) for s in segs) or \
+            any(tuple(r["args"].get(k) for k in same_run) != tuple(runs[0]["args"].get(k) for k in same_run) for r in runs) or \
             len({r["git_commit"] for r in runs}) != 1 or len({json.dumps(s.get("restored", {}).get("restoration_steps")) for s in segs}) != 1:
         raise ValueError(f"cannot merge {paths}: different settings or commits")
     seeds = [x for s in segs for x in s["seed_list"]]
