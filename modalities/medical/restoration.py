@@ -11,14 +11,14 @@ faint, low-contrast structures need). Fine-tuning then replaces only the 1x1x1 o
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from foundation.engine import warmup_cosine
 from modalities.medical.dataset import MedicalDataset
-from modalities.medical.tasks import SegmentationModel, _window_batch, optimiser_step
+from modalities.medical.tasks import SegmentationModel, train_on_windows
 
 
 def corrupt(image: Tensor, rng: torch.Generator, mask_ratio: float, cube: int, noise: float) -> Tensor:
@@ -38,31 +38,23 @@ def restoration_pretrain(model: SegmentationModel, dataset: MedicalDataset, step
     ``dataset`` (no labels read); the loss is the voxel MSE inside the scan over each window's
     variance, so bright and dark scans weigh alike. Returns the loss curve."""
     channels = int(model.cfg["channels"])
-    if model.decoder.head.conv.conv.out_channels != channels:
+    if model.classes != channels:
         raise ValueError(f"restoration needs a model with classes={channels} (one output per image channel)")
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
-    rng = torch.Generator().manual_seed(seed)
-    spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
-    losses = []
-    model.train()
-    for _ in tqdm(range(steps), disable=not progress, desc="restoration"):
-        pick = torch.randperm(len(dataset.items), generator=rng)[:batch_volumes].tolist()
-        x, _ = _window_batch(dataset, pick, dataset.cfg["roi"], rng, per_volume=2)
+
+    def restoration_error(x: Tensor, _: Tensor, spacing: Tensor, rng: torch.Generator) -> Tensor:
         clean, valid = x[:, :channels], x[:, channels:]
         out = model(torch.cat([corrupt(clean, rng, mask_ratio, cube, noise), valid], 1), spacing)
         var = clean.flatten(1).var(1).mean().clamp_min(1e-8)
-        loss = ((out - clean) ** 2 * valid).sum() / (valid.sum() * channels).clamp_min(1) / var
-        losses.append(optimiser_step(model, opt, sched, loss))
-    return losses
+        return ((out - clean) ** 2 * valid).sum() / (valid.sum() * channels).clamp_min(1) / var
+
+    return train_on_windows(model, dataset, list(range(len(dataset.items))), steps, restoration_error, lr, 1.0, batch_volumes,
+                            seed, progress, desc="restoration")
 
 
 def with_new_head(pretrained: SegmentationModel, classes: int) -> SegmentationModel:
     """A segmentation model for ``classes`` whose encoder and decoder start from ``pretrained`` (a
     copy; the restoration model is left as it is) and whose 1x1x1 output head is fresh."""
-    import copy
-
-    model = SegmentationModel(copy.deepcopy(pretrained.encoder), classes, features=pretrained.decoder.head.conv.conv.in_channels)
+    model = SegmentationModel(copy.deepcopy(pretrained.encoder), classes, pretrained.features)
     state = {k: v for k, v in pretrained.decoder.state_dict().items() if not k.startswith("head.")}
     missing, unexpected = model.decoder.load_state_dict(state, strict=False)
     assert not unexpected and all(k.startswith("head.") for k in missing), (missing, unexpected)

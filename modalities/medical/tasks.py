@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +20,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.transforms import Invertd
 from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
+from tqdm.auto import tqdm
 
 from foundation.engine import warmup_cosine
 from foundation.tokens import collate
@@ -98,7 +100,7 @@ class SegmentationModel(nn.Module):
     def __init__(self, encoder, classes: int, features: int = 16) -> None:
         super().__init__()
         cfg = encoder.adapter.config
-        self.encoder, self.cfg = encoder, cfg
+        self.encoder, self.cfg, self.classes, self.features = encoder, cfg, classes, features
         self.patch = tuple(int(p) for p in cfg["patch"])
         self.decoder = UNETRDecoder(int(cfg["channels"]), encoder.width, encoder.config["depth"], self.patch, classes, features)
 
@@ -136,35 +138,42 @@ def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng:
     return torch.stack(xs), torch.stack(ys)
 
 
-def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
-                          lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5) -> list[float]:
-    """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve."""
-    classes = model.decoder.head.conv.conv.out_channels
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    enc_params = list(model.encoder.parameters())
-    dec_params = list(model.decoder.parameters())
-    opt = torch.optim.AdamW([{"params": enc_params, "lr": lr * encoder_lr_scale}, {"params": dec_params, "lr": lr}], weight_decay=0.01)
+def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes: list[int], steps: int,
+                     loss_of: Callable[[Tensor, Tensor, Tensor, torch.Generator], Tensor], lr: float, encoder_lr_scale: float,
+                     batch_volumes: int, seed: int, progress: bool = False, desc: str = "train") -> list[float]:
+    """The loop every segmentation-model training here shares: random windows of ``batch_volumes`` of
+    ``volumes`` (two each, ``_window_batch``), AdamW with the encoder at ``encoder_lr_scale`` x ``lr``,
+    warm-up then cosine, gradient norm clipped at 1. ``loss_of(windows, labels, spacing, rng)`` is the
+    objective. Returns the loss curve."""
+    opt = torch.optim.AdamW([{"params": list(model.encoder.parameters()), "lr": lr * encoder_lr_scale},
+                             {"params": list(model.decoder.parameters()), "lr": lr}], weight_decay=0.01)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
     rng = torch.Generator().manual_seed(seed)
+    spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
     losses = []
     model.train()
-    spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
-    for _ in range(steps):
-        pick = torch.randperm(len(train_idx), generator=rng)[:batch_volumes].tolist()
-        x, y = _window_batch(dataset, [train_idx[i] for i in pick], dataset.cfg["roi"], rng, per_volume=2)
-        logits = model(x, spacing)
-        losses.append(optimiser_step(model, opt, sched, loss_fn(logits, y.clamp(max=classes - 1))))
+    for _ in tqdm(range(steps), disable=not progress, desc=desc):
+        pick = torch.randperm(len(volumes), generator=rng)[:batch_volumes].tolist()
+        x, y = _window_batch(dataset, [volumes[i] for i in pick], dataset.cfg["roi"], rng, per_volume=2)
+        loss = loss_of(x, y, spacing, rng)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        losses.append(float(loss))
     return losses
 
 
-def optimiser_step(model: nn.Module, opt: torch.optim.Optimizer, sched, loss: Tensor) -> float:
-    """One clipped step (gradient norm 1, as every segmentation-model training here); returns the loss."""
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-    opt.step()
-    sched.step()
-    return float(loss)
+def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
+                          lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5) -> list[float]:
+    """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve."""
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
+
+    def dice_ce(x: Tensor, y: Tensor, spacing: Tensor, rng: torch.Generator) -> Tensor:
+        return loss_fn(model(x, spacing), y.clamp(max=model.classes - 1))
+
+    return train_on_windows(model, dataset, train_idx, steps, dice_ce, lr, encoder_lr_scale, batch_volumes, seed)
 
 
 @torch.no_grad()
