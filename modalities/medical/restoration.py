@@ -41,7 +41,7 @@ def restoration_pretrain(model: SegmentationModel, dataset: MedicalDataset, step
     if model.classes != channels:
         raise ValueError(f"restoration needs a model with classes={channels} (one output per image channel)")
 
-    def restoration_error(x: Tensor, _: Tensor, spacing: Tensor, rng: torch.Generator) -> Tensor:
+    def restoration_error(x: Tensor, _: Tensor | None, spacing: Tensor, rng: torch.Generator) -> Tensor:
         clean, valid = x[:, :channels], x[:, channels:]
         out = model(torch.cat([corrupt(clean, rng, mask_ratio, cube, noise), valid], 1), spacing)
         var = clean.flatten(1).var(1).mean().clamp_min(1e-8)

@@ -120,26 +120,27 @@ class SegmentationModel(nn.Module):
         return self.decoder(x[:, :c].as_subclass(Tensor), [as_map(h) for h in enc.layers], as_map(enc.tokens))
 
 
-def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng: torch.Generator, per_volume: int) -> tuple[Tensor, Tensor]:
-    """Random ``roi`` windows (image + validity channel, and segmentation: zeros for a dataset without
-    one) with random flips."""
+def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng: torch.Generator, per_volume: int) -> tuple[Tensor, Tensor | None]:
+    """Random ``roi`` windows (image + validity channel, and segmentation; None for a dataset read
+    without masks) with random flips."""
     xs, ys = [], []
     for vi in vols:
         d = dataset.volume(vi)
         dataset.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
         for crop in dataset.crops(d)[:per_volume]:
             x = torch.cat([_plain(crop[IMAGE]).float(), _plain(crop[VALID]).float()], 0)
-            y = _plain(crop[SEG]).long() if SEG in crop else torch.zeros(1, *x.shape[1:], dtype=torch.long)
+            y = _plain(crop[SEG]).long() if dataset.with_seg else None
             for ax in range(1, 4):
                 if bool(torch.rand((), generator=rng) < 0.5):
-                    x, y = x.flip(ax), y.flip(ax)
+                    x = x.flip(ax)
+                    y = None if y is None else y.flip(ax)
             xs.append(x)
             ys.append(y)
-    return torch.stack(xs), torch.stack(ys)
+    return torch.stack(xs), (torch.stack(ys) if dataset.with_seg else None)
 
 
 def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes: list[int], steps: int,
-                     loss_of: Callable[[Tensor, Tensor, Tensor, torch.Generator], Tensor], lr: float, encoder_lr_scale: float,
+                     loss_of: Callable[[Tensor, Tensor | None, Tensor, torch.Generator], Tensor], lr: float, encoder_lr_scale: float,
                      batch_volumes: int, seed: int, progress: bool = False, desc: str = "train") -> list[float]:
     """The loop every segmentation-model training here shares: random windows of ``batch_volumes`` of
     ``volumes`` (two each, ``_window_batch``), AdamW with the encoder at ``encoder_lr_scale`` x ``lr``,
@@ -168,6 +169,8 @@ def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes:
 def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
                           lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5) -> list[float]:
     """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve."""
+    if not dataset.with_seg:
+        raise ValueError("finetune_segmentation needs a MedicalDataset built with with_seg=True (its masks are the labels)")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def dice_ce(x: Tensor, y: Tensor, spacing: Tensor, rng: torch.Generator) -> Tensor:

@@ -219,6 +219,8 @@ def test_restoration_pretraining_learns_without_labels_and_hands_its_decoder_to_
     with pytest.raises(ValueError, match="classes=1"):
         restoration_pretrain(SegmentationModel(model.encoder, classes=4, features=4), ds, steps=1)
     losses = restoration_pretrain(model, ds, steps=16, lr=3e-3, batch_volumes=1)
+    with pytest.raises(ValueError, match="with_seg=True"):  # no masks: no silent all-background labels
+        finetune_segmentation(SegmentationModel(model.encoder, classes=4, features=4), ds, [0], steps=1)
     assert np.mean(losses[-4:]) < 0.7 * np.mean(losses[:4])
     seg = with_new_head(model, classes=4)
     assert seg.decoder.head.conv.conv.out_channels == 4
