@@ -162,7 +162,7 @@ def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     return losses
 
 
