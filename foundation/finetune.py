@@ -42,6 +42,8 @@ def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test
         idx = g.choice(pick, bs, replace=False)
         samples = [dataset[(int(i), seed * 100_003 + step * 1_000 + j)] for j, i in enumerate(idx)]
         loss = F.cross_entropy(logits(samples), torch.as_tensor(labels[idx]))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"from-scratch training: loss is {float(loss)} at step {step} (samples {idx.tolist()})")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -118,9 +118,12 @@ def masked_mean(x: Tensor, padding: Tensor) -> Tensor:
 
 
 def masked_std(x: Tensor, padding: Tensor) -> Tensor:
+    """Std over real tokens. The variance is floored before the square root: a sample with one token
+    (a one-node graph) or identical tokens has variance 0, where sqrt's gradient is infinite and turns
+    every parameter NaN after one step of a supervised head."""
     w = (~padding).unsqueeze(-1).to(x.dtype)
     mean = (x * w).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp(min=1)
-    return ((((x - mean) ** 2) * w).sum(1) / w.sum(1).clamp(min=1)).sqrt()
+    return ((((x - mean) ** 2) * w).sum(1) / w.sum(1).clamp(min=1)).clamp(min=1e-12).sqrt()
 
 
 def masked_mean_std(x: Tensor, padding: Tensor) -> Tensor:

@@ -184,3 +184,21 @@ def test_save_and_load_pretrained_is_strict_and_exact(tmp_path):
 def test_sampleTokens_rejects_inconsistent_rows():
     with pytest.raises(ValueError, match="coords"):
         SampleTokens(torch.zeros(3, 2), torch.zeros(2, 2), torch.zeros(3, 2), torch.ones(3, 2, dtype=torch.bool), id="bad")
+
+
+def test_mean_std_pooling_has_finite_gradients_on_one_token_and_constant_samples():
+    """A one-node graph (or a sample whose tokens are identical) has std 0; its gradient must stay
+    finite, or one step of a supervised head turns every parameter NaN (PROTEINS_full has graphs whose node tokens are all alike)."""
+    from foundation.trunk import masked_mean_std
+
+    x = torch.randn(3, 4, 5)
+    x.data[1] = x.data[1, :1]  # identical tokens
+    padding = torch.tensor([[False, True, True, True], [False, False, False, True], [False, False, False, False]])
+    x.requires_grad_(True)
+    pooled = masked_mean_std(x, padding)
+    pooled.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    assert pooled[0, 5:].abs().max() < 1e-5 and pooled[1, 5:].abs().max() < 1e-5
+    # everywhere else it is the population std over real tokens
+    torch.testing.assert_close(pooled[2, 5:], x[2].std(0, unbiased=False), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(pooled[2, :5], x[2].mean(0))
