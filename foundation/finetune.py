@@ -8,6 +8,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from foundation.engine import TrainingDiverged
 from foundation.model import Encoder
 from foundation.tokens import collate
 from foundation.trunk import masked_mean_std
@@ -43,7 +44,7 @@ def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test
         samples = [dataset[(int(i), seed * 100_003 + step * 1_000 + j)] for j, i in enumerate(idx)]
         loss = F.cross_entropy(logits(samples), torch.as_tensor(labels[idx]))
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"from-scratch training: loss is {float(loss)} at step {step} (samples {idx.tolist()})")
+            raise TrainingDiverged(f"from-scratch training: non-finite loss {float(loss)} at step {step}, samples {idx.tolist()}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
