@@ -2,7 +2,6 @@
 (per-sample) features, written per rank for the test to compare with one process."""
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from foundation.cli import release_process_group
+from foundation.cli import exit_process, release_process_group
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
 from modalities.grid.adapter import GridAdapter
@@ -46,7 +45,7 @@ def main(data_root: str, out_dir: str) -> None:
     np.savez(Path(out_dir) / f"embed.rank{rank}.npz", mean=out["mean"], ids=out["ids"], n_tokens=np.array([len(t) for t in out["tokens"]]),
              tokens=np.concatenate(out["tokens"]))
     release_process_group()
-    os._exit(0)  # as fsdp_ema_worker: nothing left to finalise but gloo's threads
+    exit_process(0)  # as the CLI under torchrun: nothing left to finalise but gloo's threads
 
 
 if __name__ == "__main__":

@@ -4,7 +4,6 @@ that both ranks checked their shards."""
 import copy
 import gc
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from foundation.cli import release_process_group
+from foundation.cli import exit_process, release_process_group
 from foundation.model import Encoder
 from foundation.objectives.jepa import ema_update
 from modalities.grid.adapter import GridAdapter
@@ -58,9 +57,7 @@ def main(out_dir: str) -> None:
     # destroy_process_group; left to interpreter finalisation, gloo's threads once aborted rank 1 here after
     # all work was done (CI, stop 22; the same class of crash as pytorch#65237).
     # Everything this worker proves is on disk by now, so leave without finalisation.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_process(0)
 
 
 if __name__ == "__main__":
