@@ -27,7 +27,10 @@ def _stats(x: Tensor, keep: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 
 
 def mean_std(x: Tensor, padding: Tensor) -> Tensor:
-    """[B, 2D]: mean and std over real tokens only (an all-padding row gives zeros, not NaN)."""
+    """[B, 2D]: mean and std over real tokens only (an all-padding row gives zeros, not NaN).
+
+    From running sums (``_stats``) rather than the core's ``masked_mean_std``: an hour-long recording is
+    embedded chunk by chunk with the same sums (``embed_recording``), so both paths round alike."""
     s, sq, n = _stats(x.float(), ~padding)
     n = n.clamp(min=1)
     mean = s / n
