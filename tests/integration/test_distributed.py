@@ -68,3 +68,16 @@ def test_two_process_embedding_equals_one_process_with_ragged_features(tmp_path)
         np.testing.assert_allclose(got["mean"], one["mean"], atol=1e-5)
         assert list(got["n_tokens"]) == [len(t) for t in one["tokens"]]
         np.testing.assert_allclose(got["tokens"], np.concatenate(one["tokens"]), atol=1e-5)
+
+
+def test_a_torchrun_worker_exits_with_its_code_and_output_but_without_finalisation():
+    """exit_process: under torchrun (WORLD_SIZE > 1) the process leaves before interpreter finalisation, where
+    gloo's threads can abort it, yet keeps its exit code and flushed output; a single process exits normally."""
+    code = ("import atexit; from foundation.cli import exit_process; atexit.register(lambda: print('finalised')); "
+            "print('result written', end=''); exit_process(3)")
+    for world, finalised in (("2", False), ("1", True)):
+        env = {**os.environ, "WORLD_SIZE": world, "PYTHONPATH": str(HERE.parents[1])}
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+        assert out.returncode == 3, out.stderr
+        assert out.stdout.startswith("result written")
+        assert ("finalised" in out.stdout) == finalised
