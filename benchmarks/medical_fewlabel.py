@@ -9,8 +9,10 @@
    same size trained on the k labels (same steps for every k; its training accuracy is reported); with
    --finetune also that model started from the pretrained encoder.
 4. Segmentation: UNETR decoder fine-tuned from the pretrained encoder vs the same model from scratch,
-   on --seg-train labelled volumes, same steps, mean foreground Dice on held-out volumes, per seed; with
-   --restoration-steps also the whole UNETR restoration-pretrained on the unlabelled cohort (Models Genesis).
+   on --seg-train labelled volumes, same steps and the same fine-tuning (the first --seg-probe-first share
+   of the steps trains the fresh decoder alone: LP-FT), mean foreground Dice on held-out volumes, per seed;
+   with --restoration-steps also the whole UNETR restoration-pretrained on the unlabelled cohort (Models
+   Genesis), whose probe phase trains its fresh output head alone.
 Wins are paired differences over seeds with a 95% t-interval (foundation.probes.paired_difference).
 
     OMP_NUM_THREADS=1 python benchmarks/medical_fewlabel.py            # full (CPU: tens of minutes)
@@ -99,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seg-test", type=int, default=12)
     ap.add_argument("--seg-steps", type=int, default=60)
     ap.add_argument("--seg-seeds", type=int, default=8)
+    ap.add_argument("--seg-probe-first", type=float, default=0.25,
+                    help="share of the segmentation steps that train only the fresh part first (LP-FT; finetune_segmentation's "
+                         "probe_first): the decoder for the pretrained and scratch arms, the output head for the restored arm")
     ap.add_argument("--seg-first-seed", type=int, default=0, help="segmentation seeds are first..first+seg-seeds-1 (split a run over processes)")
     ap.add_argument("--restoration-steps", type=int, default=0,
                     help="also a third segmentation arm: the whole UNETR (MAE encoder + decoder) restoration-pretrained on the "
@@ -124,6 +129,8 @@ def command_line(args: dict) -> str:
         return cmd + " --quick"
     for action in build_parser()._actions:
         key, value = action.dest, args.get(action.dest)
+        if key == "seg_probe_first" and value is None:
+            value = 0.0  # runs from before the option fine-tuned without a probe phase
         if key in ("help", "work", "run_dir", "render", "merge", "out", "threads") or value is None or value == action.default:
             continue
         flag = action.option_strings[-1]
@@ -267,7 +274,8 @@ def main() -> None:
                     if name == "pretrained":
                         enc.load_state_dict(encoder.state_dict())
                     model = SegmentationModel(enc, classes=4)
-                finetune_segmentation(model, seg_ds, tr, steps=args.seg_steps, seed=seed)
+                finetune_segmentation(model, seg_ds, tr, steps=args.seg_steps, seed=seed, probe_first=args.seg_probe_first,
+                                      probe="head" if name == "restored" else "decoder")
                 per = dice_scores(model, seg_ds, te, 4, per_class=True)
                 dice[name].append(float(np.mean(np.nanmean(per, 1))))
                 structures[name].append(np.nanmean(per, 0).tolist())
@@ -310,7 +318,7 @@ def merge_segmentation(paths: list[str]) -> dict:
     runs = [json.loads(Path(p).read_text()) for p in paths]
     segs = [r["segmentation"] for r in runs]
     keys = ("train_volumes", "test_volumes", "steps")
-    same_run = ("steps", "seed", "pretrain_n", "labelled_n", "run_dir", "override")  # the encoder and cohorts
+    same_run = ("steps", "seed", "pretrain_n", "labelled_n", "run_dir", "override", "seg_probe_first")  # the encoder, cohorts, fine-tuning
     if any(tuple(s[k] for k in keys) != tuple(segs[0][k] for k in keys) for s in segs) or \
             any(tuple(r["args"].get(k) for k in same_run) != tuple(runs[0]["args"].get(k) for k in same_run) for r in runs) or \
             len({r["git_commit"] for r in runs}) != 1 or len({json.dumps(s.get("restored", {}).get("restoration_steps")) for s in segs}) != 1:

@@ -167,16 +167,45 @@ def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes:
 
 
 def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
-                          lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5) -> list[float]:
-    """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve."""
+                          lr: float = 1e-3, batch_volumes: int = 2, seed: int = 0, encoder_lr_scale: float = 0.5,
+                          probe_first: float = 0.25, probe: str = "decoder", probe_lr: float | None = None) -> list[float]:
+    """Train on random crops of the labelled volumes with Dice+CE; returns the loss curve.
+
+    ``probe_first``: the first share of ``steps`` trains only the fresh part, ``probe`` (``decoder``: the
+    encoder is frozen; ``head``: only the 1x1x1 output head trains, for a network whose decoder was
+    pretrained too, ``restoration.with_new_head``), then everything trains; each phase has its own warm-up
+    and cosine (LP-FT, Kumar et al. 2022), the first at ``probe_lr`` (default ``lr``). Why: a fresh decoder's or head's first gradients are large and
+    random, and the pretrained weights they reach forget what made them worth loading. Measured on the
+    synthetic cohort (5 labelled volumes, 200 steps, ``benchmarks/results/medical_fewlabel-pilots.txt``):
+    a network trained for the task on 40 other volumes, given a fresh head, keeps its organs only this
+    way (mean Dice 0.789 vs 0.743, 5 of 5 seeds, ``probe="head", probe_lr=1e-2``); the MAE encoder gains 0.025 (9 of 10 seeds), a random
+    one 0.020. The probe phase is also cheaper: nothing frozen runs a backward pass.
+    """
     if not dataset.with_seg:
         raise ValueError("finetune_segmentation needs a MedicalDataset built with with_seg=True (its masks are the labels)")
+    if not 0.0 <= probe_first < 1.0:
+        raise ValueError(f"probe_first is a share of the steps in [0, 1), got {probe_first}")
+    if probe not in ("decoder", "head"):
+        raise ValueError(f"probe is 'decoder' or 'head', got {probe!r}")
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
 
     def dice_ce(x: Tensor, y: Tensor, spacing: Tensor, rng: torch.Generator) -> Tensor:
         return loss_fn(model(x, spacing), y.clamp(max=model.classes - 1))
 
-    return train_on_windows(model, dataset, train_idx, steps, dice_ce, lr, encoder_lr_scale, batch_volumes, seed)
+    probe_steps = int(round(steps * probe_first))
+    losses: list[float] = []
+    if probe_steps:
+        fresh = model.decoder if probe == "decoder" else model.decoder.head
+        trainable = [(p, p.requires_grad) for p in model.parameters()]
+        model.requires_grad_(False)
+        fresh.requires_grad_(True)
+        try:  # its own window stream, so the main phase sees the windows it would see without a probe phase
+            losses += train_on_windows(model, dataset, train_idx, probe_steps, dice_ce, probe_lr or lr, encoder_lr_scale, batch_volumes,
+                                       seed + 1000)
+        finally:
+            for p, flag in trainable:
+                p.requires_grad_(flag)
+    return losses + train_on_windows(model, dataset, train_idx, steps - probe_steps, dice_ce, lr, encoder_lr_scale, batch_volumes, seed)
 
 
 @torch.no_grad()

@@ -152,6 +152,42 @@ def test_segmentation_learns_and_masks_go_back_to_source_space(cohort, small_cfg
     assert np.allclose(dice_scores(model, ds, [3], 4), np.nanmean(per, 1))
 
 
+def test_probe_phase_trains_the_fresh_part_alone_first_then_everything(cohort, small_cfg):
+    """LP-FT for segmentation: during the probe share only the decoder (or only the output head) moves,
+    and nothing frozen costs a backward; afterwards everything trains again. Control: without a probe
+    phase the same steps move the encoder."""
+    _, data = cohort
+    cfg = small_cfg()
+    ds = MedicalDataset(cfg, {**data, "labels": None}, train=True, with_seg=True)
+
+    def run(steps: int, share: float, probe: str = "decoder") -> tuple[SegmentationModel, dict, dict]:
+        torch.manual_seed(0)
+        model = SegmentationModel(Encoder.build(MedicalAdapter(cfg), TINY), classes=4, features=4)
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        finetune_segmentation(model, ds, [0, 1], steps=steps, lr=3e-3, batch_volumes=1, probe_first=share, probe=probe)
+        return model, before
+
+    def moved(model: SegmentationModel, before: dict, prefix: str) -> bool:
+        weights = {k: v for k, v in model.state_dict().items() if k.startswith(prefix) and v.is_floating_point()}
+        assert weights, prefix
+        return any(not torch.equal(v, before[k]) for k, v in weights.items())
+
+    model, before = run(steps=3, share=0.9)  # all three steps are the probe phase
+    assert not moved(model, before, "encoder.") and moved(model, before, "decoder.")
+    assert all(p.requires_grad for p in model.parameters())
+    model, before = run(steps=3, share=0.9, probe="head")
+    assert not any(moved(model, before, part) for part in ("encoder.", "decoder.stem.", "decoder.skips.", "decoder.ups."))
+    assert moved(model, before, "decoder.head.")
+    model, before = run(steps=4, share=0.5)  # two probe steps, two full
+    assert moved(model, before, "encoder.")
+    model, before = run(steps=3, share=0.0)
+    assert moved(model, before, "encoder.")
+    with pytest.raises(ValueError, match="probe_first"):
+        finetune_segmentation(model, ds, [0], steps=2, probe_first=1.0)
+    with pytest.raises(ValueError, match="probe"):
+        finetune_segmentation(model, ds, [0], steps=2, probe="encoder")
+
+
 def test_ground_truth_round_trips_through_inverse_preprocessing(tmp_path, small_cfg):
     """A mask in LPS orientation at 1x1x2.5 mm: preprocessed (RAS, 1.5 mm, cropped), inverted, equal to the source."""
     img, seg = make_volume(1, np.random.default_rng(0), (40, 40, 16))
