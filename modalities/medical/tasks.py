@@ -203,8 +203,8 @@ def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, tra
         model.requires_grad_(False)
         fresh.requires_grad_(True)
         try:  # its own window stream, so the main phase sees the windows it would see without a probe phase
-            losses += train_on_windows(model, dataset, train_idx, probe_steps, dice_ce, probe_lr or lr, encoder_lr_scale, batch_volumes,
-                                       seed + 1000)
+            losses += train_on_windows(model, dataset, train_idx, probe_steps, dice_ce, lr if probe_lr is None else probe_lr,
+                                       encoder_lr_scale, batch_volumes, seed + 1000)
         finally:
             for p, flag in trainable:
                 p.requires_grad_(flag)

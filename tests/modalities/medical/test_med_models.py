@@ -160,7 +160,7 @@ def test_probe_phase_trains_the_fresh_part_alone_first_then_everything(cohort, s
     cfg = small_cfg()
     ds = MedicalDataset(cfg, {**data, "labels": None}, train=True, with_seg=True)
 
-    def run(steps: int, share: float, probe: str = "decoder") -> tuple[SegmentationModel, dict, dict]:
+    def run(steps: int, share: float, probe: str = "decoder") -> tuple[SegmentationModel, dict]:
         torch.manual_seed(0)
         model = SegmentationModel(Encoder.build(MedicalAdapter(cfg), TINY), classes=4, features=4)
         before = {k: v.clone() for k, v in model.state_dict().items()}
