@@ -19,7 +19,7 @@ KERNEL_C = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # a cosine-normalised kernel (
 
 
 def _svm() -> object:
-    """Standardised features, then a linear-kernel SVM (libsvm, as GraphMAE and InfoGraph evaluate):
+    """Standardised features, then a linear-kernel SVM (libsvm's SVC, GraphMAE's estimator, there with its default RBF kernel):
     exact and fast on a few thousand graphs even with thousands of feature columns, where liblinear's
     LinearSVC stalls at its iteration limit."""
     return make_pipeline(StandardScaler(), SVC(kernel="linear", C=1.0, max_iter=100_000))
