@@ -107,6 +107,21 @@ class EncoderTower(Tower):
         return (masked_mean if self.pooling == "mean" else masked_mean_std)(enc.tokens, enc.padding)
 
 
+class FeatureTower(Tower):
+    """A tower over precomputed feature vectors [B, F] (embeddings from any model, e.g. another
+    tool's): the backbone is the identity, so only the head learns."""
+
+    def __init__(self, name: str, feature_dim: int, dim: int, lr: float | None = None, head: str = "mlp") -> None:
+        super().__init__(name, feature_dim, dim, "train", lr, head)
+        self.identity = nn.Identity()
+
+    def backbone(self) -> nn.Module:
+        return self.identity
+
+    def backbone_features(self, x: Tensor) -> Tensor:
+        return x.float()
+
+
 def load_text_model(directory: str | Path, name: str = "text"):
     """``AutoModel`` + ``AutoTokenizer`` from a LOCAL directory only; one clear line when it cannot be read."""
     from transformers import AutoModel, AutoTokenizer

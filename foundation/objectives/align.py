@@ -9,9 +9,10 @@ negative control: Accelerate's ``gather`` carries no gradient, so the towers wou
 local block only).
 
 Multi-positive targets: rows that share a key (the same class text, the same label) are all positives
-of each other. CLIP's ``arange`` targets would push a class text away from itself and give the loss a
-floor; here the target distribution of a row is uniform over its positives, so the loss's floor is the
-mean entropy of those targets (:func:`multi_positive_floor`), reached when the model is right.
+of each other, and a row's loss is ``-log`` of the probability mass its positives get together (the
+SupCon "sum of positives" form). CLIP's ``arange`` targets ask each row to pick ONE of k identical class
+texts, which caps its probability at 1/k: that loss can never go below ``mean log k`` over the batch
+(:func:`arange_floor`), and pushes same-class rows apart trying. The multi-positive loss goes to 0.
 
 The temperature is learnable per pair type (``"speech|text"``), stored as a log scale clamped to
 ``[log 1, log 100]`` in the forward (as CLIP does); it is a 0-d parameter, so the engine puts it
@@ -82,13 +83,18 @@ def positives(keys_rows: Tensor | None, keys_cols: Tensor | None, rows: int, col
     return keys_rows[:, None] == keys_cols[None, :]
 
 
-def multi_positive_floor(keys: Tensor | None) -> float:
-    """The lowest value the InfoNCE loss can take on a batch with these keys: the mean entropy of the
-    multi-positive targets, log(number of rows sharing a row's key), 0 when all keys differ."""
+def arange_floor(keys: Tensor | None) -> float:
+    """The lowest value CLIP's ``arange``-target InfoNCE can take on a batch with these keys: the mean of
+    log(number of rows sharing a row's key), 0 when all keys differ. The multi-positive loss has no floor."""
     if keys is None:
         return 0.0
     counts = (keys[:, None] == keys[None, :]).sum(1).double()
     return float(counts.log().mean())
+
+
+def multi_positive_nll(logits: Tensor, pos: Tensor) -> Tensor:
+    """Mean over rows of -log(sum of the softmax over the row's positives); cross-entropy when each row has one."""
+    return (torch.logsumexp(logits, 1) - torch.logsumexp(logits.masked_fill(~pos, float("-inf")), 1)).mean()
 
 
 class AlignLoss(nn.Module):
@@ -127,8 +133,7 @@ class AlignLoss(nn.Module):
         logits_ab = scale * za.float() @ all_b.float().T  # my a rows vs every b
         if self.kind == "infonce":
             logits_ba = scale * zb.float() @ all_a.float().T  # my b rows vs every a
-            target = pos.float() / pos.sum(1, keepdim=True)
-            return 0.5 * (F.cross_entropy(logits_ab, target) + F.cross_entropy(logits_ba, target))
+            return 0.5 * (multi_positive_nll(logits_ab, pos) + multi_positive_nll(logits_ba, pos))
         # SigLIP: every (row, column) pair once, as a binary decision; rows of this process only
         logits = logits_ab + self.logit_bias[self._key(pair_type)]
         sign = pos.float() * 2 - 1
