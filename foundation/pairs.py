@@ -162,6 +162,7 @@ class PairedDataset(Dataset):
         self.work_dir = Path(work_dir or tempfile.mkdtemp(prefix="domainfm-pairs-"))
         self.datasets: dict[str, Any] = {}
         self.index: dict[str, dict[int, int]] = {}  # tower -> manifest row -> index in its dataset
+        self.paths: dict[str, dict[int, str]] = {}  # tower -> manifest row -> resolved file (the cache key of its features)
         for name, spec in tower_specs.items():
             have = [i for i, r in enumerate(self.rows) if r[name] is not None]
             self.index[name] = {row: k for k, row in enumerate(have)}
@@ -175,6 +176,7 @@ class PairedDataset(Dataset):
                     raise DataError(self.manifest, f"row {i + 2} ({name}={self.rows[i][name]}): file does not exist",
                                     "fix the path or remove the row")
                 paths.append(str(p))
+            self.paths[name] = dict(zip(have, paths))
             tower_manifest = write_paired_manifest(self.work_dir / f"{name}.csv", [{"path": p} for p in paths], ["path"])
             try:
                 self.datasets[name] = spec["adapter"].dataset({**(data_cfg or {}), "root": None, "manifest": str(tower_manifest),
@@ -227,7 +229,7 @@ class PairedDataset(Dataset):
                             "fix or remove the row") from None
 
     def item_id(self, tower: str, row: int) -> str:
-        return self.rows[row][tower] if self.specs[tower]["kind"] == "text" else f"{tower}:{row}"
+        return self.rows[row][tower] if self.specs[tower]["kind"] == "text" else self.paths[tower][row]
 
     def __getitem__(self, key: tuple[str, int, int | None]) -> tuple:
         pair_type, row, seed = key

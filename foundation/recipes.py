@@ -28,11 +28,20 @@ DEFAULTS: dict[str, Any] = {
               "log_every": 10, "monitor_every": 100, "keep_checkpoints": 2},
     "run": {"dir": "runs/default", "seed": 0},
     "probe": {"k": [1, 5, 10], "seeds": 5, "batch_size": 64},
+    # alignment (`domainfm align`): one entry per tower, named as its manifest column (see foundation/towers.py)
+    "towers": {},
+    "align": {"loss": "infonce", "dim": 128, "temperature": None, "positives": "auto", "pairs": None, "anchor": None,
+              "cache_dir": None, "eval_manifest": None},
+    "zero_shot": {"prompt": "{}", "classes": {}, "tower": None},
 }
+# what one tower entry may hold (towers.<name>.<key>); anything else is refused
+TOWER_KEYS = {"kind": "encoder", "modality": None, "init": None, "recipe": None, "mode": "frozen", "lr": None, "pooling": "mean",
+              "head": "linear", "max_length": 32, "adapter": {}, "model": {}}
 
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
-    "objective": ("mae", "jepa", "contrast"),
+    "objective": ("mae", "jepa", "contrast", "align"),
+    "align.loss": ("infonce", "siglip"),
     "mae.latent": ("tokens", "pooled"),
     "jepa.target_norm": ("layer", "instance"),
     "train.precision": ("no", "bf16", "fp16"),
@@ -76,10 +85,16 @@ def _merge(base: dict, over: dict, where: str, open_keys: bool) -> dict:
         if key not in out and not open_keys:
             raise RecipeError(_unknown(path, base))
         if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = _merge(out[key], value, path, open_keys=path == "adapter")
+            out[key] = _merge(out[key], value, path, open_keys=path in ("adapter", "towers", "zero_shot.classes") or _in_tower(path))
         else:
             out[key] = value
     return out
+
+
+def _in_tower(path: str) -> bool:
+    """towers.<name> and its adapter/model sections are open: tower names and adapters vary."""
+    parts = path.split(".")
+    return parts[0] == "towers" and (len(parts) == 2 or parts[2:3] in (["adapter"], ["model"]))
 
 
 def _unknown(path: str, options: dict) -> str:
@@ -110,7 +125,7 @@ def _coerce(dotted: str, old: Any, raw: str) -> Any:
         if dotted in NULLABLE or old is None:
             return None
         raise RecipeError(f"{dotted} cannot be empty")
-    if old is None or dotted.startswith("adapter."):
+    if old is None or dotted.startswith(("adapter.", "towers.")):
         return value
     if isinstance(old, bool):
         if not isinstance(value, bool):
@@ -137,13 +152,39 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
             raise RecipeError(f"override {item!r} is not key=value (e.g. train.steps=100)")
         dotted, raw = item.split("=", 1)
         node, key = _lookup(recipe, dotted.strip())
-        if key not in node and not dotted.startswith("adapter."):
+        if key not in node and not dotted.startswith(("adapter.", "zero_shot.classes.")) and not _in_tower(dotted.rsplit(".", 1)[0]):
             raise RecipeError(_unknown(dotted, node))
         node[key] = _coerce(dotted, node.get(key), raw.strip())
     return recipe
 
 
+def validate_towers(recipe: dict) -> dict:
+    """An alignment recipe: every tower entry filled with TOWER_KEYS' defaults and checked."""
+    if len(recipe["towers"]) < 2:
+        raise RecipeError("an alignment recipe needs at least two towers (towers.<name>.kind=encoder|text)")
+    for name, spec in recipe["towers"].items():
+        if not isinstance(spec, dict):
+            raise RecipeError(f"towers.{name} must be a mapping (kind, init, mode, ...)")
+        bad = sorted(set(spec) - set(TOWER_KEYS))
+        if bad:
+            raise RecipeError(f"unknown key(s) {bad} in towers.{name}; known: {', '.join(sorted(TOWER_KEYS))}")
+        recipe["towers"][name] = spec = {**copy.deepcopy(TOWER_KEYS), **spec}
+        if spec["kind"] not in ("encoder", "text"):
+            raise RecipeError(f"towers.{name}.kind={spec['kind']!r} is not encoder or text")
+        if spec["mode"] not in ("frozen", "train", "lora"):
+            raise RecipeError(f"towers.{name}.mode={spec['mode']!r} is not frozen, train or lora")
+        if spec["kind"] == "encoder" and not (spec["init"] or spec["modality"]):
+            raise RecipeError(f"towers.{name}: set init=EXPORT_DIR or modality=<name> (a fresh encoder)")
+    return recipe
+
+
 def validate(recipe: dict) -> dict:
+    if recipe.get("objective") == "align":
+        for dotted, allowed in CHOICES.items():
+            node, key = _lookup(recipe, dotted)
+            if node[key] not in allowed:
+                raise RecipeError(f"{dotted}={node[key]!r} is not one of {', '.join(map(str, allowed))}")
+        return validate_towers(recipe)
     for dotted, allowed in CHOICES.items():
         node, key = _lookup(recipe, dotted)
         if node[key] not in allowed:

@@ -78,6 +78,9 @@ class Tower(nn.Module):
                 self.cache[i] = f
         return out
 
+    def head_dim(self) -> int:
+        return (self.head if isinstance(self.head, nn.Linear) else self.head[-1]).out_features
+
     def head_device(self) -> torch.device:
         return next(self.head.parameters()).device
 
