@@ -116,6 +116,8 @@ def _cache_file(recipe: dict, name: str, tower: Tower) -> Path | None:
         return None
     spec = recipe["towers"][name]
     extra = {"adapter": tower.encoder.adapter.preprocessing()} if isinstance(tower, EncoderTower) else {}
+    if not spec["init"]:
+        extra["seed"] = int(recipe["run"]["seed"])  # a fresh frozen tower is its random initialisation
     return Path(d) / f"{name}-{fingerprint(name, spec, extra)}.safetensors"
 
 
