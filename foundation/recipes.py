@@ -18,8 +18,8 @@ DEFAULTS: dict[str, Any] = {
              "persistent_workers": False, "on_error": "raise"},
     "model": {"width": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0, "qkv_bias": True},
     "masking": {"kind": "random", "ratio": 0.75, "axis": 0, "span": 4, "blocks": 4},
-    "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False, "remask": False,
-            "latent": "tokens", "visible_weight": 0.0},
+    "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False,
+            "visible_weight": 0.0},
     "jepa": {"predictor_width": 128, "predictor_depth": 3, "predictor_heads": 4, "ema_start": 0.996, "ema_end": 1.0,
              "targets": 4, "target_scale": [0.15, 0.2], "context_scale": [0.85, 1.0], "target_layers": 1, "target_norm": "layer"},
     "contrast": {"proj_dim": 128, "temperature": 0.1},
@@ -33,7 +33,6 @@ DEFAULTS: dict[str, Any] = {
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
     "objective": ("mae", "jepa", "contrast"),
-    "mae.latent": ("tokens", "pooled"),
     "jepa.target_norm": ("layer", "instance"),
     "train.precision": ("no", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
