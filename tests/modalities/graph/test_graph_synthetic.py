@@ -68,9 +68,15 @@ def test_ring_molecules_live_in_ring_size_and_counts_say_nothing(tmp_path):
 
 
 def test_community_graph_for_node_classification(tmp_path):
+    """One graph whose node classes are its communities: most edges stay inside a community (a quarter
+    would with 4 communities drawn independently of the edges), and the node dataset serves them."""
     root = write_community_graph(tmp_path, nodes=600, communities=4, seed=0)
     gs = read_csv_folder(root)
-    assert len(gs.graphs) == 1 and gs.graphs[0].num_nodes == 600
+    g = gs.graphs[0]
+    assert len(gs.graphs) == 1 and g.num_nodes == 600
+    community = np.array(g.node_labels)
+    src, dst = g.edge_index.numpy()
+    assert (community[src] == community[dst]).mean() > 0.6
     a = GraphAdapter({"task": "node", "max_nodes": 32})
     ds = a.dataset({"root": str(root)}, train=True)
     a.fit(ds)
