@@ -80,7 +80,7 @@ class MedicalAdapter(Adapter):
             raise RecipeError(f"adapter.tokenizer must be 'linear' or 'conv', got {c['tokenizer']!r}")
         for key in ("roi", "sw_roi"):
             if any(r % p for r, p in zip(c[key], c["patch"])):
-                raise RecipeError(f"adapter.{key} {c[key]} must be a multiple of adapter.patch {c['patch']}")
+                raise RecipeError(f"adapter.{key} {c[key]} must be a multiple of patch {c['patch']} (adapter.patch)")
 
     @property
     def patch_dim(self) -> int:
