@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from foundation.distributed import exit_process, release_process_group
-from foundation.errors import DataError, DomainfmError
+from foundation.errors import DomainfmError
 
 EPILOG = """examples:
   domainfm demo                                   # pretrain, probe, export, reload and embed on generated data
@@ -205,12 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; a problem the user can fix is printed as one line on stderr and gives exit code 1.
-
-    argparse's usage errors keep exit code 2. ``-v`` also prints the traceback of a user-facing error;
-    anything else is a bug and always keeps its traceback.
-    """
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (usage errors exit 2); tests parse the documented commands with it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after options: `pretrain R --print-config a=b`
     if any(e in ("-v", "--verbose") for e in extra):  # `domainfm pretrain R -v` as well as `domainfm -v pretrain R`
@@ -219,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a problem the user can fix is printed as one line on stderr and gives exit code 1.
+
+    argparse's usage errors keep exit code 2. ``-v`` also prints the traceback of a user-facing error;
+    anything else is a bug and always keeps its traceback.
+    """
+    args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = args.fn(args)
@@ -234,14 +240,16 @@ def main(argv: list[str] | None = None) -> int:
 def user_message(err: BaseException, args: argparse.Namespace | None = None) -> str:
     """The one line for a user-facing error: what, which file or key, and the way out.
 
-    A file that cannot be read (``DataError``, or a modality reader's error, whose classes live in
-    ``modalities/<m>/io.py``) gets the ``data.on_error=skip`` way out unless the user already chose it.
+    A modality reader's error (its class lives in ``modalities/<m>/io.py``, and that modality's dataset honours
+    ``data.on_error``) gets the ``data.on_error=skip`` way out unless the user already chose it; every other
+    error carries its own way out in its message.
     """
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # the OS's own: "[Errno 2] ..."
         msg = f"{err.filename}: {err.strerror or 'not found'}"
     else:
         msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    unreadable = isinstance(err, DataError) or type(err).__module__.endswith(".io")
+    module = type(err).__module__
+    unreadable = module.startswith("modalities.") and module.endswith(".io")
     chose_skip = any(o.replace(" ", "") == "data.on_error=skip" for o in getattr(args, "overrides", None) or [])
     if unreadable and "on_error" not in msg and not chose_skip:
         msg += " (fix or remove the file, or add data.on_error=skip to skip unreadable files)"

@@ -50,7 +50,7 @@ class GridDataset(TokenDataset):
         try:
             x = torch.from_numpy(np.load(path, allow_pickle=False)).float()
         except Exception as err:  # noqa: BLE001 - any reader failure is reported with the file
-            raise DataError(path, f"cannot read as a .npy array ({err})") from err
+            raise DataError(path, f"cannot read as a .npy array ({err})", "save each sample with numpy.save, or remove the file") from err
         dims = len(self.adapter.config["patch"])
         if x.dim() == dims:
             x = x.unsqueeze(0)
