@@ -92,5 +92,5 @@ def format_report(rep: dict) -> str:
                          f"   {format_interval(x)}{'  beats' if x['beats'] else ''}")
     for key in bag_keys:
         lines.append(f"({key}: foundation.probes.bag_probe on each sample's {key}, the same splits)")
-    lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds, each a different draw of k labels per class)")
+    lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
     return "\n".join(lines)

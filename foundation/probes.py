@@ -152,11 +152,11 @@ def paired_difference(a: np.ndarray | list, b: np.ndarray | list, n_test: int | 
     n = len(np.atleast_1d(a))
     note = None
     if n_test is not None and n_test < MIN_TEST_SAMPLES:
-        note = f"{n_test} test samples are too few for an interval (need {MIN_TEST_SAMPLES})"
+        note = f"{n_test} test samples are too few; an interval needs {MIN_TEST_SAMPLES}"
     elif n < 2:
-        note = f"{n} paired seed: no interval"
+        note = f"{n} paired seed"
     elif not np.isfinite(lo):
-        note = f"the same difference on all {n} paired seeds: zero variance gives no interval"
+        note = f"the same difference on all {n} paired seeds (zero variance)"
     if note:
         out.update(ci_low=float("-inf"), ci_high=float("inf"), beats=False, note=note)
     return out
