@@ -181,7 +181,7 @@ class PairedDataset(Dataset):
             try:
                 self.datasets[name] = spec["adapter"].dataset({**(data_cfg or {}), "root": None, "manifest": str(tower_manifest),
                                                                "labels": None}, train=train)
-            except (OSError, ValueError, RuntimeError) as err:
+            except (OSError, ValueError, RuntimeError, DataError) as err:
                 raise DataError(self.manifest, f"{name} column: {str(err).splitlines()[0]}", "fix or remove the row it names") from None
         all_pairs = ["|".join(p) for p in itertools.combinations(names, 2)]
         self.pair_types = [p for p in (pairs or all_pairs) if any(self._has(r, p) for r in self.rows)]
@@ -224,6 +224,9 @@ class PairedDataset(Dataset):
         frozen = self.specs[tower].get("frozen", False)
         try:
             return ds[k] if (seed is None or frozen or not self.train) else ds[(k, seed)]
+        except DataError as err:  # the adapter's own one-line problem, placed at its manifest row
+            raise DataError(self.manifest, f"row {row + 2} ({tower}={self.rows[row][tower]}): {err.problem}",
+                            err.fix or "fix or remove the row") from None
         except (OSError, ValueError, RuntimeError) as err:
             raise DataError(self.manifest, f"row {row + 2} ({tower}={self.rows[row][tower]}): {str(err).splitlines()[0]}",
                             "fix or remove the row") from None
