@@ -5,10 +5,9 @@ import json
 from pathlib import Path
 
 import yaml
-from safetensors.torch import load_file
 
 from foundation import checkpoint
-from foundation.model import Encoder
+from foundation.model import Encoder, load_strict, read_weights
 from modalities.base import adapter_from_config
 
 
@@ -24,9 +23,9 @@ def encoder_from_run(run_dir: str | Path) -> Encoder:
     state = json.loads((ckpt / "state.json").read_text())
     encoder = Encoder.build(adapter_from_config(recipe["modality"], state["adapter"]), recipe["model"])
     if (ckpt / "teacher.safetensors").exists():
-        encoder.load_state_dict(load_file(str(ckpt / "teacher.safetensors")), strict=True)
+        load_strict(encoder, ckpt / "teacher.safetensors")
     else:
-        weights = {k[len("encoder."):]: v for k, v in load_file(str(ckpt / "model.safetensors")).items() if k.startswith("encoder.")}
+        weights = {k[len("encoder."):]: v for k, v in read_weights(ckpt / "model.safetensors").items() if k.startswith("encoder.")}
         encoder.load_state_dict(weights, strict=True)
     return encoder.eval()
 
