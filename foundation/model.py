@@ -49,6 +49,25 @@ def with_register_bias(bias: Tensor | None, buckets: int) -> Tensor | None:
     return out
 
 
+def pool(enc: Encoded, name: str) -> Tensor:
+    """One pooling of an encoding made with ``return_layers=True`` (``mid_meanstd``: the middle block's
+    layer-normed tokens, where the benchmarks found frozen features best for speech and EO)."""
+    if name == "mean":
+        return masked_mean(enc.tokens, enc.padding)
+    if name == "meanstd":
+        return masked_mean_std(enc.tokens, enc.padding)
+    if name == "max":
+        return masked_max(enc.tokens, enc.padding)
+    if name == "cls":
+        return enc.register
+    normed = [nn.functional.layer_norm(h, h.shape[-1:]) for h in [enc.inputs, *enc.layers]]
+    if name == "mid_meanstd":
+        return masked_mean_std(normed[1 + len(enc.layers) // 2], enc.padding)
+    if name == "layers_meanstd":  # every depth, trunk input included (what an early layer keeps, e.g. spectra, stays readable)
+        return torch.cat([masked_mean_std(h, enc.padding) for h in normed], -1)
+    raise ValueError(f"unknown pooling {name!r}; choose from {list(POOLINGS)}")
+
+
 class Encoder(nn.Module):
     def __init__(self, adapter: Adapter, width: int = 192, depth: int = 6, heads: int = 3, mlp_ratio: float = 4.0, qkv_bias: bool = True) -> None:
         super().__init__()
@@ -98,20 +117,10 @@ class Encoder(nn.Module):
         return Encoded(out[:, 1:], out[:, 0], padding)
 
     @torch.no_grad()
-    def pooled(self, batch: PatchBatch) -> dict[str, Tensor]:
+    def pooled(self, batch: PatchBatch, names: tuple[str, ...] = POOLINGS) -> dict[str, Tensor]:
         """Frozen features under several poolings; probes pick one by inner cross-validation."""
         enc = self(batch, return_layers=True)
-        normed = [nn.functional.layer_norm(h, h.shape[-1:]) for h in [enc.inputs, *enc.layers]]
-        mid = normed[1 + len(enc.layers) // 2]
-        return {
-            "mean": masked_mean(enc.tokens, enc.padding),
-            "meanstd": masked_mean_std(enc.tokens, enc.padding),
-            "max": masked_max(enc.tokens, enc.padding),
-            "cls": enc.register,
-            "mid_meanstd": masked_mean_std(mid, enc.padding),
-            # every depth, trunk input included (what an early layer keeps, e.g. spectra, stays readable)
-            "layers_meanstd": torch.cat([masked_mean_std(h, enc.padding) for h in normed], -1),
-        }
+        return {name: pool(enc, name) for name in names}
 
     # -- I/O ---------------------------------------------------------------------------------------
     def export_config(self) -> dict:
