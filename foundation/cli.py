@@ -54,6 +54,28 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    """Bind two or more towers (encoders of any modality, text) into one space; THE engine trains it."""
+    from foundation.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe["objective"] != "align":
+        from foundation.recipes import RecipeError
+
+        raise RecipeError(f"recipe {args.recipe!r} has objective {recipe['objective']!r}; domainfm align needs objective: align")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(recipe, sort_keys=False), end="")
+        return 0
+    from foundation.align_task import align_task
+    from foundation.engine import train
+
+    run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from foundation.export import export_run
 
@@ -170,6 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_pretrain)
+
+    s = sub.add_parser("align", help="align towers (encoders, text) into one embedding space", description="Align two or more "
+                       "towers from a recipe (e.g. align-speech-text); data.manifest=FILE has one column per tower, named as the tower; "
+                       "towers.<name>.init=EXPORT_DIR starts a tower from an export. A run directory with a checkpoint is resumed.")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_align)
 
     s = sub.add_parser("export", help="export a run's encoder with its preprocessing", description="Write the encoder of RUN_DIR "
                        "(config.json with its preprocessing and input spec, model.safetensors, model.onnx, model.pt2, golden/ "
