@@ -70,3 +70,51 @@ def format_report(rep: dict) -> str:
         lines.append(f"({key}: foundation.probes.bag_probe on each sample's {key}, the same splits)")
     lines.append(f"({rep['classes']} classes, {rep['n_test']} test samples, {rep['seeds']} paired seeds)")
     return "\n".join(lines)
+
+
+# -- metrics of every task (finetune reports, predict, the evaluate registry) ---------------------
+def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] | None = None) -> dict:
+    """Metrics of predictions ``scores`` (probabilities per class/label, or values [N] / [N, 1]) against ``y``.
+
+    classification: accuracy, balanced accuracy, macro-F1, AUROC (binary, or one-vs-rest macro when every
+    class is present), per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted);
+    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R².
+    """
+    from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
+
+    y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
+    if task == "regression":
+        pred = scores.reshape(len(y), -1)[:, 0]
+        err = pred - y
+        ss = float(((y - y.mean()) ** 2).sum())
+        return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err ** 2).mean())),
+                "r2": float(1 - (err ** 2).sum() / ss) if ss > 0 else float("nan"), "n": int(len(y))}
+    if task == "multilabel":
+        pred = scores > 0.5
+        out = {"accuracy": float((pred == (y > 0.5)).mean()), "exact_match": float((pred == (y > 0.5)).all(1).mean()),
+               "macro_f1": float(f1_score(y > 0.5, pred, average="macro", zero_division=0)), "n": int(len(y))}
+        ok = [j for j in range(y.shape[1]) if 0 < y[:, j].sum() < len(y)]
+        out["auroc"] = float(np.mean([roc_auc_score(y[:, j], scores[:, j]) for j in ok])) if ok else float("nan")
+        return out
+    n_cls = scores.shape[1]
+    pred = scores.argmax(1)
+    cm = confusion_matrix(y, pred, labels=list(range(n_cls)))
+    per_class = [float(cm[c, c] / cm[c].sum()) if cm[c].sum() else float("nan") for c in range(n_cls)]
+    out = {"accuracy": float((pred == y).mean()), "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+           "macro_f1": float(f1_score(y, pred, average="macro", labels=np.unique(y), zero_division=0)),
+           "per_class_accuracy": dict(zip(names or [str(c) for c in range(n_cls)], per_class)),
+           "confusion_matrix": cm.tolist(), "n": int(len(y))}
+    present = np.unique(y)
+    if n_cls == 2 and len(present) == 2:
+        out["auroc"] = float(roc_auc_score(y, scores[:, 1]))
+    elif len(present) == n_cls and n_cls > 2:
+        p = scores / scores.sum(1, keepdims=True).clip(min=1e-12)
+        out["auroc"] = float(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    else:
+        out["auroc"] = float("nan")
+    return out
+
+
+def headline(task: str) -> str:
+    """The metric a task's tables lead with."""
+    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}[task]

@@ -622,3 +622,89 @@ def tune_lr(lrs: Sequence[float], validation_accuracy: Callable[[float], float])
         return lrs[0], {}
     scores = {lr: validation_accuracy(lr) for lr in lrs}
     return max(lrs, key=scores.__getitem__), scores
+
+
+# -- the `domainfm finetune` and `domainfm predict` verbs -----------------------------------------
+def load_encoder(model_dir: str | Path) -> Encoder:
+    """An exported encoder directory, or a pretraining run directory (its ``encoder/``)."""
+    from foundation.errors import RunDirError
+
+    d = Path(model_dir)
+    for cand in (d, d / "encoder"):
+        if (cand / "config.json").exists() and (cand / "model.safetensors").exists():
+            return Encoder.from_pretrained(cand)
+    if (d / "finetuned.json").exists():
+        return Encoder.from_pretrained(d / "encoder")
+    raise RunDirError(f"{d}: neither an exported encoder (config.json + model.safetensors) nor a finished pretraining run "
+                      "(encoder/); export one with `domainfm export RUN_DIR OUT_DIR` or finish the run")
+
+
+def finetune_spec(data: str, overrides: list[str]) -> dict:
+    """DATA and ``key=value`` overrides as the fine-tuning config: ``data.*`` (plus ``data.groups``),
+    ``finetune.*`` (see FINETUNE_DEFAULTS) and ``run.dir`` / ``run.seed``."""
+    from foundation.recipes import DEFAULTS, RecipeError, apply_overrides
+
+    spec = {"data": {**DEFAULTS["data"], "groups": None}, "finetune": dict(FINETUNE_DEFAULTS),
+            "run": {"dir": "runs/finetune", "seed": 0}, "probe": {**DEFAULTS["probe"], "test_fraction": 0.3}}
+    p = Path(data)
+    spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
+    spec = apply_overrides(spec, overrides)
+    ft = spec["finetune"]
+    for key, allowed in (("task", TASKS), ("method", METHODS)):
+        if ft[key] not in allowed:
+            raise RecipeError(f"finetune.{key}={ft[key]!r} is not one of {', '.join(allowed)}")
+    if not 0 <= ft["val_fraction"] < 1:
+        raise RecipeError(f"finetune.val_fraction must be in [0, 1), got {ft['val_fraction']}")
+    if ft["patience"] and not ft["val_fraction"]:
+        raise RecipeError("finetune.patience needs a validation set: set finetune.val_fraction (e.g. 0.2); "
+                          "budgets are fixed otherwise, because early stopping on a few samples is noise")
+    return spec
+
+
+def adapter_data(data: dict) -> dict:
+    """The ``data`` keys an adapter reads (``groups`` is the core's)."""
+    return {k: v for k, v in data.items() if k != "groups"}
+
+
+def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progress: bool = True) -> Path:
+    """``domainfm finetune``: train on DATA's labels and write ``run.dir/finetuned/`` with its report."""
+    from foundation.evaluate import task_metrics
+    from foundation.report import finetune_report
+
+    spec = finetune_spec(data, overrides)
+    cfg, seed, run_dir = spec["finetune"], int(spec["run"]["seed"]), Path(spec["run"]["dir"])
+    encoder = load_encoder(model_dir)
+    dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
+    targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
+    groups = sample_groups(dataset, spec["data"]["groups"])
+    if cfg["val_fraction"]:
+        strata = targets.values if targets.task == "classification" else None
+        train_idx, val_idx = group_split(groups, cfg["val_fraction"], seed, strata)
+    else:
+        train_idx, val_idx = np.arange(len(dataset)), np.array([], dtype=np.int64)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ft = finetune_indices(encoder, dataset, targets, train_idx, cfg, seed, val_idx if len(val_idx) else None,
+                          run_dir / "metrics.csv", progress)
+    out = save_finetuned(ft, run_dir / "finetuned", extra={"finetune": cfg, "data": spec["data"], "seed": seed,
+                                                             "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+                                                             "source_model": str(Path(model_dir).resolve())})
+    split, idx = ("validation", val_idx) if len(val_idx) else ("train", train_idx)
+    scores = ft.scores(LabelledView(dataset, idx))["scores"]
+    y = targets.values[idx]
+    metrics = task_metrics(targets.task, y, scores, targets.names)
+    (out / "evaluation.json").write_text(json.dumps({"split": split, "metrics": metrics, "history": ft.history}, indent=2))
+    finetune_report(out, run_dir / "metrics.csv")
+    return out
+
+
+def run_predict(finetuned_dir: str | Path, data: str, out: str | Path, overrides: list[str], batch_size: int = 64) -> Path:
+    """``domainfm predict``: the predictions CSV of DATA read with the stored preprocessing."""
+    from foundation.recipes import DEFAULTS, apply_overrides
+
+    ft = load_finetuned(finetuned_dir)
+    spec = {"data": dict(DEFAULTS["data"])}
+    p = Path(data)
+    spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
+    spec = apply_overrides(spec, overrides)
+    dataset = ft.model.encoder.adapter.dataset(spec["data"], train=False)
+    return write_predictions(ft, LabelledView(dataset, np.arange(len(dataset))), out, batch_size)
