@@ -53,6 +53,14 @@ PREDICT_EPILOG = """examples:
   domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
 """
 
+EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...)
+examples:
+  domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
+  domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
+  domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
+      finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
+"""
+
 
 def _data_spec(data: str, overrides: list[str]) -> dict:
     from foundation.recipes import DEFAULTS, apply_overrides
@@ -140,6 +148,19 @@ def cmd_report(args) -> int:
     from foundation.report import report
 
     print(f"wrote {report(args.run_dir, html=args.html)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from foundation.evaluate import run_evaluate
+
+    baselines = [b for b in (args.baselines or "").split(",") if b]
+    out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
+    result = json.loads(out.read_text())
+    key = result["metric"]
+    for r in result["rows"]:
+        print(f"k={r['k']:>3}  " + "  ".join(f"{a} {r[a][key]['mean']:.3f}±{r[a][key]['std']:.3f}" for a in result["arms"]))
+    print(f"wrote {out} and {out.parent / 'report.md'}")
     return 0
 
 
@@ -272,6 +293,21 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run_dir")
     s.add_argument("--html", action="store_true", help="also write report.html")
     s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("evaluate", help="few-label evaluation with paired intervals", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="The few-label protocol: a test split shared by every arm (whole groups with data.groups), "
+                       "k labels per class drawn from the rest (probe.k=[1,5,10]) over probe.seeds paired seeds; per arm the "
+                       "mean ± std of accuracy, balanced accuracy, macro-F1, AUROC (or MAE/RMSE/R² for regression), per-class "
+                       "accuracy with 95%% intervals, and each baseline's paired difference to the model with its 95%% interval. "
+                       "Writes --out (JSON) and report.md with PNGs beside it.", epilog=EVALUATE_EPILOG)
+    s.add_argument("model_dir", help="an exported encoder or a pretraining run directory")
+    s.add_argument("data")
+    s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
+    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune")
+    s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
+                   "(full training from random init, same budget), classical (linear probe on simple statistics)")
+    s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("recipes", help="list the named recipes")
     s.set_defaults(fn=cmd_recipes)
