@@ -129,7 +129,7 @@ def cmd_probe(args) -> int:
 def cmd_finetune(args) -> int:
     from foundation.finetune import run_finetune
 
-    out = run_finetune(args.model_dir, args.data, args.overrides, progress=not args.quiet)
+    out, _ = run_finetune(args.model_dir, args.data, args.overrides, progress=not args.quiet)
     ev = json.loads((out / "evaluation.json").read_text())
     shown = {k: round(v, 4) for k, v in ev["metrics"].items() if isinstance(v, float)}
     print(f"fine-tuned model in {out}  (report: {out / 'report.md'}); on the {ev['split']} samples: {shown}")

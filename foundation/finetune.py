@@ -666,8 +666,9 @@ def adapter_data(data: dict) -> dict:
     return {k: v for k, v in data.items() if k != "groups"}
 
 
-def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progress: bool = True) -> Path:
-    """``domainfm finetune``: train on DATA's labels and write ``run.dir/finetuned/`` with its report."""
+def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progress: bool = True) -> tuple[Path, Finetuned]:
+    """``domainfm finetune``: train on DATA's labels and write ``run.dir/finetuned/`` with its report;
+    returns the directory and the trained model."""
     from foundation.evaluate import task_metrics
     from foundation.report import finetune_report
 
@@ -694,7 +695,7 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
     metrics = task_metrics(targets.task, y, scores, targets.names)
     (out / "evaluation.json").write_text(json.dumps({"split": split, "metrics": metrics, "history": ft.history}, indent=2))
     finetune_report(out, run_dir / "metrics.csv")
-    return out
+    return out, ft
 
 
 def run_predict(finetuned_dir: str | Path, data: str, out: str | Path, overrides: list[str], batch_size: int = 64) -> Path:

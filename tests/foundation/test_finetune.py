@@ -24,6 +24,7 @@ def cfg(**kw) -> dict:
     return {**FINETUNE_DEFAULTS, **kw}
 
 
+@pytest.mark.slow
 def test_mechanism_interactions_need_the_trunk():
     """Label = do the first and last tokens share a sign (per-token and pooled statistics carry nothing):
     the linear probe of a frozen random encoder stays near chance, full fine-tuning and LoRA reach 0.9."""
@@ -127,3 +128,41 @@ def test_saved_directory_reloads_exactly(tmp_path):
     with torch.no_grad():
         back.model.head.fc.weight[0].add_(1e-3)
     assert np.abs(back.scores(view)["scores"] - a).max() > 1e-5
+
+
+def test_group_split_keeps_groups_whole_and_classes_on_both_sides():
+    from foundation.finetune import group_split
+
+    groups = np.repeat([f"spk{i}" for i in range(10)], 6)
+    classes = np.repeat(np.arange(2), 30)
+    tr, te = group_split(groups, 0.3, 0, classes)
+    assert not set(groups[tr]) & set(groups[te])
+    assert set(classes[te]) == set(classes[tr]) == {0, 1}
+
+
+def test_early_stopping_needs_a_validation_set():
+    from foundation.finetune import finetune_spec
+    from foundation.recipes import RecipeError
+
+    with pytest.raises(RecipeError, match="validation"):
+        finetune_spec("data/", ["finetune.patience=3"])
+    spec = finetune_spec("data/", ["finetune.patience=3", "finetune.val_fraction=0.2", "data.groups=folder"])
+    assert spec["finetune"]["patience"] == 3 and spec["data"]["groups"] == "folder"
+
+
+def test_early_stopping_keeps_the_best_validation_weights():
+    ds = factor_tokens(90, "classification")
+    t = dataset_targets(ds, "classification")
+    ft = finetune_indices(tiny_encoder(), ds, t, np.arange(60), cfg(method="linear", steps=400, lr=1e-2, patience=2, eval_every=10),
+                          seed=0, val_idx=np.arange(60, 90))
+    assert ft.history["early_stopped"] and ft.history["steps"] < 400
+    val = ft.scores(LabelledView(ds, np.arange(60, 90)))["scores"].argmax(1)
+    assert float((val == t.values[60:90]).mean()) == ft.history["best_val_score"]
+
+
+def test_class_weights_balance_a_rare_class():
+    from foundation.finetune import Targets, class_weights
+
+    t = Targets("classification", np.array([0] * 90 + [1] * 10), ["common", "rare"])
+    w = class_weights(t, np.arange(100))
+    assert torch.allclose(w * torch.tensor([90.0, 10.0]), torch.full((2,), 50.0))
