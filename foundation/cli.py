@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+
+from foundation.distributed import exit_process, release_process_group
+from foundation.errors import DomainfmError
 
 EPILOG = """examples:
   domainfm demo                                   # pretrain, probe, export, reload and embed on generated data
@@ -323,54 +326,55 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (usage errors exit 2); tests parse the documented commands with it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after options: `pretrain R --print-config a=b`
+    if any(e in ("-v", "--verbose") for e in extra):  # `domainfm pretrain R -v` as well as `domainfm -v pretrain R`
+        args.verbose, extra = True, [e for e in extra if e not in ("-v", "--verbose")]
     if extra:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from foundation.recipes import RecipeError
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a problem the user can fix is printed as one line on stderr and gives exit code 1.
+
+    argparse's usage errors keep exit code 2. ``-v`` also prints the traceback of a user-facing error;
+    anything else is a bug and always keeps its traceback.
+    """
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = args.fn(args)
-    except RecipeError as err:
-        print(f"domainfm: recipe error: {err}", file=sys.stderr)
-        return 2
+    except (DomainfmError, FileNotFoundError) as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"domainfm {args.command}: {user_message(err, args)}", file=sys.stderr)
+        return 1
     release_process_group()
     return code
 
 
-def release_process_group() -> None:
-    """Tear gloo/NCCL down while the interpreter is alive, after a command that ran under torchrun.
+def user_message(err: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The one line for a user-facing error: what, which file or key, and the way out.
 
-    A process group left for interpreter finalisation is destroyed while modules are being cleared, and gloo's
-    worker threads then sometimes abort the process ("terminate called without an active exception"), turning a
-    finished run into a failed torchrun. Only the success path does this: after an error a peer may still be
-    blocked in a collective and a collective teardown would hang instead of letting torchrun report the error.
+    A modality reader's error (its class lives in ``modalities/<m>/io.py``, and that modality's dataset honours
+    ``data.on_error``) gets the ``data.on_error=skip`` way out unless the user already chose it; every other
+    error carries its own way out in its message.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def exit_process(code: int) -> None:
-    """Leave the process with `code`; a torchrun worker leaves without interpreter finalisation.
-
-    `destroy_process_group` only drops c10d's own references: DDP's reducer and Accelerate's state still hold the
-    gloo group, so its threads outlive `main` and are torn down during finalisation, where about one two-process run
-    in forty (under CPU contention) aborted with SIGABRT after a complete, saved run. Everything a command writes is
-    closed by the time it returns, so a worker flushes its streams and exits at once.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if isinstance(err, FileNotFoundError) and err.filename is not None:  # the OS's own: "[Errno 2] ..."
+        msg = f"{err.filename}: {err.strerror or 'not found'}"
+    else:
+        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    module = type(err).__module__
+    unreadable = module.startswith("modalities.") and module.endswith(".io")
+    chose_skip = any(o.replace(" ", "") == "data.on_error=skip" for o in getattr(args, "overrides", None) or [])
+    if unreadable and "on_error" not in msg and not chose_skip:
+        msg += " (fix or remove the file, or add data.on_error=skip to skip unreadable files)"
+    return msg
 
 
 def entry() -> None:

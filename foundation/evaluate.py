@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
-from foundation.probes import compare_few_shot, format_interval, paired_difference
+from foundation.probes import ProbeError, compare_few_shot, format_interval, paired_difference
 
 
 def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
@@ -28,12 +28,36 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
     """
     feats = {"pretrained": embed_dataset(encoder, dataset, batch_size, progress=progress),
              "random_init": embed_dataset(random_twin(encoder), dataset, batch_size)}
+    return compare_features(feats, list(getattr(dataset, "classes", None) or []) or None, ks, seeds, test_fraction,
+                            tuple(poolings or encoder.adapter.probe_poolings))
+
+
+def compare_features(feats: dict[str, dict], names: list[str] | None, ks: list[int], seeds: int, test_fraction: float,
+                     poolings: tuple[str, ...]) -> dict:
+    """``few_label_report`` from the two encoders' features (``embed_dataset`` outputs, labels included).
+
+    One stratified test split, then ``k`` labels per class from the rest over ``seeds`` paired draws;
+    ``foundation.probes.few_shot_splits`` refuses a k above a class's pool and seeds that draw the same
+    samples, and a test set smaller than ``MIN_TEST_SAMPLES`` gets point estimates without intervals.
+    """
     labels = feats["pretrained"]["labels"]
     if (labels < 0).any():
-        raise ValueError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
+        raise ProbeError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
+    classes, counts = np.unique(labels, return_counts=True)
+    def name(c):
+        return repr(names[c]) if names and 0 <= c < len(names) else repr(int(c))
+    if len(classes) < 2:
+        raise ProbeError(f"probing needs at least two classes; data.labels found only {', '.join(name(c) for c in classes)}"
+                         f" in {len(labels)} samples (check the data.labels rule)")
+    if counts.min() < 2:
+        raise ProbeError(f"class {name(classes[counts.argmin()])} has a single sample: each class needs one to train on and "
+                         "one to test on (label more samples, or leave that class out)")
     idx = np.arange(len(labels))
-    pool, test = train_test_split(idx, test_size=test_fraction, stratify=labels, random_state=12345)
-    poolings = tuple(poolings or encoder.adapter.probe_poolings)
+    n_test = int(np.ceil(test_fraction * len(labels)))
+    if not len(classes) <= n_test <= len(labels) - len(classes):
+        raise ProbeError(f"probe.test_fraction={test_fraction} holds out {n_test} of {len(labels)} samples; the stratified "
+                         f"split needs between {len(classes)} and {len(labels) - len(classes)} (one test and one training sample per class)")
+    pool, test = train_test_split(idx, test_size=n_test, stratify=labels, random_state=12345)
     # an adapter's feature model (``Adapter.feature_model``) may offer only some of them
     pooled = {m: {k: f[k] for k in poolings if k in f} for m, f in feats.items()}
     if not pooled["pretrained"]:
@@ -41,22 +65,22 @@ def few_label_report(encoder: Encoder, dataset, ks: list[int], seeds: int, test_
     bag_keys = [k for k, v in feats["pretrained"].items() if isinstance(v, list)]
     for key in bag_keys:
         pooled.update({f"{m}_{key}": f[key] for m, f in feats.items()})
-    res = compare_few_shot(pooled, labels, pool, test, ks, seeds)
+    res = compare_few_shot(pooled, labels, pool, test, ks, seeds, names)
     rows = []
     for k in ks:
         acc = {m: [r["accuracy"] for r in v[k]] for m, v in res.items()}
-        row = {"k": k, **_comparison(acc["pretrained"], acc["random_init"])}
+        row = {"k": k, **_comparison(acc["pretrained"], acc["random_init"], len(test))}
         for key in bag_keys:
-            row[key] = _comparison(acc[f"pretrained_{key}"], acc[f"random_init_{key}"])
+            row[key] = _comparison(acc[f"pretrained_{key}"], acc[f"random_init_{key}"], len(test))
         rows.append(row)
     return {"rows": rows, "bag_keys": bag_keys, "n_test": int(len(test)), "n_pool": int(len(pool)),
-            "classes": len(np.unique(labels)), "seeds": seeds, "raw": res}
+            "classes": len(classes), "seeds": seeds, "raw": res}
 
 
-def _comparison(a: list[float], b: list[float]) -> dict:
+def _comparison(a: list[float], b: list[float], n_test: int | None = None) -> dict:
     """Pretrained accuracies ``a`` against random-init ``b`` on the same splits."""
     return {"pretrained": float(np.mean(a)), "pretrained_std": float(np.std(a)),
-            "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)), **paired_difference(a, b)}
+            "random_init": float(np.mean(b)), "random_init_std": float(np.std(b)), **paired_difference(a, b, n_test)}
 
 
 def format_report(rep: dict) -> str:

@@ -19,7 +19,7 @@ def encoder_from_run(run_dir: str | Path) -> Encoder:
         return Encoder.from_pretrained(run_dir / "encoder")
     ckpt = checkpoint.latest(run_dir)
     if ckpt is None:
-        raise FileNotFoundError(f"{run_dir} holds neither an exported encoder nor a checkpoint")
+        raise FileNotFoundError(f"{run_dir} holds neither an exported encoder nor a checkpoint (give the run.dir of a `domainfm pretrain` run)")
     recipe = yaml.safe_load((run_dir / "recipe.yaml").read_text())
     state = json.loads((ckpt / "state.json").read_text())
     encoder = Encoder.build(adapter_from_config(recipe["modality"], state["adapter"]), recipe["model"])

@@ -141,7 +141,7 @@ class Encoder(nn.Module):
         model_dir = Path(model_dir)
         cfg_path = model_dir / "config.json"
         if not cfg_path.exists():
-            raise FileNotFoundError(f"{model_dir} is not an exported encoder: no config.json")
+            raise FileNotFoundError(f"{model_dir} is not an exported encoder: no config.json (give the OUT_DIR that `domainfm export RUN_DIR OUT_DIR` wrote)")
         config = json.loads(cfg_path.read_text())
         if config.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{cfg_path}: model_type {config.get('model_type')!r} is not {MODEL_TYPE!r}")

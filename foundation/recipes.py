@@ -10,6 +10,8 @@ from typing import Any
 
 import yaml
 
+from foundation.errors import DomainfmError
+
 DEFAULTS: dict[str, Any] = {
     "modality": "grid",
     "objective": "mae",
@@ -43,7 +45,7 @@ POSITIVE = ("model.width", "model.depth", "model.heads", "train.steps", "train.b
 NULLABLE = {"data.root", "data.manifest", "data.labels"}
 
 
-class RecipeError(ValueError):
+class RecipeError(DomainfmError, ValueError):
     """A recipe or override that cannot be used; the message says which key and why."""
 
 
@@ -99,6 +101,7 @@ def _lookup(recipe: dict, dotted: str) -> tuple[dict, str]:
 
 
 def _coerce(dotted: str, old: Any, raw: str) -> Any:
+    """``raw`` (the text after ``=``) read as YAML, then checked against the type of ``old``, the value it replaces."""
     value = yaml.safe_load(raw) if raw != "" else None
     if isinstance(value, str):  # YAML 1.1 reads 2e-3 as a string; users mean a number
         try:
@@ -106,27 +109,49 @@ def _coerce(dotted: str, old: Any, raw: str) -> Any:
         except ValueError:
             pass
     if value is None:
-        if dotted in NULLABLE or old is None:
+        if dotted in NULLABLE or old is None or dotted.startswith("adapter."):  # adapters use null for "derive from the data"
             return None
         raise RecipeError(f"{dotted} cannot be empty")
-    if old is None or dotted.startswith("adapter."):
+    if isinstance(old, str) and not isinstance(value, str):
+        return raw  # YAML reads no/yes/on/off as booleans; a text setting means the text
+    return check_value(dotted, old, value, raw)
+
+
+def check_value(dotted: str, old: Any, value: Any, shown: str | None = None) -> Any:
+    """``value`` for the setting ``dotted`` whose default (or current value) is ``old``: the same kind of
+    value (a whole number, a number, true/false, a list, a text), or a :class:`RecipeError` naming the key.
+    ``None`` on either side is not checked (a null default means "derived from the data")."""
+    if old is None or value is None:
         return value
+    shown = repr(value) if shown is None else repr(shown)
     if isinstance(old, bool):
         if not isinstance(value, bool):
-            raise RecipeError(f"{dotted} expects true or false, got {raw!r}")
-    elif isinstance(old, int) and not isinstance(old, bool):
+            raise RecipeError(f"{dotted} expects true or false, got {shown}")
+    elif isinstance(old, int):
         if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"{dotted} expects a whole number, got {raw!r}")
+            raise RecipeError(f"{dotted} expects a whole number, got {shown}")
     elif isinstance(old, float):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"{dotted} expects a number, got {raw!r}")
+            raise RecipeError(f"{dotted} expects a number, got {shown}")
         value = float(value)
-    elif isinstance(old, list):
-        if not isinstance(value, list):
-            raise RecipeError(f"{dotted} expects a list such as [1, 5, 10], got {raw!r}")
+    elif isinstance(old, (list, tuple)):
+        if not isinstance(value, (list, tuple)):
+            example = "[1, 5, 10]" if not old else "[" + ", ".join("null" if v is None else str(v) for v in old) + "]"
+            raise RecipeError(f"{dotted} expects a list such as {example}, got {shown}")
     elif isinstance(old, str) and not isinstance(value, str):
-        value = raw  # YAML reads no/yes/on/off as booleans; a text setting means the text
+        raise RecipeError(f"{dotted} expects a text value, got {shown}")
     return value
+
+
+def check_settings(section: str, defaults: dict, config: dict) -> dict:
+    """``config`` checked key by key against ``defaults`` (unknown keys and wrong kinds of value are refused,
+    naming ``section.key``); what an adapter's ``__init__`` and :func:`validate` both call."""
+    unknown = sorted(set(config) - set(defaults))
+    if unknown:
+        close = [f"{section}.{m}" for k in unknown for m in difflib.get_close_matches(k, list(defaults), n=1)]
+        hint = f" Did you mean {', '.join(close)}?" if close else f" Known: {', '.join(sorted(defaults))}."
+        raise RecipeError(f"unknown setting(s) {', '.join(f'{section}.{k}' for k in unknown)}.{hint}")
+    return {k: check_value(f"{section}.{k}", defaults[k], v) for k, v in config.items()}
 
 
 def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
@@ -135,10 +160,14 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise RecipeError(f"override {item!r} is not key=value (e.g. train.steps=100)")
         dotted, raw = item.split("=", 1)
-        node, key = _lookup(recipe, dotted.strip())
+        dotted = dotted.strip()
+        node, key = _lookup(recipe, dotted)
         if key not in node and not dotted.startswith("adapter."):
             raise RecipeError(_unknown(dotted, node))
-        node[key] = _coerce(dotted, node.get(key), raw.strip())
+        old = node.get(key)
+        if dotted.startswith("adapter.") and old is None:  # typed like the adapter's default
+            old = _adapter_defaults(recipe.get("modality")).get(key)
+        node[key] = _coerce(dotted, old, raw.strip())
     return recipe
 
 
@@ -164,10 +193,7 @@ def validate(recipe: dict) -> dict:
     kinds = ("random", "block", "tube", "span", *cls.mask_kinds)
     if recipe["masking"]["kind"] not in kinds:
         raise RecipeError(f"masking.kind={recipe['masking']['kind']!r} is not one of {', '.join(kinds)}")
-    known = cls.defaults
-    bad = sorted(set(recipe["adapter"]) - set(known))
-    if bad:
-        raise RecipeError(f"unknown adapter key(s) {bad} for modality {recipe['modality']!r}; known: {', '.join(sorted(known))}")
+    recipe["adapter"] = check_settings("adapter", cls.defaults, recipe["adapter"])
     return recipe
 
 
@@ -199,6 +225,12 @@ def refuse_unused_sections(recipe: dict, defaults: dict) -> None:
             keys = ", ".join(f"{section}.{k}" for k in changed)
             raise RecipeError(f"objective {recipe['objective']!r} does not use {keys}: remove it from the recipe "
                               f"or the overrides (a {recipe['objective']} recipe reads {', '.join(used)})")
+
+
+def _adapter_defaults(modality: str | None) -> dict:
+    from modalities.base import ADAPTERS, adapter_class
+
+    return adapter_class(modality).defaults if modality in ADAPTERS else {}
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
