@@ -28,6 +28,42 @@ EPILOG = """examples:
   domainfm probe exported/speech recordings/ data.labels='pattern:^(\\d)_'
 """
 
+FINETUNE_EPILOG = """methods (finetune.method=):
+  linear     frozen encoder, linear head on mean+std pooled tokens
+  knn        frozen encoder, cosine kNN vote over the training embeddings (finetune.knn_k=5)
+  attentive  frozen encoder, a learned query attending over the tokens, then linear
+  layers     frozen encoder, learned weighted sum of every layer (s3prl-style), then linear
+  full       (default) all weights train, layer-wise LR decay (finetune.layer_decay=0.75)
+  lora       LoRA adapters on the trunk's blocks only (finetune.lora_rank=8, finetune.lora_alpha=16),
+             merged into the saved encoder, which keeps its parameter names
+tasks (finetune.task=): classification (default), multilabel (labels joined by finetune.label_sep=';'),
+  regression (numeric labels)
+budget: finetune.steps=300 finetune.batch_size=32 finetune.lr=0 (0 = the method's default); fixed by
+  default. finetune.val_fraction=0.2 holds out whole groups (data.groups=pattern:<regex> | column:<name>
+  | folder) for validation; finetune.patience=N then stops early on it. finetune.class_weight=true
+  weighs classes by inverse frequency.
+
+examples:
+  domainfm finetune exported/speech recordings/ data.labels='pattern:^(\\d)_' run.dir=runs/ft
+  domainfm finetune runs/speech recordings/ data.labels=folder finetune.method=lora finetune.steps=500
+  domainfm finetune exported/earth chips.csv data.labels=column:crop finetune.method=linear \\
+      data.groups=column:field finetune.val_fraction=0.2 finetune.patience=3
+  domainfm finetune exported/medical scans/ data.labels=column:age finetune.task=regression
+"""
+
+PREDICT_EPILOG = """examples:
+  domainfm predict runs/ft/finetuned new_recordings/ --out predictions.csv
+  domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
+"""
+
+EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...)
+examples:
+  domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
+  domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
+  domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
+      finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
+"""
+
 
 def _data_spec(data: str, overrides: list[str]) -> dict:
     from foundation.recipes import DEFAULTS, apply_overrides
@@ -116,6 +152,44 @@ def cmd_probe(args) -> int:
     encoder, dataset, spec = _exported_and_data(args)
     rep = few_label_report(encoder, dataset, spec["probe"]["k"], spec["probe"]["seeds"], spec["probe"]["test_fraction"])
     print(format_report(rep))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from foundation.finetune import run_finetune
+
+    out, _ = run_finetune(args.model_dir, args.data, args.overrides, progress=not args.quiet)
+    ev = json.loads((out / "evaluation.json").read_text())
+    shown = {k: round(v, 4) for k, v in ev["metrics"].items() if isinstance(v, float)}
+    print(f"fine-tuned model in {out}  (report: {out / 'report.md'}); on the {ev['split']} samples: {shown}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from foundation.finetune import run_predict
+
+    out = run_predict(args.finetuned_dir, args.data, args.out, args.overrides, args.batch_size)
+    print(f"wrote predictions to {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from foundation.report import report
+
+    print(f"wrote {report(args.run_dir, html=args.html)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from foundation.evaluate import run_evaluate
+
+    baselines = [b for b in (args.baselines or "").split(",") if b]
+    out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
+    result = json.loads(out.read_text())
+    key = result["metric"]
+    for r in result["rows"]:
+        print(f"k={r['k']:>3}  " + "  ".join(f"{a} {r[a][key]['mean']:.3f}±{r[a][key]['std']:.3f}" for a in result["arms"]))
+    print(f"wrote {out} and {out.parent / 'report.md'}")
     return 0
 
 
@@ -231,6 +305,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="e.g. data.labels=folder probe.k=[1,5,10] probe.seeds=5")
     s.set_defaults(fn=cmd_probe)
+
+    s = sub.add_parser("finetune", help="fine-tune an encoder on labelled files", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a head (and, by method, the encoder) on DATA's labels; write run.dir/finetuned/ "
+                       "(encoder/ and head.safetensors, finetuned.json with the task and label names, report.md with learning "
+                       "curves and a confusion matrix, evaluation.json). MODEL_DIR is an exported encoder or a pretraining run "
+                       "directory.", epilog=FINETUNE_EPILOG)
+    s.add_argument("model_dir")
+    s.add_argument("data", help="a folder of the modality's files or a CSV/JSONL manifest")
+    s.add_argument("overrides", nargs="*", help="key=value: data.labels, data.groups, finetune.*, run.dir, run.seed")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read every sample of DATA with the preprocessing stored in FINETUNED_DIR and write one CSV "
+                       "row per sample: id, path, prediction, then score_<class> (classification: probabilities; multilabel: "
+                       "per-label probabilities, the prediction joins those above 0.5 with ';'); for regression the prediction "
+                       "is the value.", epilog=PREDICT_EPILOG)
+    s.add_argument("finetuned_dir", help="run.dir/finetuned of `domainfm finetune`")
+    s.add_argument("data")
+    s.add_argument("overrides", nargs="*", help="data.* overrides (input description only)")
+    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("report", help="regenerate a run's report.md with PNG plots", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Rebuild report.md and its PNG plots from a run's logs: a pretraining run (loss, learning "
+                       "rate, gradient norm, throughput, collapse signals), a fine-tuning run (learning curves, confusion "
+                       "matrix) or an evaluation directory (per-class accuracy with intervals).",
+                       epilog="examples:\n  domainfm report runs/speech\n  domainfm report runs/ft --html\n")
+    s.add_argument("run_dir")
+    s.add_argument("--html", action="store_true", help="also write report.html")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("evaluate", help="few-label evaluation with paired intervals", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="The few-label protocol: a test split shared by every arm (whole groups with data.groups), "
+                       "k labels per class drawn from the rest (probe.k=[1,5,10]) over probe.seeds paired seeds; per arm the "
+                       "mean ± std of accuracy, balanced accuracy, macro-F1, AUROC (or MAE/RMSE/R² for regression), per-class "
+                       "accuracy with 95%% intervals, and each baseline's paired difference to the model with its 95%% interval. "
+                       "Writes --out (JSON) and report.md with PNGs beside it.", epilog=EVALUATE_EPILOG)
+    s.add_argument("model_dir", help="an exported encoder or a pretraining run directory")
+    s.add_argument("data")
+    s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
+    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune")
+    s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
+                   "(full training from random init, same budget), classical (linear probe on simple statistics)")
+    s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("recipes", help="list the named recipes")
     s.set_defaults(fn=cmd_recipes)
