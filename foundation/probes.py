@@ -235,3 +235,30 @@ def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: 
                                      {p: f[test_idx] for p, f in feats.items()}, labels[test_idx], seed)
                 results[name][k].append(r)
     return results
+
+
+@threadpool_limits.wrap(limits=1)
+def probe_scores(kind: str, Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.ndarray | dict, seed: int = 0, k: int = 5) -> tuple[np.ndarray, dict]:
+    """Class probabilities [n_test, classes seen in training] of a probe fitted on (Xtr, ytr), for
+    metrics beyond accuracy (per-class accuracy, AUROC) in ``foundation.evaluate``.
+
+    ``linear``: as :func:`linear_probe` (standardised logistic regression, C and pooling by inner CV);
+    ``knn``: as :func:`knn_probe` (cosine kNN on standardised features, the first pooling).
+    Returns the probabilities (columns = ``np.unique(ytr)``) and what was chosen.
+    """
+    tr = Xtr if isinstance(Xtr, dict) else {"features": Xtr}
+    te = Xte if isinstance(Xte, dict) else {"features": Xte}
+    if kind == "knn":
+        pool = next(iter(tr))
+        clf = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(ytr)), metric="cosine")).fit(tr[pool], ytr)
+        return clf.predict_proba(te[pool]), {"pooling": pool, "k": min(k, len(ytr))}
+    if kind != "linear":
+        raise ValueError(f"unknown probe kind {kind!r}: linear or knn")
+    cands = {(p, c): (tr[p], (lambda c=c: _logreg(c))) for p in tr for c in C_GRID}
+    (pool, c), cv = select_by_inner_cv(cands, ytr, seed)
+    if _inner_folds(ytr) < 2:
+        pool, c = next(iter(tr)), 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = _logreg(c).fit(tr[pool], ytr)
+    return clf.predict_proba(te[pool]), {"pooling": pool, "C": c, "inner_cv": float(cv), "train_accuracy": float(clf.score(tr[pool], ytr))}
