@@ -12,7 +12,7 @@ class DomainfmError(Exception):
     """A problem the user can fix; ``str(err)`` is the one line the CLI prints."""
 
 
-class DataError(DomainfmError):
+class DataError(DomainfmError, ValueError):  # ValueError: what readers raised before, so callers catching it still do
     """A file or manifest row that cannot be used: names the file, the problem and the way out."""
 
     def __init__(self, path: object, problem: str, fix: str | None = None) -> None:

@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from foundation.errors import DataError
 from foundation.masking import Visible
 from foundation.positions import make_positions
 from foundation.tokens import PatchBatch, gather_bias, gather_tokens
@@ -142,7 +143,13 @@ class Encoder(nn.Module):
         cfg_path = model_dir / "config.json"
         if not cfg_path.exists():
             raise FileNotFoundError(f"{model_dir} is not an exported encoder: no config.json (give the OUT_DIR that `domainfm export RUN_DIR OUT_DIR` wrote)")
-        config = json.loads(cfg_path.read_text())
+        try:
+            config = json.loads(cfg_path.read_text())
+        except json.JSONDecodeError as err:
+            raise DataError(cfg_path, f"not valid JSON ({err})", "export the run again with `domainfm export RUN_DIR OUT_DIR`") from err
+        if not (model_dir / "model.safetensors").exists():
+            raise DataError(model_dir / "model.safetensors", "missing (an export holds config.json and model.safetensors)",
+                            "export the run again with `domainfm export RUN_DIR OUT_DIR`")
         if config.get("model_type") != MODEL_TYPE:
             raise ValueError(f"{cfg_path}: model_type {config.get('model_type')!r} is not {MODEL_TYPE!r}")
         if config.get("format_version") != FORMAT_VERSION:
