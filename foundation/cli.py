@@ -73,12 +73,13 @@ def _exported_and_data(args):
 
 def cmd_embed(args) -> int:
     from foundation.embed import embed_dataset
+    from foundation.recipes import RecipeError
 
     encoder, dataset, _ = _exported_and_data(args)
     out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
     choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample bags (bag_probe's instances)
     if args.pooling not in choices:
-        raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {choices}")
+        raise RecipeError(f"--pooling {args.pooling!r} is not one of {', '.join(choices)}")
     np.savez(args.out, embeddings=out[args.pooling].astype(np.float32), ids=out["ids"], paths=out["paths"], labels=out["labels"])
     print(f"wrote {len(out['ids'])} embeddings of width {out[args.pooling].shape[1]} to {args.out}")
     return 0
@@ -247,7 +248,10 @@ def user_message(err: BaseException, args: argparse.Namespace | None = None) -> 
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # the OS's own: "[Errno 2] ..."
         msg = f"{err.filename}: {err.strerror or 'not found'}"
     else:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+        msg = lines[0]
+        if msg.startswith("Caught ") and "DataLoader worker" in msg:  # re-raised from a worker: the original is last
+            msg = lines[-1].split(": ", 1)[-1] if lines[-1].split(": ", 1)[0].endswith(type(err).__name__) else lines[-1]
     module = type(err).__module__
     unreadable = module.startswith("modalities.") and module.endswith(".io")
     chose_skip = any(o.replace(" ", "") == "data.on_error=skip" for o in getattr(args, "overrides", None) or [])

@@ -115,3 +115,18 @@ def test_a_label_pattern_that_does_not_match_names_the_file(capsys, tmp_path):
                        f"run.dir={tmp_path / 'run'}", "--quiet")
     line = one_line(err)
     assert code == 1 and ".npy: data.labels pattern '^(zz)' does not match the file name" in line and "first group" in line
+
+
+def test_an_error_reraised_from_a_dataloader_worker_is_still_one_line():
+    """torch re-raises a worker's error as ``type(err)(message with the worker's traceback)``."""
+    from modalities.speech.io import AudioReadError
+
+    from foundation.errors import DataError
+
+    wrapped = ("Caught AudioReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nmodalities.speech.io.AudioReadError: /d/1.wav: not a readable audio file')
+    assert cli.user_message(AudioReadError(wrapped)) == \
+        "/d/1.wav: not a readable audio file (fix or remove the file, or add data.on_error=skip to skip unreadable files)"
+    worker = DataError(wrapped.replace("AudioReadError", "DataError"))  # one argument: what torch passes back
+    assert cli.user_message(worker) == "/d/1.wav: not a readable audio file"
+    assert cli.user_message(DataError("/d/2.wav", "empty", "remove it")) == "/d/2.wav: empty (remove it)"  # control: the usual form
