@@ -31,7 +31,6 @@ from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
-from foundation.objectives.mae_pooled import PooledMAE
 from foundation.tokens import collate
 from modalities.base import adapter_from_config
 
@@ -45,8 +44,7 @@ class TrainingDiverged(DomainfmError, RuntimeError):  # DomainfmError: the CLI p
 def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
     masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
     if recipe["objective"] == "mae":
-        kwargs = {k: v for k, v in recipe["mae"].items() if k != "latent"}
-        return (PooledMAE if recipe["mae"].get("latent") == "pooled" else MAE)(encoder, masking, **kwargs)
+        return MAE(encoder, masking, **recipe["mae"])
     if recipe["objective"] == "contrast":
         return Contrast(encoder, masking, **recipe["contrast"])
     j = recipe["jepa"]

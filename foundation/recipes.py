@@ -20,8 +20,8 @@ DEFAULTS: dict[str, Any] = {
              "persistent_workers": False, "on_error": "raise"},
     "model": {"width": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0, "qkv_bias": True},
     "masking": {"kind": "random", "ratio": 0.75, "axis": 0, "span": 4, "blocks": 4},
-    "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False, "remask": False,
-            "latent": "tokens", "visible_weight": 0.0},
+    "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False,
+            "visible_weight": 0.0},
     "jepa": {"predictor_width": 128, "predictor_depth": 3, "predictor_heads": 4, "ema_start": 0.996, "ema_end": 1.0,
              "targets": 4, "target_scale": [0.15, 0.2], "context_scale": [0.85, 1.0], "target_layers": 1, "target_norm": "layer"},
     "contrast": {"proj_dim": 128, "temperature": 0.1},
@@ -35,7 +35,6 @@ DEFAULTS: dict[str, Any] = {
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
     "objective": ("mae", "jepa", "contrast"),
-    "mae.latent": ("tokens", "pooled"),
     "jepa.target_norm": ("layer", "instance"),
     "train.precision": ("no", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
@@ -198,6 +197,36 @@ def validate(recipe: dict) -> dict:
     return recipe
 
 
+# -- objective sections: each is used by its objective, or refused ---------------------------------
+# Which objective-specific sections each objective reads (``engine.build_objective``). JEPA chooses its
+# own context and target blocks (``jepa.targets``, ``jepa.target_scale``, ``jepa.context_scale``), so
+# a ``masking:`` section would do nothing there.
+SECTIONS_USED = {"mae": ("masking", "mae"), "jepa": ("jepa",), "contrast": ("masking", "contrast")}
+
+
+def modality_defaults(modality: Any) -> dict:
+    """The core defaults with ``masking`` from the modality's adapter (``Adapter.default_masking``), so a
+    recipe that does not set masking gets its modality's masking, and each modality states it once."""
+    from modalities.base import ADAPTERS, adapter_class
+
+    defaults = copy.deepcopy(DEFAULTS)
+    if isinstance(modality, str) and modality in ADAPTERS:
+        defaults["masking"].update(adapter_class(modality).default_masking)
+    return defaults
+
+
+def refuse_unused_sections(recipe: dict, defaults: dict) -> None:
+    """A section the recipe's objective does not read, set to anything but its default, is an error:
+    it would silently do nothing."""
+    used = SECTIONS_USED.get(recipe["objective"], ())
+    for section in sorted({s for sections in SECTIONS_USED.values() for s in sections} - set(used)):
+        changed = sorted(k for k, v in recipe[section].items() if v != defaults[section].get(k))
+        if changed:
+            keys = ", ".join(f"{section}.{k}" for k in changed)
+            raise RecipeError(f"objective {recipe['objective']!r} does not use {keys}: remove it from the recipe "
+                              f"or the overrides (a {recipe['objective']} recipe reads {', '.join(used)})")
+
+
 def _adapter_defaults(modality: str | None) -> dict:
     from modalities.base import ADAPTERS, adapter_class
 
@@ -205,8 +234,16 @@ def _adapter_defaults(modality: str | None) -> dict:
 
 
 def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) -> dict:
-    """Defaults <- recipe file <- overrides, then validated."""
-    recipe = _merge(DEFAULTS, _read_yaml(name_or_path), "", open_keys=False)
+    """Defaults (masking from the modality's adapter) <- recipe file <- overrides, then validated."""
+    raw = _read_yaml(name_or_path)
+    modality = raw.get("modality", DEFAULTS["modality"])
+    for item in overrides:
+        if item.split("=", 1)[0].strip() == "modality":
+            modality = item.split("=", 1)[1].strip()
+    defaults = modality_defaults(modality)
+    recipe = _merge(defaults, raw, "", open_keys=False)
     recipe = apply_overrides(recipe, list(overrides))
     recipe["name"] = Path(name_or_path).stem
-    return validate(recipe)
+    recipe = validate(recipe)
+    refuse_unused_sections(recipe, defaults)
+    return recipe

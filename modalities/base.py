@@ -99,6 +99,8 @@ class Adapter(ABC):
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     position_kind: ClassVar[str] = "sincos"
+    # the masking a recipe gets when it sets none (``foundation.recipes.modality_defaults``); the one
+    # place a modality's masking is stated
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random"}
     # >0: ``attn_bias`` holds integer structure codes in [0, buckets) (e.g. clipped shortest-path
     # distance); the trunk learns one additive bias per code and head. 0: float bias or none.

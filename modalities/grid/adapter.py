@@ -75,7 +75,7 @@ class GridAdapter(Adapter):
         "flip": True,  # random flips along every axis in training
     }
     position_kind = "sincos"
-    default_masking = {"kind": "random", "ratio": 0.75}
+    default_masking = {"kind": "random", "ratio": 0.6}
 
     @property
     def patch_dim(self) -> int:

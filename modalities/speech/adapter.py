@@ -50,7 +50,7 @@ class SpeechAdapter(Adapter):
         "aug_noise_snr_db": None,  # [low, high] SNR range for added white noise, or null
     }
     position_kind: ClassVar[str] = "sincos"
-    default_masking: ClassVar[dict[str, Any]] = {"kind": "span", "axis": 0, "ratio": 0.6, "span": 2}
+    default_masking: ClassVar[dict[str, Any]] = {"kind": "span", "axis": 0, "ratio": 0.7, "span": 2}
 
     # -- shapes ------------------------------------------------------------------------------------
     @property
