@@ -56,7 +56,8 @@ PREDICT_EPILOG = """examples:
   domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
 """
 
-EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...)
+EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...);
+  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
@@ -186,6 +187,12 @@ def cmd_evaluate(args) -> int:
     baselines = [b for b in (args.baselines or "").split(",") if b]
     out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
     result = json.loads(out.read_text())
+    if args.task in ("zero-shot", "retrieval"):  # aligned towers: the headline numbers
+        print("  ".join(f"{k} {v:.3f}" for k, v in (result.items() if args.task == "zero-shot" else
+                        ((k, v) for pt in result.values() if isinstance(pt, dict) for k, v in pt.items()))
+                        if isinstance(v, float) and ("accuracy" in k or "recall@" in k)))
+        print(f"wrote {out}")
+        return 0
     key = result["metric"]
     for r in result["rows"]:
         print(f"k={r['k']:>3}  " + "  ".join(f"{a} {r[a][key]['mean']:.3f}±{r[a][key]['std']:.3f}" for a in result["arms"]))
@@ -347,7 +354,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir", help="an exported encoder or a pretraining run directory")
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
-    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune")
+    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune; zero-shot, retrieval for aligned towers")
     s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
                    "(full training from random init, same budget), classical (linear probe on simple statistics)")
     s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")
