@@ -109,6 +109,12 @@ def cmd_align(args) -> int:
     from foundation.engine import train
 
     run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    summary_path = Path(run) / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        d = summary.get("data", {})
+        print(f"paired data: {d.get('rows')} rows, pairs {d.get('pairs')}, {d.get('unpaired_rows')} unpaired; "
+              f"loss {summary.get('first_loss', float('nan')):.4f} -> {summary.get('final_loss', float('nan')):.4f}")
     print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
     return 0
 
