@@ -149,3 +149,27 @@ def test_emergent_retrieval_between_two_views_never_paired():
     assert before["a->c recall@5"] < 5 * after["a->c chance@5"]
     for d in ("a->c", "c->a"):
         assert after[f"{d} recall@1"] > 10 * chance and after[f"{d} recall@5"] > 0.3, after
+
+
+def test_lora_tower_targets_trunk_blocks_only_and_exports_merged(tmp_path):
+    from foundation.align_task import export_towers, load_towers
+    from foundation.model import Encoder
+    from foundation.tokens import collate
+    from foundation.towers import EncoderTower
+    from modalities.grid.adapter import GridAdapter
+
+    torch.manual_seed(0)
+    adapter = GridAdapter({"patch": [4, 4]})
+    tower = EncoderTower("image", Encoder(adapter, 32, 2, 2), 16, mode="lora")
+    lora = [n for n, p in tower.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert lora and all("lora_" in n and ".trunk.blocks." in n for n in lora)  # never the tokenizer or positions
+    with torch.no_grad():
+        for n, p in tower.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a trained adapter (B starts at zero)
+    x = collate([adapter.to_patches(torch.randn(1, 12, 12), id=str(i)) for i in range(3)])
+    want = tower.eval()(x)
+    model = AlignModel({"image": tower, "other": EncoderTower("other", Encoder(adapter, 32, 1, 2), 16)}, ["image|other"])
+    export_towers(model, tmp_path / "towers")
+    got = load_towers(tmp_path)["image"](x)  # plain encoder, strict load, LoRA merged into its weights
+    assert torch.allclose(want, got, atol=1e-5)
