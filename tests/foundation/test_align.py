@@ -173,3 +173,16 @@ def test_lora_tower_targets_trunk_blocks_only_and_exports_merged(tmp_path):
     export_towers(model, tmp_path / "towers")
     got = load_towers(tmp_path)["image"](x)  # plain encoder, strict load, LoRA merged into its weights
     assert torch.allclose(want, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["align-speech-text", "align-speech-text-gpu", "align-s1s2", "align-pointcloud-depth", "bind-text"])
+def test_align_recipes_resolve_and_refuse_unknown_tower_keys(name):
+    from foundation.recipes import RecipeError, load_recipe
+
+    r = load_recipe(name, ["towers." + next(iter(load_recipe(name)["towers"])) + ".lr=0.001"])
+    assert r["objective"] == "align" and len(r["towers"]) >= 2
+    assert all(t["mode"] in ("frozen", "train", "lora") for t in r["towers"].values())
+    if r["align"]["anchor"]:
+        assert all(r["align"]["anchor"] in p.split("|") for p in r["align"]["pairs"])  # every pair goes through the anchor
+    with pytest.raises(RecipeError):
+        load_recipe(name, ["towers." + next(iter(r["towers"])) + ".lrr=0.001"])
