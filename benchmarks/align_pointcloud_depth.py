@@ -100,7 +100,9 @@ def main() -> None:
             results.append({"zero_shot": ev["zero_shot"]["accuracy"], "chance": ev["zero_shot"]["chance"],
                             **{k: v for k, v in ev["pointcloud|text"].items() if "@1" in k}})
     summary = {"task": args.task, "per_class": args.per_class, "seeds": args.seeds, "results": results,
-               "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv)}
+               "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv),
+               "commit": __import__("benchmarks.common", fromlist=["git_commit"]).git_commit(),
+               "machine": __import__("benchmarks.common", fromlist=["machine"]).machine()}
     if args.task == "bind":
         summary["zero_shot_minus_chance"] = paired_difference([r["zero_shot"] for r in results], [r["chance"] for r in results])
     Path(args.out + f"_{args.task}.json").parent.mkdir(parents=True, exist_ok=True)
