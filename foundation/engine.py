@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
+from foundation.errors import DomainfmError
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -36,7 +37,7 @@ from modalities.base import adapter_from_config
 log = logging.getLogger("domainfm")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(DomainfmError, RuntimeError):  # DomainfmError: the CLI prints it as one line
     """A non-finite loss or gradient; the last good checkpoint is kept."""
 
 

@@ -92,7 +92,8 @@ class Adapter(ABC):
 
     ``config`` is the adapter's full preprocessing (it is stored in an exported model's
     ``config.json`` and must be enough to rebuild the adapter with no code from the training run).
-    Subclasses set ``defaults``; unknown keys are refused so typos do not silently do nothing.
+    Subclasses set ``defaults``; unknown keys are refused so typos do not silently do nothing, and a value of
+    another kind than its default (text for a number) is refused naming ``adapter.<key>``.
     """
 
     name: ClassVar[str]
@@ -111,10 +112,9 @@ class Adapter(ABC):
     probe_poolings: ClassVar[tuple[str, ...]] = ("meanstd", "mid_meanstd", "max")
 
     def __init__(self, config: dict | None = None) -> None:
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"{self.name} adapter: unknown setting(s) {unknown}; known: {sorted(self.defaults)}")
+        from foundation.recipes import check_settings  # one type check for recipes, overrides and exported configs
+
+        config = check_settings("adapter", self.defaults, dict(config or {}))
         self.config = {**copy.deepcopy(self.defaults), **config}
 
     # -- shapes the core needs to build a model ------------------------------------------------

@@ -21,7 +21,9 @@ def test_named_recipes_resolve_and_overrides_apply():
     (["train.precision=fp8"], "train.precision='fp8' is not one of"),
     (["masking.ratio=1.5"], "masking.ratio must be in"),
     (["model.heads=5"], "divisible by model.heads"),
-    (["adapter.colour=1"], "unknown adapter key"),
+    (["adapter.colour=1"], "adapter.colour. Known: channels"),
+    (["adapter.patch=4"], "adapter.patch expects a list such as [4, 4], got '4'"),  # typed by the adapter's default
+    (["adapter.flip=maybe"], "adapter.flip expects true or false, got 'maybe'"),
     (["train.steps"], "is not key=value"),
     (["modality=lidar"], "modality 'lidar' is not one of"),
 ])
