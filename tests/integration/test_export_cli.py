@@ -66,7 +66,7 @@ def test_probe_command_reports_pretrained_vs_random(trained_run):
 
 def test_cli_errors_are_clear(tmp_path):
     out = cli("pretrain", "grid-mae", "train.stepz=3")
-    assert out.returncode == 2 and "unknown recipe key 'train.stepz'" in out.stderr
+    assert out.returncode == 1 and "unknown recipe key 'train.stepz'" in out.stderr
     out = cli("pretrain", "grid-mae", "--print-config", "train.steps=12")
     assert out.returncode == 0 and "steps: 12" in out.stdout
     assert cli("--help").returncode == 0 and "pretrain" in cli("--help").stdout
