@@ -133,6 +133,18 @@ class LoadedEncoder:
             manifest.write_text("path\n" + "".join(f"\"{p}\"\n" for p in paths))
             return self.embed_dataset(self.dataset({"manifest": str(manifest)}), batch_size)
 
+    def embed_recording(self, path: str | Path, window_seconds: float | None = None, batch_windows: int = 8) -> dict:
+        """A whole recording (speech), window by window in bounded memory: ``embedding`` [D] under the export's
+        pooling, ``windows`` [W, D] with ``starts``/``ends`` in seconds (modalities/speech/windows.py)."""
+        from foundation.errors import DomainfmError
+
+        if self.adapter.name != "speech":
+            raise DomainfmError(f"embed_recording is for speech; a {self.adapter.name} encoder embeds whole inputs with embed()")
+        from modalities.speech.windows import embed_windows
+
+        return {**embed_windows(self.encoder.to(self.device), path, self.pooling, window_seconds, batch_windows),
+                "weights_sha256": self.weights_sha256}
+
     def feature_model(self, dataset):
         """The adapter's feature model; for an earth band subset, the export's band views restricted to the bands
         present (a view left equal to another is kept), so the embedding has the export's width whatever the bands."""
