@@ -152,3 +152,23 @@ def test_negative_control_checkpointing_really_recomputes():
     reference = mae()
     reference_grad = grads(reference, batch)["encoder.trunk.blocks.0.attn.qkv.weight"]
     assert not torch.allclose(out[True], reference_grad, atol=1e-6)
+
+
+def test_masked_mse_equals_the_plain_weighted_formula_and_ignores_what_it_must():
+    from foundation.grid import masked_mse
+
+    g = torch.Generator().manual_seed(0)
+    pred, targets = torch.randn(3, 10, 7, generator=g, requires_grad=True), torch.randn(3, 10, 7, generator=g)
+    valid, mask = torch.rand(3, 10, 7, generator=g) > 0.2, torch.rand(3, 10, generator=g) > 0.4
+    w = valid.float() * mask.unsqueeze(-1).float()
+    reference = (((pred - targets) ** 2) * w).sum() / w.sum()
+    loss = masked_mse(pred, targets, valid, mask)
+    torch.testing.assert_close(loss, reference, rtol=1e-6, atol=1e-7)
+    (g_new,) = torch.autograd.grad(loss, pred)
+    (g_ref,) = torch.autograd.grad(reference, pred)
+    torch.testing.assert_close(g_new, g_ref, rtol=1e-6, atol=1e-7)
+    # values that are invalid or on visible tokens do not count: NaN there changes nothing
+    poisoned = targets.masked_fill(~valid | ~mask.unsqueeze(-1), float("nan"))
+    torch.testing.assert_close(masked_mse(pred, poisoned, valid, mask), loss)
+    # negative control: dropping the validity mask does change the loss
+    assert not torch.allclose(masked_mse(pred, targets, torch.ones_like(valid), mask), loss)
