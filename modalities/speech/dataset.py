@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
 from foundation.sources import Source, class_index
 from foundation.tokens import SampleTokens
@@ -129,7 +131,8 @@ class SpeechDataset(TokenDataset):
         if self.skipped:
             log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
         if not segments:
-            raise ValueError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""))
+            raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
+                            + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
         self.labels, self.classes = class_index([s.label for s in segments])
         self.read_failures = 0
