@@ -189,11 +189,7 @@ def _split(dataset, labels: np.ndarray | None, groups_rule: str | None, test_fra
 
 
 def _pick(task: str, y: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k labels per class (classification), else k labelled samples, drawn from ``pool`` with ``seed``."""
-    from foundation.probes import few_shot_indices
-
-    if task == "classification":
-        return pool[few_shot_indices(y[pool], k, seed)]
+    """k labelled samples drawn from ``pool`` with ``seed`` (tasks without classes to draw k of)."""
     return np.sort(np.random.default_rng(seed).permutation(pool)[:k])
 
 
@@ -210,9 +206,13 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
     pool, test = _split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])
     names = list(arms)
     raw: dict = {a: {} for a in names}
+    if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
+        from foundation.probes import few_shot_splits
+
+        splits = few_shot_splits(y[pool], [int(k) for k in probe["k"]], int(probe["seeds"]), targets.names)
     for k in probe["k"]:
         for seed in range(int(probe["seeds"])):
-            pick = _pick(task, y, pool, int(k), seed)
+            pick = pool[splits[int(k)][seed]] if task == "classification" else _pick(task, y, pool, int(k), seed)
             for a, run in arms.items():
                 scores = run(pick, test, seed)
                 raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
@@ -228,7 +228,7 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
                 per = np.array([[r["per_class_accuracy"][c] for c in targets.names] for r in runs], float)
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
-                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs])
+                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], len(test))
         rows.append(row)
     return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(len(test)),
             "n_pool": int(len(pool)), "seeds": int(probe["seeds"]), "raw": raw}
