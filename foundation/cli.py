@@ -90,11 +90,35 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    """Bind two or more towers (encoders of any modality, text) into one space; THE engine trains it."""
+    from foundation.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe["objective"] != "align":
+        from foundation.recipes import RecipeError
+
+        raise RecipeError(f"recipe {args.recipe!r} has objective {recipe['objective']!r}; domainfm align needs objective: align")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(recipe, sort_keys=False), end="")
+        return 0
+    from foundation.align_task import align_task
+    from foundation.engine import train
+
+    run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from foundation.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir)
-    print(f"exported encoder to {out}")
+    out = export_run(args.run_dir, args.out_dir, data=args.data, license=args.license, pooling=args.pooling)
+    checks = json.loads((out / "config.json").read_text())["export_checks"]
+    print(f"exported encoder to {out} (model.safetensors, model.onnx, model.pt2, golden/; max difference from PyTorch: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in checks["max_diff"].items()) + ")")
     return 0
 
 
@@ -108,15 +132,17 @@ def _exported_and_data(args):
 
 
 def cmd_embed(args) -> int:
-    from foundation.embed import embed_dataset
+    import yaml
 
-    encoder, dataset, _ = _exported_and_data(args)
-    out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
-    choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample bags (bag_probe's instances)
-    if args.pooling not in choices:
-        raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {choices}")
-    np.savez(args.out, embeddings=out[args.pooling].astype(np.float32), ids=out["ids"], paths=out["paths"], labels=out["labels"])
-    print(f"wrote {len(out['ids'])} embeddings of width {out[args.pooling].shape[1]} to {args.out}")
+    from foundation.embed import LoadedEncoder
+
+    described = {k: yaml.safe_load(v) if v != "" else None for k, v in (o.split("=", 1) for o in args.overrides) if k.startswith(("input.", "adapter."))}
+    loaded = LoadedEncoder(args.model_dir, pooling=args.pooling, overrides=described)
+    spec = _data_spec(args.data, [o for o in args.overrides if not o.startswith(("input.", "adapter."))])
+    out = loaded.embed_dataset(loaded.dataset(spec["data"]), args.batch_size, progress=not args.quiet)
+    np.savez(args.out, embeddings=out.embeddings, ids=np.array(out.ids), paths=np.array(out.paths), pooling=np.array(out.pooling),
+             weights_sha256=np.array(out.weights_sha256))
+    print(f"wrote {len(out.ids)} embeddings of width {out.embeddings.shape[1]} ({out.pooling} pooling) to {args.out}")
     return 0
 
 
@@ -241,19 +267,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_pretrain)
 
+    s = sub.add_parser("align", help="align towers (encoders, text) into one embedding space", description="Align two or more "
+                       "towers from a recipe (e.g. align-speech-text); data.manifest=FILE has one column per tower, named as the tower; "
+                       "towers.<name>.init=EXPORT_DIR starts a tower from an export. A run directory with a checkpoint is resumed.")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_align)
+
     s = sub.add_parser("export", help="export a run's encoder with its preprocessing", description="Write the encoder of RUN_DIR "
-                       "(config.json with its preprocessing, model.safetensors, a model card) to OUT_DIR.")
+                       "(config.json with its preprocessing and input spec, model.safetensors, model.onnx, model.pt2, golden/ "
+                       "and a model card) to OUT_DIR. ONNX and torch.export are checked against PyTorch on real samples first.")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
+    s.add_argument("--data", default=None, help="files to check the exported programs on (default: the run's training data)")
+    s.add_argument("--license", default=None, help="licence written in the model card and config.json")
+    s.add_argument("--pooling", default=None, help="pooling recorded as the default (default: the modality's recommended one)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("embed", help="embed a folder or manifest with an exported encoder", description="Embed every sample of DATA "
                        "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N].")
     s.add_argument("model_dir")
     s.add_argument("data")
-    s.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.labels=folder")
-    s.add_argument("--out", required=True, help="output .npz file")
-    s.add_argument("--pooling", default="mean", help="mean (default), meanstd, max, cls or mid_meanstd")
+    s.add_argument("overrides", nargs="*", help="data.* overrides and input descriptions that never change the model, e.g. "
+                   "input.bands=[B02,B03,B04,B08] input.columns=[x,y,z,intensity] input.units=dB input.max_seconds=600")
+    s.add_argument("--out", required=True, help="output .npz file (embeddings, ids, paths, pooling, weights_sha256)")
+    s.add_argument("--pooling", default=None, help="mean, meanstd, max, cls, mid_meanstd or layers_meanstd "
+                   "(default: the pooling the export records for its modality)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_embed)

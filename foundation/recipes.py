@@ -30,11 +30,20 @@ DEFAULTS: dict[str, Any] = {
               "log_every": 10, "monitor_every": 100, "keep_checkpoints": 2},
     "run": {"dir": "runs/default", "seed": 0},
     "probe": {"k": [1, 5, 10], "seeds": 5, "batch_size": 64},
+    # alignment (`domainfm align`): one entry per tower, named as its manifest column (see foundation/towers.py)
+    "towers": {},
+    "align": {"loss": "infonce", "dim": 128, "temperature": None, "positives": "auto", "pairs": None, "anchor": None,
+              "cache_dir": None, "eval_manifest": None},
+    "zero_shot": {"prompt": "{}", "classes": {}, "tower": None},
 }
+# what one tower entry may hold (towers.<name>.<key>); anything else is refused
+TOWER_KEYS = {"kind": "encoder", "modality": None, "init": None, "recipe": None, "mode": "frozen", "lr": None, "pooling": "mean",
+              "head": "linear", "max_length": 32, "adapter": {}, "model": {}}
 
 # Settings whose values are a closed set or a range; checked after overrides are applied.
 CHOICES = {
-    "objective": ("mae", "jepa", "contrast"),
+    "objective": ("mae", "jepa", "contrast", "align"),
+    "align.loss": ("infonce", "siglip"),
     "jepa.target_norm": ("layer", "instance"),
     "train.precision": ("no", "bf16", "fp16"),
     "data.on_error": ("raise", "skip"),
@@ -77,10 +86,16 @@ def _merge(base: dict, over: dict, where: str, open_keys: bool) -> dict:
         if key not in out and not open_keys:
             raise RecipeError(_unknown(path, base))
         if isinstance(out.get(key), dict) and isinstance(value, dict):
-            out[key] = _merge(out[key], value, path, open_keys=path == "adapter")
+            out[key] = _merge(out[key], value, path, open_keys=path in ("adapter", "towers", "zero_shot.classes") or _in_tower(path))
         else:
             out[key] = value
     return out
+
+
+def _in_tower(path: str) -> bool:
+    """towers.<name> and its adapter/model sections are open: tower names and adapters vary."""
+    parts = path.split(".")
+    return parts[0] == "towers" and (len(parts) == 2 or parts[2:3] in (["adapter"], ["model"]))
 
 
 def _unknown(path: str, options: dict) -> str:
@@ -112,6 +127,8 @@ def _coerce(dotted: str, old: Any, raw: str) -> Any:
         if dotted in NULLABLE or old is None or dotted.startswith("adapter."):  # adapters use null for "derive from the data"
             return None
         raise RecipeError(f"{dotted} cannot be empty")
+    if dotted.startswith("towers."):
+        return value  # a tower's settings are checked by validate_towers
     if isinstance(old, str) and not isinstance(value, str):
         return raw  # YAML reads no/yes/on/off as booleans; a text setting means the text
     return check_value(dotted, old, value, raw)
@@ -162,7 +179,7 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
         dotted, raw = item.split("=", 1)
         dotted = dotted.strip()
         node, key = _lookup(recipe, dotted)
-        if key not in node and not dotted.startswith("adapter."):
+        if key not in node and not dotted.startswith(("adapter.", "zero_shot.classes.")) and not _in_tower(dotted.rsplit(".", 1)[0]):
             raise RecipeError(_unknown(dotted, node))
         old = node.get(key)
         if dotted.startswith("adapter.") and old is None:  # typed like the adapter's default
@@ -171,11 +188,33 @@ def apply_overrides(recipe: dict, overrides: list[str]) -> dict:
     return recipe
 
 
+def validate_towers(recipe: dict) -> dict:
+    """An alignment recipe: every tower entry filled with TOWER_KEYS' defaults and checked."""
+    if len(recipe["towers"]) < 2:
+        raise RecipeError("an alignment recipe needs at least two towers (towers.<name>.kind=encoder|text)")
+    for name, spec in recipe["towers"].items():
+        if not isinstance(spec, dict):
+            raise RecipeError(f"towers.{name} must be a mapping (kind, init, mode, ...)")
+        bad = sorted(set(spec) - set(TOWER_KEYS))
+        if bad:
+            raise RecipeError(f"unknown key(s) {bad} in towers.{name}; known: {', '.join(sorted(TOWER_KEYS))}")
+        recipe["towers"][name] = spec = {**copy.deepcopy(TOWER_KEYS), **spec}
+        if spec["kind"] not in ("encoder", "text"):
+            raise RecipeError(f"towers.{name}.kind={spec['kind']!r} is not encoder or text")
+        if spec["mode"] not in ("frozen", "train", "lora"):
+            raise RecipeError(f"towers.{name}.mode={spec['mode']!r} is not frozen, train or lora")
+        if spec["kind"] == "encoder" and not (spec["init"] or spec["modality"]):
+            raise RecipeError(f"towers.{name}: set init=EXPORT_DIR or modality=<name> (a fresh encoder)")
+    return recipe
+
+
 def validate(recipe: dict) -> dict:
     for dotted, allowed in CHOICES.items():
         node, key = _lookup(recipe, dotted)
         if node[key] not in allowed:
             raise RecipeError(f"{dotted}={node[key]!r} is not one of {', '.join(map(str, allowed))}")
+    if recipe["objective"] == "align":
+        return validate_towers(recipe)  # towers carry their own modality, adapter and model settings
     for dotted in POSITIVE:
         node, key = _lookup(recipe, dotted)
         if not (isinstance(node[key], (int, float)) and node[key] > 0):

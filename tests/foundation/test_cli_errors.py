@@ -65,7 +65,7 @@ def test_unreadable_files_name_the_file_and_the_way_out(capsys, tmp_path):
 
 def test_a_missing_export_or_run_is_one_line(capsys, tmp_path):
     code, _, err = run(capsys, "embed", str(tmp_path), str(tmp_path), "--out", str(tmp_path / "e.npz"))
-    assert code == 1 and "is not an exported encoder: no config.json" in one_line(err) and "domainfm export" in err
+    assert code == 1 and "holds neither an exported encoder nor a checkpoint" in one_line(err) and "domainfm pretrain" in err
     code, _, err = run(capsys, "export", str(tmp_path / "no-run"), str(tmp_path / "out"))
     assert code == 1 and "holds neither an exported encoder nor a checkpoint" in one_line(err)
 

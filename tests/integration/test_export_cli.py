@@ -38,7 +38,7 @@ def test_export_then_fresh_process_embed_matches_training_side(trained_run):
     tmp = trained_run
     out = cli("export", str(tmp / "run"), str(tmp / "exported"))
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in (tmp / "exported").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in (tmp / "exported").iterdir()} == {"config.json", "model.safetensors", "README.md", "model.onnx", "model.pt2", "golden"}
     out = cli("embed", str(tmp / "exported"), str(tmp / "data"), "--out", str(tmp / "emb.npz"), "--quiet")
     assert out.returncode == 0, out.stderr
     fresh = np.load(tmp / "emb.npz")
