@@ -653,6 +653,13 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
     from foundation.evaluate import task_metrics
     from foundation.report import finetune_report
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from foundation.errors import DomainfmError
+
+        raise DomainfmError("domainfm finetune runs in one process (the trained model is collected on one rank): "
+                            "run it without torchrun/accelerate launch")
     spec = finetune_spec(data, overrides)
     cfg, seed, run_dir = spec["finetune"], int(spec["run"]["seed"]), Path(spec["run"]["dir"])
     encoder = load_encoder(model_dir)
