@@ -145,6 +145,17 @@ class LoadedEncoder:
         return {**embed_windows(self.encoder.to(self.device), path, self.pooling, window_seconds, batch_windows),
                 "weights_sha256": self.weights_sha256}
 
+    def embed_raster(self, path: str | Path, out_tif: str | Path | None = None, batch_size: int = 16) -> dict:
+        """A whole GeoTIFF scene (earth) by tiles; ``out_tif`` receives a GeoTIFF of embeddings with the source CRS
+        and the source transform scaled by the stride (modalities/earth/raster.py)."""
+        from foundation.errors import DomainfmError
+
+        if self.adapter.name != "earth":
+            raise DomainfmError(f"embed_raster is for earth observation; a {self.adapter.name} encoder embeds whole inputs with embed()")
+        from modalities.earth.raster import embed_raster
+
+        return embed_raster(self, path, out_tif, batch_size)
+
     def feature_model(self, dataset):
         """The adapter's feature model; for an earth band subset, the export's band views restricted to the bands
         present (a view left equal to another is kept), so the embedding has the export's width whatever the bands."""
