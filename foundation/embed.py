@@ -120,6 +120,10 @@ class LoadedEncoder:
             if bands is not None and bands != self.adapter.config.get("bands"):
                 log.info("reading %s with the bands its band descriptions name: %s", data.get("root") or data.get("manifest"), bands)
                 self.encoder.adapter = type(self.adapter)({**self.model_preprocessing, **self.described, "bands": bands})
+        if self.adapter.name == "speech" and self.adapter.config.get("max_seconds"):
+            log.warning("speech clips longer than %ss are cropped to their centre %ss (the export's max_seconds); "
+                        "input.max_seconds=null embeds whole clips, load_encoder(...).embed_recording() long recordings by windows",
+                        self.adapter.config["max_seconds"], self.adapter.config["max_seconds"])
         return self.adapter.dataset(data, train=False)
 
     def embed(self, items, batch_size: int = 16) -> Embeddings:
