@@ -244,7 +244,7 @@ def cmd_demo(args) -> int:
     extra = [f"data.{k}={v}" for k, v in spec.items() if k not in ("root", "manifest")]
     subprocess.run([sys.executable, "-m", "foundation.cli", "embed", str(out), data_arg, "--out", str(npz), "--quiet", *extra], check=True)
     fresh = np.load(npz)
-    here = embed_dataset(encoder, dataset)["mean"]
+    here = embed_dataset(encoder, dataset)[str(fresh["pooling"])]  # the pooling the export records for its modality
     gap = float(np.abs(fresh["embeddings"] - here).max())
     summary = json.loads((work / "run" / "summary.json").read_text())
     print("\n" + "=" * 72)
