@@ -20,6 +20,7 @@ import torch
 from monai.data import CacheDataset, Dataset, PersistentDataset
 
 from foundation.grid import normalized_targets, patchify
+from foundation.inputs import InputPolicy
 from foundation.sources import Source, class_index, find_sources
 from foundation.tokens import SampleTokens
 from modalities.base import TokenDataset
@@ -83,28 +84,20 @@ class MedicalDataset(TokenDataset):
     def __init__(self, cfg: dict[str, Any], data: dict, train: bool, with_seg: bool = False) -> None:
         quiet_monai_warnings()
         self.cfg, self.train, self.with_seg = cfg, train, with_seg
-        self.on_error = data.get("on_error", "raise")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', not {self.on_error!r}")
-        self.skipped: list[tuple[str, str]] = []
+        self.inputs = InputPolicy.from_data(data)
+        self.on_error = self.inputs.on_error
         self.manifest_dir = Path(data["manifest"]).parent if data.get("manifest") else None
-        self.load_skips = 0
         items, sources = [], []
-        for src in list_sources(data):
+        found = list_sources(data)
+        self.inputs.found = len(found)
+        for src in found:
             item = self._item(src)
-            try:
-                for key in [k for k in item if k.startswith(IMAGE) or k == SEG]:
-                    check_source(item[key])
-            except MedicalInputError as err:
-                if self.on_error == "raise":
-                    raise
-                self.skipped.append((src.path, str(err)))
-                log.warning("skipping %s", err)
+            keys = [k for k in item if k.startswith(IMAGE) or k == SEG]
+            if self.inputs.load(src.path, lambda: [check_source(item[k]) for k in keys], check=False) is None:
                 continue
             items.append(item)
             sources.append(src)
-        if self.skipped:
-            log.warning("medical dataset: skipped %d of %d sources (data.on_error=skip)", len(self.skipped), len(self.skipped) + len(items))
+        self._header_skips = len(self.inputs.skipped)
         if not items:
             raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
         self.items, self.sources = items, sources
@@ -160,26 +153,41 @@ class MedicalDataset(TokenDataset):
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index // self.k]
 
-    def volume(self, index: int) -> dict:
-        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source."""
-        tries = len(self.items) if self.on_error == "skip" else 1
-        for t in range(tries):
-            i = (index + t) % len(self.items)
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(source, reason) of every source skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    @property
+    def load_skips(self) -> int:
+        """Sources that passed the header checks but failed when their voxels were read."""
+        return len(self.inputs.skipped) - self._header_skips
+
+    def volume(self, index: int) -> dict | None:
+        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source.
+
+        Under ``data.on_error=skip`` a volume that fails is counted once, never read again, and comes
+        back as None (no other volume stands in for it).
+        """
+        src = self.items[index]["source"]
+
+        def read():
             try:
-                return self.volumes[i]
+                return self.volumes[index]
             except Exception as err:  # MONAI wraps reader errors in RuntimeError
                 cause = root_cause(err)
-                msg = str(cause) if isinstance(cause, MedicalInputError) else f"{self.items[i]['source']}: cannot load ({cause})"
-                if self.on_error == "raise":
-                    raise MedicalInputError(msg) from err
-                self.load_skips += 1
-                log.warning("skipping %s (%d skipped at load time)", msg, self.load_skips)
-        raise MedicalInputError("every volume failed to load")
+                if isinstance(cause, MedicalInputError):
+                    raise cause from err
+                raise MedicalInputError(f"{src}: cannot load ({type(cause).__name__}: {cause})") from err
 
-    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        return self.inputs.load(src, read, check=False)
+
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
         vi, j = divmod(index, self.k)
         d = self.volume(vi)
-        src = d["source"]  # under on_error=skip, another volume may stand in
+        if d is None:  # skipped under data.on_error=skip
+            return None
+        src = d["source"]
         if rng is not None:
             self.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
             d = self.crops(d)[j]
