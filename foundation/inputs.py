@@ -75,6 +75,11 @@ def reader_errors() -> tuple[type[BaseException], ...]:
     return tuple(dict.fromkeys(errors))
 
 
+class BadFile(DataError, ValueError):
+    """A file a reader refused: a :class:`DataError` (one CLI line) that is also a ``ValueError``, so
+    code that caught the readers' ``ValueError`` subclasses before this policy existed still does."""
+
+
 def as_data_error(path: object, err: BaseException) -> DomainfmError:
     """A reader's exception as a one-line error naming ``path``; our own errors keep their text and type."""
     if isinstance(err, DomainfmError):
@@ -82,7 +87,7 @@ def as_data_error(path: object, err: BaseException) -> DomainfmError:
     text = " ".join(str(err).split()) or type(err).__name__
     p = str(path)
     problem = text[len(p):].lstrip(": ") if text.startswith(p) else f"{text} ({type(err).__name__})"
-    return DataError(p, problem or type(err).__name__, FIX)
+    return BadFile(p, problem or type(err).__name__, FIX)
 
 
 def problem_of(err: BaseException) -> str:
@@ -100,22 +105,22 @@ def _suffix(path: Path) -> str:
 def precheck(path: str | Path) -> None:
     """Cheap checks before any reader: exists, not empty, magic bytes match the extension.
 
-    Raises :class:`DataError`; a folder (a DICOM series, a band folder) only has to exist.
+    Raises :class:`BadFile`; a folder (a DICOM series, a band folder) only has to exist.
     """
     p = Path(path)
     if not p.exists():
-        raise DataError(p, "no such file or folder", "check data.root / the manifest's path column")
+        raise BadFile(p, "no such file or folder", "check data.root / the manifest's path column")
     if p.is_dir():
         return
     size = p.stat().st_size
     if size == 0:
-        raise DataError(p, "empty file (0 bytes)", FIX)
+        raise BadFile(p, "empty file (0 bytes)", FIX)
     magic = MAGIC.get(_suffix(p))
     if magic:
         with open(p, "rb") as fh:
             head = fh.read(max(len(m) for m in magic))
         if not any(head.startswith(m) for m in magic):
-            raise DataError(p, f"not a {_suffix(p)} file (its first bytes are {head[:8]!r})", FIX)
+            raise BadFile(p, f"not a {_suffix(p)} file (its first bytes are {head[:8]!r})", FIX)
 
 
 class InputPolicy:
@@ -181,7 +186,7 @@ class InputPolicy:
     def fail(self, path: object, err: BaseException | str) -> None:
         """Raise (``raise``) or record once (``skip``) that ``path`` is bad."""
         if isinstance(err, str):
-            err = DataError(path, err, FIX)
+            err = BadFile(path, err, FIX)
         if not self.skip:
             raise as_data_error(path, err) from (err if not isinstance(err, DomainfmError) else None)
         p = str(path)
@@ -220,13 +225,16 @@ class InputPolicy:
             self.fail(path, err)
             return None
 
-    def keep(self, items: list[T], path_of: Callable[[T], object], check: Callable[[T], Any]) -> list[T]:
-        """The items whose ``check`` passes; each failure raises or is recorded (building a dataset)."""
-        kept = []
-        for item in items:
-            if self.load(path_of(item), check, item) is not None or not self.skip:
-                kept.append(item)
-        return kept
+    def ok(self, path: object, check: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Whether ``check(*args)`` passes for ``path`` (a check that returns nothing); failures as in :meth:`load`."""
+        if self.skip and self.is_bad(path):
+            return False
+        try:
+            check(*args, **kwargs)
+            return True
+        except reader_errors() as err:
+            self.fail(path, err)
+            return False
 
     def note(self, text: str) -> None:
         """Something inferred or defaulted that a user must see (shown in the data summary)."""

@@ -20,6 +20,7 @@ from modalities.earth.bands import PRESETS, canonical, s2_offset_for_baseline
 from modalities.earth.dataset import EarthDataset
 from modalities.earth.preprocess import StreamingBandStats
 from modalities.earth.scenes import find_scenes
+from foundation.inputs import InputPolicy
 from modalities.earth.tokenizer import SpectralConvPatchEmbed, SpectralPatchEmbed
 from modalities.earth.views import BandViewEncoder, resolution_views
 
@@ -108,17 +109,17 @@ class EarthAdapter(Adapter):
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, data: dict, train: bool) -> EarthDataset:
-        on_error = data.get("on_error", "raise")
-        scenes, skipped = find_scenes(data, self.config, on_error)
+        inputs = InputPolicy.from_data(data)
+        scenes = find_scenes(data, self.config, inputs)
         if not scenes:
-            raise ValueError(f"no usable scenes under {data.get('root') or data.get('manifest')}; skipped: {skipped[:3]}")
+            raise ValueError(f"no usable scenes under {data.get('root') or data.get('manifest')}; skipped: {inputs.skipped_items()[:3]}")
         if not self.config["bands"]:
             # Learn the band list from the first scene (descriptions / per-band files), then freeze it.
             self.config["bands"] = scenes[0].primary_bands
         for scene in scenes:
             if not set(scene.bands) & set(self.channels):
                 raise ValueError(f"{scene.path}: bands {scene.bands} share none of the model's channels {self.channels}")
-        return EarthDataset(scenes, self.config, train=train, on_error=on_error, skipped=skipped)
+        return EarthDataset(scenes, self.config, train=train, inputs=inputs)
 
     def fit(self, dataset: EarthDataset) -> None:
         """Stream per-band mean/std over (up to ``fit_max_chips``) training chips into the config."""
