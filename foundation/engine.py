@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
+from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -120,6 +121,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     dataset = adapter.dataset(recipe["data"], train=True)
     if state is None:
         adapter.fit(dataset)  # deterministic, so every rank computes the same statistics
+    show_data_summary(adapter, dataset, main=accelerator.is_main_process, quiet=not progress)
     encoder = Encoder.build(adapter, recipe["model"])
     model = build_objective(recipe, encoder)
     teacher = model.make_teacher().to(device) if isinstance(model, JEPA) else None
@@ -244,6 +246,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
                        "wall_s": time.perf_counter() - t0, "replica_checksums": checksums}
+            summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

@@ -90,11 +90,13 @@ def as_data_error(path: object, err: BaseException) -> DomainfmError:
     return BadFile(p, problem or type(err).__name__, FIX)
 
 
-def problem_of(err: BaseException) -> str:
+def problem_of(err: BaseException, path: object = None) -> str:
     """The error's message without a leading file path (the ledger and reports name the file apart)."""
     if isinstance(err, DataError):
         return err.problem
-    return " ".join(str(err).split()) or type(err).__name__
+    text = " ".join(str(err).split()) or type(err).__name__
+    p = str(path) if path is not None else None
+    return text[len(p):].lstrip(": ") or text if p and text.startswith(p) else text
 
 
 def _suffix(path: Path) -> str:
@@ -136,6 +138,7 @@ class InputPolicy:
         if on_error not in ON_ERROR:
             raise DomainfmError(f"data.on_error must be 'raise' or 'skip', not {on_error!r}")
         self.on_error = on_error
+        ledger = ledger or os.environ.get("DOMAINFM_INPUTS_LEDGER")  # `domainfm validate` collects every policy's records
         self.ledger = Path(ledger) if ledger else Path(tempfile.gettempdir()) / f"domainfm-skipped-{os.getpid()}-{uuid.uuid4().hex[:12]}.tsv"
         self._skipped: dict[str, str] = {}
         self._ledger_size = 0
@@ -192,7 +195,7 @@ class InputPolicy:
         p = str(path)
         if self.is_bad(p):
             return
-        reason = problem_of(err)
+        reason = problem_of(err, p)
         self._skipped[p] = reason
         with open(self.ledger, "a", encoding="utf-8") as fh:  # one short append: atomic between processes
             fh.write(f"{p}\t{reason}\n")
@@ -327,6 +330,12 @@ def finish_inputs(dataset: Any, run_dir: str | Path) -> dict:
     pol = policy_of(dataset)
     if pol is None:
         return {}
+    out = Path(run_dir) / "skipped.txt"
+    if out.exists():  # a resumed run: files skipped before the interruption still count, once
+        for line in out.read_text().splitlines():
+            path, _, reason = line.partition("\t")
+            if path:
+                pol._skipped.setdefault(path, reason)
     if pol.skipped or pol.skip:
-        pol.write_skipped(Path(run_dir) / "skipped.txt")
+        pol.write_skipped(out)
     return {"inputs": pol.counts()}
