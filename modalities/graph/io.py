@@ -352,6 +352,10 @@ def read_smiles(path: str | Path, labels: str | None = None, on_error: str = "ra
         rows = _rows(path)
         if not rows or smiles_column not in rows[0]:
             raise GraphInputError(f"{path}: needs a {smiles_column!r} column")
+        for i, r in enumerate(rows):  # a cut-off last row (missing fields) or a row with extra fields
+            if None in r or any(v is None for v in r.values()):
+                raise GraphInputError(f"{path} line {i + 2}: {'more' if None in r else 'fewer'} fields than the header "
+                                      f"{list(rows[0].keys())} (truncated or malformed CSV)")
         items = [(r[smiles_column], f"{path.name} line {i + 2}", r) for i, r in enumerate(rows)]
     else:
         lines = path.read_text().splitlines()

@@ -428,6 +428,8 @@ def read_npy(path: str | Path, columns=None) -> PointCloud:
         labels = obj["labels"] if "labels" in keys and key != "labels" else None
     else:
         data = obj
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
+        raise PointCloudError(f"{path}: array of dtype {data.dtype} is not real numbers (expected float or int point rows)")
     data = np.asarray(data, np.float64)
     if data.ndim != 2 or data.shape[0] == 0:
         raise PointCloudError(f"{path}: expected a non-empty [N, C>=3] array, got shape {data.shape}")
@@ -499,6 +501,9 @@ def read_off_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             idx = [int(v) for v in vals[i + 1: i + 1 + k]]
             tris += [(idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1)]
             i += 1 + k
+        if i != len(vals):
+            raise PointCloudError(f"{path}: OFF header declares {nv} vertices and {nf} faces, the body holds "
+                                  f"{len(vals) - i} more values (header/body mismatch; re-export the file)")
     except (ValueError, IndexError) as err:
         raise PointCloudError(f"{path}: malformed OFF body ({err})") from err
     if nv == 0 or not tris:
