@@ -126,6 +126,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DOMAINFM_CACHE", Path.home() / ".cache" / "domainfm"))
 
 
+def check_tu_files(raw: Path, name: str, files: list[Path]) -> None:
+    """Header-free text files checked against each other: each ends with a newline (a file cut mid-line
+    does not), node-level files have one line per node (``graph_indicator``), edge-level files one per
+    edge (``A``), graph labels one per graph."""
+    lines = {}
+    for f in files:
+        data = f.read_bytes()
+        if data and not data.endswith(b"\n"):
+            raise GraphInputError(f"{f}: truncated (the last line has no newline; restore the file)")
+        lines[f.name[len(name) + 1:-4]] = data.count(b"\n")
+    nodes, edges = lines.get("graph_indicator", 0), lines.get("A", 0)
+    graphs = len(set((raw / f"{name}_graph_indicator.txt").read_text().split()))
+    expect = {"node_labels": nodes, "node_attributes": nodes, "edge_labels": edges, "edge_attributes": edges, "graph_labels": graphs}
+    for part, n in expect.items():
+        if part in lines and lines[part] != n:
+            raise GraphInputError(f"{raw / f'{name}_{part}.txt'}: {lines[part]} lines for {n} "
+                                  f"{'nodes' if n == nodes and 'node' in part else 'edges' if 'edge' in part else 'graphs'} "
+                                  "(a truncated or mismatched TU file; restore it)")
+
+
 def read_tu(root: str | Path, cache_dir: str | Path | None = None, inputs: InputPolicy | None = None) -> GraphSet:
     """A TU-format dataset folder ``<root>/<NAME>/raw/<NAME>_*.txt`` through ``TUDataset``.
 
@@ -154,6 +174,7 @@ def read_tu(root: str | Path, cache_dir: str | Path | None = None, inputs: Input
     for f in files:
         if f.stat().st_size == 0:
             raise GraphInputError(f"{f}: empty file (0 bytes) in a TU dataset folder (restore the file)")
+    check_tu_files(raw, name, files)
     present = {f.name[len(name) + 1:-4] for f in files}
     if not present & {"node_labels", "node_attributes"}:
         inputs.note(f"TU dataset {root}: no {name}_node_labels.txt nor {name}_node_attributes.txt: nodes have no features, "
@@ -345,9 +366,16 @@ def read_smiles(path: str | Path, labels: str | None = None, on_error: str = "ra
 
     Invalid SMILES raise naming the line, or are counted and skipped under ``on_error: skip``.
     """
+    path = Path(path)
+    try:
+        return _read_smiles(path, labels, on_error, smiles_column, inputs)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise GraphInputError(f"{path}: not a readable text SMILES/CSV file ({type(err).__name__}: {err})") from err
+
+
+def _read_smiles(path: Path, labels: str | None, on_error: str, smiles_column: str, inputs: InputPolicy | None) -> GraphSet:
     from foundation.sources import class_index, label_of
 
-    path = Path(path)
     if path.suffix.lower() == ".csv":
         rows = _rows(path)
         if not rows or smiles_column not in rows[0]:

@@ -1,6 +1,8 @@
-"""One case of the bad-input fuzz table, run in its own process: ``python fuzz_inputs.py FORMAT CORRUPTION DIR``.
+"""The bad-input fuzz table's cases: ``python fuzz_inputs.py FORMAT CORRUPTION DIR`` runs one case;
+``python fuzz_inputs.py --serve DIR TIMEOUT FORMAT:CORRUPTION ...`` imports the reader stacks once and runs
+each case in its own forked process with a timeout (the import is most of a case's cost).
 
-Writes two good files of FORMAT and one corrupted copy (``bad.<ext>``; for TU folders the corruption is
+A case writes two good files of FORMAT and one corrupted copy (``bad.<ext>``; for TU folders the corruption is
 inside the one dataset folder, for DICOM inside one series folder) under DIR, then reads the folder with
 the adapter's real dataset twice: under ``data.on_error=raise`` and under ``skip``. Prints one JSON line:
 per mode the outcome ``error`` (a DomainfmError naming the bad file), ``skip`` (the bad file counted in the
@@ -127,8 +129,11 @@ def patch(b: bytes, offset: int, value: bytes) -> bytes:
 def corrupt(fmt: str, kind: str, good: bytes) -> bytes:
     """The corrupted bytes of one file (for TU and DICOM: of the one file corrupted inside the folder)."""
     rng = np.random.default_rng(99)
-    if kind == "truncated":
-        return good[: int(len(good) * 0.6)]
+    if kind == "truncated":  # mid-record: a text file cut exactly at a line end is a valid, shorter file
+        cut = int(len(good) * 0.6)
+        while cut > 1 and good[cut - 1: cut] in (b"\n", b"\r", b","):
+            cut -= 1
+        return good[:cut]
     if kind == "zero-byte":
         return b""
     if kind == "garbage":
@@ -322,17 +327,73 @@ def outcome(modality: str, cfg: dict, spec: dict, on_error: str, name: str) -> t
     return "silent", f"{len(ds)} samples, nothing reported"
 
 
-def main() -> None:
+def run_one(fmt: str, kind: str, root: Path) -> dict:
     import warnings
 
     warnings.filterwarnings("ignore")
-    fmt, kind, root = sys.argv[1], sys.argv[2], Path(sys.argv[3])
     modality, cfg, spec, name = build(fmt, kind, root)
     result = {"format": fmt, "corruption": kind}
     for mode in ("raise", "skip"):
         result[mode], result[mode + "_detail"] = outcome(modality, cfg, spec, mode, name)
-    print("FUZZ " + json.dumps(result), flush=True)
+    return result
+
+
+def serve(root: Path, cases: list[tuple[str, str]], timeout: float) -> None:
+    """Each case in its own forked process with a timeout, after importing the reader stacks once.
+
+    Nothing here has run a torch op (no OpenMP pool to break across fork); a child that outlives
+    ``timeout`` is killed and reported as a hang, one that dies of a signal as a crash.
+    """
+    import os
+    import signal
+    import time
+
+    for module in ("torch", "monai.data", "rasterio", "soundfile", "nibabel", "pydicom", "laspy", "torch_geometric.data",
+                   "rdkit.Chem", "modalities.speech.adapter", "modalities.medical.adapter", "modalities.earth.adapter",
+                   "modalities.pointcloud.adapter", "modalities.graph.adapter"):
+        __import__(module)
+    for fmt, kind in cases:
+        work = root / f"{fmt}-{kind}"
+        work.mkdir(parents=True, exist_ok=True)
+        out = work / "result.json"
+        pid = os.fork()
+        if pid == 0:  # the case
+            code = 0
+            try:
+                out.write_text(json.dumps(run_one(fmt, kind, work)))
+            except BaseException:  # noqa: BLE001 - reported by the parent as no-result
+                (work / "error.txt").write_text(traceback.format_exc())
+                code = 3
+            os._exit(code)
+        deadline, status = time.monotonic() + timeout, None
+        while time.monotonic() < deadline:
+            done, st = os.waitpid(pid, os.WNOHANG)
+            if done:
+                status = st
+                break
+            time.sleep(0.05)
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            row = {"format": fmt, "corruption": kind, "raise": "hang", "skip": "hang", "raise_detail": f"no result in {timeout:g} s"}
+        elif os.WIFSIGNALED(status):
+            sig = os.WTERMSIG(status)
+            row = {"format": fmt, "corruption": kind, "raise": "crash", "skip": "crash", "raise_detail": f"killed by signal {sig}"}
+        elif out.exists():
+            row = json.loads(out.read_text())
+        else:
+            err = (work / "error.txt").read_text() if (work / "error.txt").exists() else ""
+            row = {"format": fmt, "corruption": kind, "raise": "no-result", "skip": "no-result", "raise_detail": err[-300:]}
+        print("FUZZ " + json.dumps(row), flush=True)
+
+
+def main() -> None:
+    if sys.argv[1] == "--serve":  # --serve ROOT TIMEOUT fmt:kind ...
+        serve(Path(sys.argv[2]), [tuple(c.split(":", 1)) for c in sys.argv[4:]], float(sys.argv[3]))
+        return
+    print("FUZZ " + json.dumps(run_one(sys.argv[1], sys.argv[2], Path(sys.argv[3]))), flush=True)
 
 
 if __name__ == "__main__":
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     main()

@@ -4,7 +4,8 @@ Each outcome must be a named error (``data.on_error=raise``) and a named error o
 (``skip``); a hang, a native crash, an error that does not name the file, or a silent result fails the
 table. The table is written as markdown (``$DOMAINFM_FUZZ_TABLE`` or the test's tmp folder) so its
 cells can be read, not only its verdict. The default tier runs the cases of the bugs this policy fixed;
-the full table is ``slow``.
+the full table is ``slow``. One server process imports the reader stacks once and forks a process per
+case (``fuzz_inputs.serve``), so a case costs its reads, not a fresh interpreter's imports.
 """
 from __future__ import annotations
 
@@ -29,20 +30,16 @@ REDUCED = [("geotiff", "truncated"), ("nifti", "truncated"), ("pcd", "header-bod
            ("smiles", "truncated"), ("dicom", "truncated")]
 
 
-def run_case(fmt: str, kind: str, work: Path) -> dict:
+def run_cases(cases: list[tuple[str, str]], work: Path) -> list[dict]:
+    """All cases through one server process that forks one process per case, each with a timeout."""
     work.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DOMAINFM_CACHE": str(work / "cache")}
-    try:
-        out = subprocess.run([sys.executable, str(WORKER), fmt, kind, str(work)], cwd=REPO, env=env,
-                             capture_output=True, text=True, timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        return {"format": fmt, "corruption": kind, "raise": "hang", "skip": "hang", "raise_detail": f"no result in {TIMEOUT_S} s"}
-    line = next((ln for ln in out.stdout.splitlines() if ln.startswith("FUZZ ")), None)
-    if line is None:
-        what = "crash" if out.returncode < 0 else "no-result"
-        tail = (out.stderr or out.stdout).strip().splitlines()[-3:]
-        return {"format": fmt, "corruption": kind, "raise": what, "skip": what, "raise_detail": f"rc {out.returncode}: {' | '.join(tail)}"}
-    return json.loads(line[5:])
+    args = [sys.executable, str(WORKER), "--serve", str(work), str(TIMEOUT_S)] + [f"{f}:{k}" for f, k in cases]
+    out = subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=TIMEOUT_S * len(cases) + 300)
+    rows = {(r["format"], r["corruption"]): r for r in (json.loads(ln[5:]) for ln in out.stdout.splitlines() if ln.startswith("FUZZ "))}
+    tail = " | ".join((out.stderr or "").strip().splitlines()[-3:])
+    return [rows.get(c, {"format": c[0], "corruption": c[1], "raise": "no-result", "skip": "no-result",
+                         "raise_detail": f"server rc {out.returncode}: {tail}"}) for c in cases]
 
 
 def passed(row: dict) -> bool:
@@ -60,7 +57,7 @@ def write_table(rows: list[dict], path: Path) -> None:
 
 
 def table(cases: list[tuple[str, str]], tmp_path: Path, name: str) -> list[dict]:
-    rows = [run_case(f, k, tmp_path / f"{f}-{k}") for f, k in cases]
+    rows = run_cases(cases, tmp_path / "cases")
     out = Path(os.environ.get("DOMAINFM_FUZZ_TABLE", tmp_path / name))
     write_table(rows, out)
     print(out.read_text())
