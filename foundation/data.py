@@ -90,13 +90,14 @@ class ShardedIterable(IterableDataset):
                 yield item
 
 
-def train_loader(dataset: Dataset, sampler: TrainSampler, data_cfg: dict) -> DataLoader:
+def train_loader(dataset: Dataset, sampler: TrainSampler, data_cfg: dict, collate_fn=collate) -> DataLoader:
+    """The training loader; ``collate_fn`` defaults to PatchBatch collation (alignment passes its own)."""
     workers = int(data_cfg.get("num_workers", 0))
     return DataLoader(
         dataset,
         batch_size=sampler.batch_size,
         sampler=sampler,
-        collate_fn=collate,
+        collate_fn=collate_fn,
         num_workers=workers,
         pin_memory=bool(data_cfg.get("pin_memory", False)) and torch.cuda.is_available(),
         persistent_workers=bool(data_cfg.get("persistent_workers", False)) and workers > 0,

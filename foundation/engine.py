@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import csv
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 import json
 import logging
 import math
@@ -25,28 +27,27 @@ from tqdm.auto import tqdm
 
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
+from foundation.errors import DomainfmError
 from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
-from foundation.objectives.mae_pooled import PooledMAE
 from foundation.tokens import collate
 from modalities.base import adapter_from_config
 
 log = logging.getLogger("domainfm")
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(DomainfmError, RuntimeError):  # DomainfmError: the CLI prints it as one line
     """A non-finite loss or gradient; the last good checkpoint is kept."""
 
 
 def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
     masking = {k: recipe["masking"][k] for k in ("kind", "ratio", "axis", "span", "blocks")}
     if recipe["objective"] == "mae":
-        kwargs = {k: v for k, v in recipe["mae"].items() if k != "latent"}
-        return (PooledMAE if recipe["mae"].get("latent") == "pooled" else MAE)(encoder, masking, **kwargs)
+        return MAE(encoder, masking, **recipe["mae"])
     if recipe["objective"] == "contrast":
         return Contrast(encoder, masking, **recipe["contrast"])
     j = recipe["jepa"]
@@ -93,11 +94,101 @@ def replica_checksums(accelerator: Accelerator, model: torch.nn.Module, teacher:
     return accelerator.gather(mine).tolist()
 
 
-def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
-    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint.
+@dataclass
+class TrainingTask:
+    """What one kind of training (pretraining, alignment, fine-tuning) hands to :func:`train`.
 
-    ``stop_after`` ends the run after that many optimiser steps (after checkpointing), as a crash
-    would; ``restore_rng=False`` exists only as the negative control of the resume test.
+    The loop owns everything generic: the Accelerator, seeding, optimiser (AdamW, no decay on norms and
+    biases), warm-up + cosine schedule, accumulation, clipping, mixed precision, the NaN/inf guard,
+    atomic checkpoints and exact resume (weights, optimiser, scheduler, teacher, every RNG, data
+    position), metrics.csv, TensorBoard, the progress bar and summary.json. A task says only what is
+    specific to it:
+
+    - ``name``: the progress bar's label (e.g. ``"mae grid"``).
+    - ``model``: an ``nn.Module`` whose ``forward(batch, mask_gen)`` (plus ``teacher=teacher`` when the
+      task has one) returns ``(loss, extras)``; ``mask_gen`` is the per-rank ``torch.Generator`` the
+      loop checkpoints, so draw every random mask from it. ``model`` is wrapped by Accelerate (DDP/FSDP);
+      callbacks receive the unwrapped module.
+    - ``dataset`` / ``collate``: a map-style dataset and the collate function that turns a list of its
+      items into a batch with ``.to(device)`` and ``.size`` (default: PatchBatch collation). Batches are
+      drawn by :class:`foundation.data.TrainSampler` (sharded over ranks, last partial batch dropped).
+    - ``lengths``: optional per-sample lengths, so similar lengths are batched together (less padding).
+    - ``teacher`` / ``update_teacher``: an optional EMA teacher, kept out of DDP and moved to the device
+      by the loop; ``update_teacher(teacher, model, step, steps) -> momentum`` is called exactly once per
+      real optimiser step (never per micro-batch) and its return value is logged.
+    - ``held_out`` / ``monitor``: an optional fixed batch and ``monitor(model, teacher, held_out) ->
+      {name: float}`` logged to TensorBoard every ``train.monitor_every`` steps (default: collapse
+      signals of the teacher, or of ``model.encoder``).
+    - ``state``: JSON-able facts stored in every checkpoint's ``state.json`` (pretraining stores the
+      adapter's fitted preprocessing, so a resumed run reads data exactly as the first one did).
+    - ``finish(run_dir, model, teacher) -> dict | None``: called on the main process once the last step
+      is done, to write the final artefacts (pretraining: ``encoder/``); what it returns is added to
+      ``summary.json``, which the loop writes last (its presence marks a finished run).
+
+    Build the task inside the ``build`` callable passed to :func:`train`: the loop calls it after seeding
+    (so every rank builds identical initial weights) with the resumed checkpoint's ``state.json`` (or
+    None on a fresh run), so preprocessing fitted on the first run is restored rather than refitted.
+    """
+
+    name: str
+    model: torch.nn.Module
+    dataset: Any
+    finish: Callable[[Path, torch.nn.Module, torch.nn.Module | None], dict | None]
+    collate: Callable = collate
+    lengths: Sequence[int] | None = None
+    teacher: torch.nn.Module | None = None
+    update_teacher: Callable[[torch.nn.Module, torch.nn.Module, int, int], float] | None = None
+    held_out: Any = None
+    monitor: Callable[[torch.nn.Module, torch.nn.Module | None, Any], dict] | None = None
+    state: dict = field(default_factory=dict)
+
+
+def default_monitor(model: torch.nn.Module, teacher: torch.nn.Module | None, held) -> dict[str, float]:
+    """Collapse signals (embedding spread, RankMe) of the teacher, or of the student's encoder."""
+    return collapse_signals(teacher if teacher is not None else model.encoder, held)
+
+
+def pretraining_task(recipe: dict, resumed: dict | None) -> TrainingTask:
+    """Self-supervised pretraining of the recipe's encoder (MAE, JEPA or contrast)."""
+    adapter = adapter_from_config(recipe["modality"], resumed["adapter"] if resumed else recipe["adapter"])
+    dataset = adapter.dataset(recipe["data"], train=True)
+    if resumed is None:
+        adapter.fit(dataset)  # deterministic, so every rank computes the same statistics
+    encoder = Encoder.build(adapter, recipe["model"])
+    model = build_objective(recipe, encoder)
+    teacher = model.make_teacher() if isinstance(model, JEPA) else None
+    jepa = recipe["jepa"]
+
+    def update_teacher(teacher, student, step, steps) -> float:
+        momentum = momentum_at(step, steps, jepa["ema_start"], jepa["ema_end"])
+        ema_update(teacher, student.encoder, momentum)
+        return momentum
+
+    def finish(run_dir: Path, student, teacher) -> dict:
+        final = teacher if teacher is not None else student.encoder
+        final.save_pretrained(run_dir / "encoder", extra={"objective": recipe["objective"], "steps": int(recipe["train"]["steps"])})
+        return {}
+
+    return TrainingTask(
+        name=f"{recipe['objective']} {recipe['modality']}", model=model, dataset=dataset, finish=finish,
+        lengths=getattr(dataset, "lengths", None), teacher=teacher, update_teacher=update_teacher if teacher is not None else None,
+        held_out=collate([dataset[i] for i in range(min(len(dataset), 64))]), monitor=default_monitor,
+        state={"adapter": adapter.preprocessing()})
+
+
+def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint."""
+    return train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
+                 restore_rng=restore_rng)
+
+
+def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: bool = True, stop_after: int | None = None,
+          restore_rng: bool = True) -> Path:
+    """Train the task that ``build`` returns under the recipe's ``train.*`` and ``run.*`` settings.
+
+    Resumes from ``run.dir`` if it holds a checkpoint. ``stop_after`` ends the run after that many
+    optimiser steps (after checkpointing), as a crash would; ``restore_rng=False`` exists only as the
+    negative control of the resume test. Returns the run directory.
     """
     tr, seed = recipe["train"], int(recipe["run"]["seed"])
     run_dir = Path(recipe["run"]["dir"])
@@ -117,14 +208,10 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         log.info("%s already finished its %d steps: nothing to resume", run_dir, state["step"])
         return run_dir  # rerunning a finished run (e.g. a benchmark with --resume) must not retrain or crash
 
-    adapter = adapter_from_config(recipe["modality"], state["adapter"] if state else recipe["adapter"])
-    dataset = adapter.dataset(recipe["data"], train=True)
-    if state is None:
-        adapter.fit(dataset)  # deterministic, so every rank computes the same statistics
-    show_data_summary(adapter, dataset, main=accelerator.is_main_process, quiet=not progress)
-    encoder = Encoder.build(adapter, recipe["model"])
-    model = build_objective(recipe, encoder)
-    teacher = model.make_teacher().to(device) if isinstance(model, JEPA) else None
+    task = build(state)
+    model, teacher = task.model, task.teacher
+    if teacher is not None:
+        teacher = teacher.to(device)
 
     seed_everything(seed + rank)  # from here on, per-rank randomness
     steps = int(tr["steps"])
@@ -142,11 +229,14 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
-    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=getattr(dataset, "lengths", None))
+    dataset = task.dataset
+    show_data_summary(recipe.get("modality", ""), dataset, main=accelerator.is_main_process, quiet=not progress)
+    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths)
     if accelerator.is_main_process and sampler.dropped_per_epoch:
         log.info("dropping %d of %d samples per epoch (world %d x batch %d)", sampler.dropped_per_epoch, len(dataset), world, tr["batch_size"])
-    loader = train_loader(dataset, sampler, recipe["data"])
-    held = collate([dataset[i] for i in range(min(len(dataset), 64))]).to(device)
+    loader = train_loader(dataset, sampler, recipe["data"], task.collate)
+    held = task.held_out.to(device) if task.held_out is not None else None
+    monitor = task.monitor if held is not None else None
 
     def batches():
         nonlocal epoch, next_batch
@@ -161,8 +251,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         tmp = checkpoint.begin(run_dir, step) if accelerator.is_main_process else run_dir / "checkpoints" / f"step-{step:07d}.tmp"
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            info = {"step": step, "epoch": epoch, "next_batch": next_batch, "ema_updates": ema_updates,
-                    "adapter": adapter.preprocessing(), "world": world}
+            info = {"step": step, "epoch": epoch, "next_batch": next_batch, "ema_updates": ema_updates, **task.state, "world": world}
             checkpoint.write_shared(tmp, raw, optimizer, scheduler, teacher, info)
         checkpoint.write_rank_rng(tmp, rank, mask_gen)
         accelerator.wait_for_everyone()
@@ -180,7 +269,7 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         if new:
             csv_out.writerow(["step", "epoch", "loss", "lr", "grad_norm", "samples_per_s", "peak_mem_mb", "ema_momentum"])
 
-    bar = tqdm(total=steps, initial=step, disable=not (progress and accelerator.is_main_process), desc=f"{recipe['objective']} {recipe['modality']}")
+    bar = tqdm(total=steps, initial=step, disable=not (progress and accelerator.is_main_process), desc=task.name)
     data, acc = batches(), int(tr["accumulation"])
     window_loss, window_n, t0, seen = 0.0, 0, time.perf_counter(), 0
     first_loss = None
@@ -205,9 +294,8 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         momentum = None
-        if teacher is not None:  # exactly once per real optimiser step
-            momentum = momentum_at(step, steps, recipe["jepa"]["ema_start"], recipe["jepa"]["ema_end"])
-            ema_update(teacher, raw.encoder, momentum)
+        if teacher is not None and task.update_teacher is not None:  # exactly once per real optimiser step
+            momentum = task.update_teacher(teacher, raw, step, steps)
             ema_updates += 1
         step += 1
         first_loss = step_loss if first_loss is None else first_loss
@@ -225,8 +313,8 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
                     writer.add_scalar(f"train/{k}", v, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{rate:.0f}")
             window_loss, window_n = 0.0, 0
-        if accelerator.is_main_process and (step % tr["monitor_every"] == 0 or step == steps):
-            for k, v in collapse_signals(teacher if teacher is not None else raw.encoder, held).items():
+        if monitor is not None and accelerator.is_main_process and (step % tr["monitor_every"] == 0 or step == steps):
+            for k, v in monitor(raw, teacher, held).items():
                 writer.add_scalar(f"monitor/{k}", v, step)
             model.train()
         bar.update(1)
@@ -240,12 +328,11 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
         metrics.close()
         writer.close()
         if step == steps:
-            final = teacher if teacher is not None else raw.encoder
-            final.save_pretrained(run_dir / "encoder", extra={"objective": recipe["objective"], "steps": steps})
+            extra = task.finish(run_dir, raw, teacher) or {}
             summary = {"steps": step, "ema_updates": ema_updates, "first_loss": first_loss, "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
-                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums}
+                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, **extra}
             summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()

@@ -280,7 +280,10 @@ SHOWN_SETTINGS = {
 
 
 def data_summary(adapter: Any, dataset: Any) -> str:
-    """One screen on the data a run is about to use: found, skipped, dropped, classes, inferred settings."""
+    """One screen on the data a run is about to use: found, skipped, dropped, classes, inferred settings.
+
+    ``adapter``: the adapter, or its modality name (the settings are then read from the dataset's config).
+    """
     pol = policy_of(dataset)
     counts = pol.counts() if pol is not None else {}
     lines = [f"data: {len(dataset)} sample(s)" + (f" from {counts['files_found']} file(s)" if counts.get("files_found") else "")
@@ -296,7 +299,7 @@ def data_summary(adapter: Any, dataset: Any) -> str:
         for reason, n in pol.dropped.items():
             lines.append(f"  dropped {n} {reason}")
     classes = list(getattr(dataset, "classes", None) or [])
-    if classes:
+    if classes and hasattr(dataset, "label"):
         per = Counter()
         for i in range(len(dataset)):
             lab = dataset.label(i)
@@ -304,8 +307,12 @@ def data_summary(adapter: Any, dataset: Any) -> str:
                 per[classes[lab] if isinstance(lab, int) and lab < len(classes) else lab] += 1
         shown = ", ".join(f"{c}: {per[c]}" for c in classes[:12]) + (" ..." if len(classes) > 12 else "")
         lines.append(f"  {len(classes)} class(es): {shown}")
-    cfg = getattr(adapter, "config", {}) or {}
-    settings = [f"{k}={cfg[k]}" for k in SHOWN_SETTINGS.get(getattr(adapter, "name", ""), ()) if cfg.get(k) not in (None, "", [])]
+    if isinstance(adapter, str):  # a modality name: the dataset holds the adapter's (live) config
+        name, cfg = adapter, getattr(dataset, "config", None) or getattr(dataset, "cfg", None) or {}
+    else:
+        name, cfg = getattr(adapter, "name", ""), getattr(adapter, "config", {}) or {}
+    cfg = cfg if isinstance(cfg, dict) else {}
+    settings = [f"{k}={cfg[k]}" for k in SHOWN_SETTINGS.get(name, ()) if cfg.get(k) not in (None, "", [])]
     if settings:
         text = ", ".join(settings)
         lines.append("  settings: " + (text if len(text) < 300 else text[:297] + "..."))

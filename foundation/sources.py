@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from foundation.errors import DataError
+
 
 @dataclass
 class Source:
@@ -26,7 +28,7 @@ def read_manifest(manifest: str | Path) -> list[dict]:
     """Rows of a CSV (with a header) or JSONL/JSON manifest; relative paths are resolved against it."""
     manifest = Path(manifest)
     if not manifest.exists():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        raise FileNotFoundError(f"data.manifest {manifest} does not exist (point data.manifest=FILE at a CSV/JSONL list of files)")
     text = manifest.read_text()
     if manifest.suffix in (".jsonl", ".ndjson"):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -36,7 +38,7 @@ def read_manifest(manifest: str | Path) -> list[dict]:
         rows = list(csv.DictReader(text.splitlines()))
     for i, row in enumerate(rows):
         if "path" not in row:
-            raise ValueError(f"{manifest}: row {i + 1} has no 'path' column (columns: {sorted(row)})")
+            raise DataError(manifest, f"row {i + 1} has no 'path' column (columns: {sorted(row)})", "add a 'path' column naming each file")
         p = Path(str(row["path"]))
         row["path"] = str(p if p.is_absolute() else (manifest.parent / p))
     return rows
@@ -79,7 +81,7 @@ def find_sources(
         raise ValueError("no data given: set data.root=DIR or data.manifest=FILE")
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data.root {root} does not exist")
+        raise FileNotFoundError(f"data.root {root} does not exist (point data.root=DIR at a folder of the modality's files, or give data.manifest=FILE)")
     if root.is_file():
         return [Source(str(root), label_of(str(root), labels))]
     exts = tuple(e.lower() for e in extensions)
@@ -92,7 +94,7 @@ def find_sources(
                 continue
             found.append(Source(str(p), label_of(str(p), labels)))
     if not found:
-        raise FileNotFoundError(f"no files with extensions {list(exts)} under {root}")
+        raise FileNotFoundError(f"data.root {root}: no files with extensions {list(exts)} (point data.root at a folder holding such files)")
     return found
 
 

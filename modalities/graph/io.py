@@ -27,7 +27,7 @@ from foundation.inputs import InputPolicy
 log = logging.getLogger(__name__)
 
 
-class GraphInputError(ValueError, DomainfmError):
+class GraphInputError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A graph that cannot be used as given; the message names the graph and the problem."""
 
 

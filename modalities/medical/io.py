@@ -30,7 +30,7 @@ NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 
 
-class MedicalInputError(ValueError, DomainfmError):
+class MedicalInputError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file or series that cannot become a 3-d volume; the message names the path and the problem."""
 
 

@@ -30,7 +30,7 @@ COLUMN_PRESETS: dict[str, list[str]] = {
 EXTENSIONS = (".ply", ".pcd", ".las", ".laz", ".npy", ".npz", ".txt", ".xyz", ".pts", ".csv", ".bin", ".off")
 
 
-class PointCloudError(ValueError, DomainfmError):
+class PointCloudError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file that cannot be read as a point cloud; the message names the file and the problem."""
 
 

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
 from foundation.inputs import InputPolicy
 from foundation.sources import Source, class_index
@@ -116,8 +118,8 @@ class SpeechDataset(TokenDataset):
             if info is not None:
                 segments.append(Segment(src.path, _seconds(src.extra.get("start")), _seconds(src.extra.get("end")), src.label, info.sample_rate))
         if not segments:
-            skipped = self.inputs.skipped_items()
-            raise AudioReadError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {skipped[0][0]}: {skipped[0][1]}" if skipped else ""))
+            raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
+                            + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
         self._header_skips = len(self.inputs.skipped)
         self.labels, self.classes = class_index([s.label for s in segments])

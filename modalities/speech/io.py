@@ -18,7 +18,7 @@ from foundation.errors import DomainfmError
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif")
 
 
-class AudioReadError(ValueError, DomainfmError):
+class AudioReadError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file that cannot be used as audio (empty, truncated, not audio, unreadable)."""
 
 

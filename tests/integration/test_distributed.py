@@ -73,7 +73,7 @@ def test_two_process_embedding_equals_one_process_with_ragged_features(tmp_path)
 def test_a_torchrun_worker_exits_with_its_code_and_output_but_without_finalisation():
     """exit_process: under torchrun (WORLD_SIZE > 1) the process leaves before interpreter finalisation, where
     gloo's threads can abort it, yet keeps its exit code and flushed output; a single process exits normally."""
-    code = ("import atexit; from foundation.cli import exit_process; atexit.register(lambda: print('finalised')); "
+    code = ("import atexit; from foundation.distributed import exit_process; atexit.register(lambda: print('finalised')); "
             "print('result written', end=''); exit_process(3)")
     for world, finalised in (("2", False), ("1", True)):
         env = {**os.environ, "WORLD_SIZE": world, "PYTHONPATH": str(HERE.parents[1])}

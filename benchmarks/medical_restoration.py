@@ -1,4 +1,6 @@
-"""Restoration pretraining of a whole segmentation network (encoder and UNETR decoder) on unlabelled volumes.
+"""Restoration pretraining of a whole segmentation network (encoder and UNETR decoder) on unlabelled volumes:
+the third segmentation arm of ``benchmarks/medical_fewlabel.py --restoration-steps`` (an experiment, not a
+product path: on the synthetic cohort it does not beat training from scratch, modalities/medical/README.md).
 
 Why: with a handful of labelled volumes, the part of a UNETR that limits the Dice is the decoder, which
 fine-tuning otherwise starts from noise. An encoder trained *supervised* for the very task and carried
