@@ -239,11 +239,12 @@ class InputPolicy:
             self.fail(path, err)
             return False
 
-    def note(self, text: str) -> None:
-        """Something inferred or defaulted that a user must see (shown in the data summary)."""
+    def note(self, text: str, warn: bool = True) -> None:
+        """Something inferred or defaulted that a user must see (shown in the data summary); ``warn``
+        also logs it as a warning (a fallback, such as a missing label file), not only as information."""
         if text not in self.notes:
             self.notes.append(text)
-            log.warning("%s", text)
+            log.log(logging.WARNING if warn else logging.INFO, "%s", text)
 
     def counts(self) -> dict:
         """Counts for ``summary.json`` and ``validation.json``."""

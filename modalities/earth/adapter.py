@@ -118,6 +118,7 @@ class EarthAdapter(Adapter):
         if not self.config["bands"]:
             # Learn the band list from the first scene (descriptions / per-band files), then freeze it.
             self.config["bands"] = scenes[0].primary_bands
+            inputs.note(f"bands inferred from {scenes[0].path}: {' '.join(self.config['bands'])} (set adapter.bands or adapter.preset to declare them)", warn=False)
         for scene in scenes:
             if not set(scene.bands) & set(self.channels):
                 raise DataError(scene.path, f"bands {scene.bands} share none of the model's channels {self.channels}", "set adapter.bands to the file's bands in order")

@@ -348,7 +348,9 @@ def serve(root: Path, cases: list[tuple[str, str]], timeout: float) -> None:
     import signal
     import time
 
-    for module in ("torch", "monai.data", "rasterio", "soundfile", "nibabel", "pydicom", "laspy", "torch_geometric.data",
+    # modalities.base before monai: importing foundation after transformers is loaded (monai loads it) runs
+    # foundation.hf at once, which needs modalities.base complete (a circular import otherwise)
+    for module in ("torch", "modalities.base", "monai.data", "rasterio", "soundfile", "nibabel", "pydicom", "laspy", "torch_geometric.data",
                    "rdkit.Chem", "modalities.speech.adapter", "modalities.medical.adapter", "modalities.earth.adapter",
                    "modalities.pointcloud.adapter", "modalities.graph.adapter"):
         __import__(module)
