@@ -276,7 +276,7 @@ SHOWN_SETTINGS = {
     "earth": ("preset", "bands", "chip_size"),
     "medical": ("orientation", "spacing", "intensity", "roi"),
     "pointcloud": ("columns", "features", "points"),
-    "graph": ("feature_dim", "node_features", "encodings"),
+    "graph": ("task", "feature_dim", "degree_features"),
 }
 
 
