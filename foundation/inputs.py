@@ -187,7 +187,12 @@ class InputPolicy:
         return list(self.skipped.items())
 
     def fail(self, path: object, err: BaseException | str) -> None:
-        """Raise (``raise``) or record once (``skip``) that ``path`` is bad."""
+        """Raise (``raise``) or record once (``skip``) that ``path`` is bad.
+
+        A recipe/adapter setting error (``RecipeError``) is about the configuration, not the file: it is
+        raised as it is under either policy, never counted against every file."""
+        if isinstance(err, BaseException) and any(c.__name__ == "RecipeError" for c in type(err).__mro__):
+            raise err
         if isinstance(err, str):
             err = BadFile(path, err, FIX)
         if not self.skip:

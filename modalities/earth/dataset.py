@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
 from foundation.inputs import InputPolicy
 from foundation.sources import class_index
@@ -68,8 +69,9 @@ class EarthDataset(TokenDataset):
             log.info("earth: dropped %d chip(s) with valid fraction < %s", self.dropped_invalid, cfg["min_valid_fraction"])
         if not self.chips:
             skipped = self.inputs.skipped_items()
-            raise ValueError(f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
-                             + (f", {len(skipped)} skipped ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""))
+            raise DataError("data", f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
+                            + (f", {len(skipped)} skipped ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""),
+                            "check data.root, or lower adapter.min_valid_fraction")
         labels = [self.scenes[c.scene].label for c in self.chips]
         self.targets, self.classes = class_index(labels)
 
