@@ -57,7 +57,8 @@ PREDICT_EPILOG = """examples:
 """
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
-  quality (label-free: RankMe, uniformity, alignment; no labels needed)
+  quality (label-free: RankMe, uniformity, alignment; no labels needed);
+  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
@@ -110,6 +111,12 @@ def cmd_align(args) -> int:
     from foundation.engine import train
 
     run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    summary_path = Path(run) / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        d = summary.get("data", {})
+        print(f"paired data: {d.get('rows')} rows, pairs {d.get('pairs')}, {d.get('unpaired_rows')} unpaired; "
+              f"loss {summary.get('first_loss', float('nan')):.4f} -> {summary.get('final_loss', float('nan')):.4f}")
     print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
     return 0
 
@@ -209,6 +216,12 @@ def cmd_evaluate(args) -> int:
     baselines = [b for b in (args.baselines or "").split(",") if b]
     out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
     result = json.loads(out.read_text())
+    if args.task in ("zero-shot", "retrieval"):  # aligned towers: the headline numbers
+        print("  ".join(f"{k} {v:.3f}" for k, v in (result.items() if args.task == "zero-shot" else
+                        ((k, v) for pt in result.values() if isinstance(pt, dict) for k, v in pt.items()))
+                        if isinstance(v, float) and ("accuracy" in k or "recall@" in k)))
+        print(f"wrote {out}")
+        return 0
     if "signals" in result:
         for a, sig in result["signals"].items():
             print(f"{a}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sig.items()))
@@ -390,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
     s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune, "
-                   "quality (label-free: RankMe, uniformity, alignment of two augmented views)")
+                   "quality (label-free: RankMe, uniformity, alignment of two augmented views); zero-shot, retrieval for aligned towers")
     s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
                    "(full training from random init, same budget), classical (linear probe on simple statistics)")
     s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")
