@@ -164,6 +164,27 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """Read every file of DATA with the real readers; write validation.json/.md; non-zero on bad files."""
+    from foundation.validate import validate_data, write_report
+
+    report = validate_data(args.target, args.data, args.overrides, workers=args.workers, against=args.against,
+                           progress=not args.quiet)
+    folder = write_report(report, args.out)
+    print(f"{report['modality']}: {report['files_found']} file(s), {report['files_failed']} failed, "
+          f"{report['samples_read']} of {report['samples']} sample(s) read")
+    if report.get("fatal"):
+        print(f"fatal: {report['fatal']}")
+    for f in report["failures"][:20]:
+        print(f"  {f['path']}: {f['reason']}")
+    if len(report["failures"]) > 20:
+        print(f"  ... and {len(report['failures']) - 20} more")
+    if report.get("leaked"):
+        print(f"{len(report['leaked'])} file content(s) also in {report['against']} (leakage)")
+    print(f"report: {folder / 'validation.md'}")
+    return 1 if report["errors"] and not args.allow_errors else 0
+
+
 def cmd_finetune(args) -> int:
     from foundation.finetune import run_finetune
 
@@ -325,6 +346,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="e.g. data.labels=folder probe.k=[1,5,10] probe.seeds=5")
     s.set_defaults(fn=cmd_probe)
+
+    s = sub.add_parser("validate", help="read every file with the real readers; report bad files and statistics",
+                       description="Read every file of DATA (a folder or manifest) with the readers and preprocessing of "
+                       "RECIPE_OR_MODEL_DIR (a recipe, an export or a run directory), in parallel workers. Writes validation.json "
+                       "and validation.md; exits 1 if any file fails, unless --allow-errors.")
+    s.add_argument("target", metavar="RECIPE_OR_MODEL_DIR")
+    s.add_argument("data", metavar="DATA")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.labels=folder adapter.columns=kitti")
+    s.add_argument("--out", default=None, help="folder for validation.json/.md (default: the run directory, else DATA's parent)")
+    s.add_argument("--allow-errors", action="store_true", help="exit 0 even when files fail")
+    s.add_argument("--against", default=None, metavar="OTHER_DATA", help="report files whose content also appears in OTHER_DATA")
+    s.add_argument("--workers", type=int, default=None, help="reader processes (default: up to 4)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_validate)
 
     s = sub.add_parser("finetune", help="fine-tune an encoder on labelled files", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a head (and, by method, the encoder) on DATA's labels; write run.dir/finetuned/ "

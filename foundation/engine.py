@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
 from foundation.errors import DomainfmError
+from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -242,6 +243,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     raw = accelerator.unwrap_model(model)
 
     dataset = task.dataset
+    show_data_summary(recipe.get("modality", ""), dataset, main=accelerator.is_main_process, quiet=not progress)
     sampler = (task.sampler(world, rank, seed, tr["batch_size"]) if task.sampler else
                TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
@@ -348,6 +350,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
                        "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **extra}
+            summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir
