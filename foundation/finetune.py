@@ -390,7 +390,7 @@ def fit(model: nn.Module, train_view: LabelledView, cfg: dict, seed: int = 0, va
             name=f"finetune {cfg['method']}", model=model, dataset=train_view, finish=finish, lengths=train_view.lengths,
             held_out=collate([val_view[0]]) if val_view is not None and score is not None else None,
             monitor=monitor if val_view is not None and score is not None else None,
-            param_groups=lambda m, lr_, wd: param_groups(m, cfg["method"], lr_, wd, cfg["layer_decay"], depth),
+            param_groups=lambda m, wd, lr_: param_groups(m, cfg["method"], lr_, wd, cfg["layer_decay"], depth),
             should_stop=(lambda: track["bad"] >= int(cfg["patience"])) if early else None)
 
     with tempfile.TemporaryDirectory(prefix="domainfm-finetune-") as tmp:

@@ -99,9 +99,10 @@ class Encoder(nn.Module):
         """
         if keep is None:
             patches, coords, padding, bias = batch.patches, batch.coords, batch.padding, batch.attn_bias
+            padded = batch.has_padding
         else:
             patches, coords = gather_tokens(batch.patches, keep.index), gather_tokens(batch.coords, keep.index)
-            padding = keep.padding
+            padding, padded = keep.padding, keep.has_padding
             bias = gather_bias(batch.attn_bias, keep.index) if batch.attn_bias is not None else None
         x = self.tokenizer(patches, batch.meta)
         if replace is not None:
@@ -109,7 +110,7 @@ class Encoder(nn.Module):
             x = torch.where(rep.unsqueeze(-1), replacement.to(x.dtype), x)
         x = x + self.positions(coords).to(x.dtype)
         x = torch.cat([self.register.expand(x.shape[0], -1, -1).to(x.dtype), x], 1)
-        pad = torch.cat([padding.new_zeros(padding.shape[0], 1), padding], 1)
+        pad = torch.cat([padding.new_zeros(padding.shape[0], 1), padding], 1) if padded else None  # None: no mask, flash kernels allowed
         out = self.trunk(x, pad, with_register_bias(bias, self.bias_buckets), return_layers=return_layers)
         if return_layers:
             out, layers = out

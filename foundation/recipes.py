@@ -16,8 +16,9 @@ DEFAULTS: dict[str, Any] = {
     "modality": "grid",
     "objective": "mae",
     "adapter": {},
-    "data": {"root": None, "manifest": None, "labels": None, "synthetic_n": 600, "num_workers": 0, "pin_memory": False,
-             "persistent_workers": False, "on_error": "raise"},
+    "data": {"root": None, "manifest": None, "labels": None, "synthetic_n": 600, "num_workers": 0,
+             # on by default: pinning only acts on a GPU, persistence only with workers (no re-forking each epoch)
+             "pin_memory": True, "persistent_workers": True, "on_error": "raise"},
     "model": {"width": 192, "depth": 6, "heads": 3, "mlp_ratio": 4.0, "qkv_bias": True},
     "masking": {"kind": "random", "ratio": 0.75, "axis": 0, "span": 4, "blocks": 4},
     "mae": {"decoder_width": 128, "decoder_depth": 2, "decoder_heads": 4, "mask_tokens_in_encoder": False,
@@ -240,7 +241,7 @@ def validate(recipe: dict) -> dict:
 # Which objective-specific sections each objective reads (``engine.build_objective``). JEPA chooses its
 # own context and target blocks (``jepa.targets``, ``jepa.target_scale``, ``jepa.context_scale``), so
 # a ``masking:`` section would do nothing there.
-SECTIONS_USED = {"mae": ("masking", "mae"), "jepa": ("jepa",), "contrast": ("masking", "contrast")}
+SECTIONS_USED = {"mae": ("masking", "mae"), "jepa": ("jepa",), "contrast": ("masking", "contrast"), "align": ("align", "towers")}
 
 
 def modality_defaults(modality: Any) -> dict:

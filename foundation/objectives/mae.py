@@ -55,7 +55,7 @@ class MAE(nn.Module):
             x = x.scatter(1, idx, src)
         x = x + self.decoder_positions(batch.coords).to(x.dtype)
         x = torch.cat([self.decoder_embed(enc.register).unsqueeze(1), x], 1)
-        pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1)
+        pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1) if batch.has_padding else None
         x = self.decoder(x, pad, with_register_bias(batch.attn_bias, self.adapter.attn_bias_buckets))
         return self.head(x[:, 1:])
 
