@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
 from foundation.errors import DomainfmError
+from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -121,8 +122,9 @@ class TrainingTask:
     - ``sampler``: optional ``sampler(world, rank, seed, batch_size)`` returning a batch sampler (lists
       of dataset keys, with ``set_position``, ``batches_per_epoch``, ``dropped_per_epoch``) in place of
       :class:`foundation.data.TrainSampler`: alignment draws ONE pair type per step on a shared schedule.
-    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups
-      (alignment: one learning rate per tower; fine-tuning: layer-wise decay); default: :func:`param_groups`.
+    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups, for
+      groups with their own learning rates (alignment: one per tower; fine-tuning: layer-wise decay); the
+      schedule scales every group alike. Default: :func:`param_groups`.
     - ``state``: JSON-able facts stored in every checkpoint's ``state.json`` (pretraining stores the
       adapter's fitted preprocessing, so a resumed run reads data exactly as the first one did).
     - ``should_stop``: optional ``() -> bool``, asked on the main process right after ``monitor`` (which
@@ -250,6 +252,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     raw = accelerator.unwrap_model(model)
 
     dataset = task.dataset
+    show_data_summary(recipe.get("modality", ""), dataset, main=accelerator.is_main_process, quiet=not progress)
     sampler = (task.sampler(world, rank, seed, tr["batch_size"]) if task.sampler else
                TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
@@ -356,6 +359,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
                        "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **extra}
+            summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

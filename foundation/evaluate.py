@@ -378,6 +378,10 @@ def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], bas
     from foundation.errors import DomainfmError
     from foundation.finetune import adapter_data, finetune_spec, load_encoder
 
+    from foundation.align_task import ALIGN_TASKS, run_align_evaluate
+
+    if task in ALIGN_TASKS:  # aligned towers (domainfm align) on a paired manifest
+        return run_align_evaluate(model_dir, data, task, overrides, out)
     if task not in EVAL_TASKS:
         raise DomainfmError(f"--task {task!r} is not one of {', '.join(sorted(EVAL_TASKS))}")
     spec = finetune_spec(data, overrides)
