@@ -189,9 +189,18 @@ def pretraining_task(recipe: dict, resumed: dict | None) -> TrainingTask:
 
 
 def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
-    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint."""
-    return train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
-                 restore_rng=restore_rng)
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint. A finished run
+    also gets report.md with PNG plots (``domainfm report RUN_DIR`` rebuilds it)."""
+    run_dir = train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
+                    restore_rng=restore_rng)
+    if (run_dir / "summary.json").exists() and AcceleratorState().is_main_process and not (run_dir / "report.md").exists():
+        from foundation.report import pretrain_report
+
+        try:  # a plotting problem must not fail a finished run: the logs are there to rebuild it from
+            pretrain_report(run_dir)
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s: report.md not written (%s); rebuild it with `domainfm report %s`", run_dir, err, run_dir)
+    return run_dir
 
 
 def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: bool = True, stop_after: int | None = None,
