@@ -207,6 +207,9 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     # (only the first Accelerator of a process sets the process group up)
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=float(tr.get("timeout_s", 300))))
     accelerator = Accelerator(mixed_precision=tr["precision"], cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
+    if tr["precision"] == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
+        # Accelerate silently runs fp16 in fp32 on a CPU; run what the recipe says: fp16 autocast with a grad scaler
+        accelerator.native_amp, accelerator.scaler = True, torch.amp.GradScaler("cpu")
     lock = rundir.RunLock(run_dir)
     try:
         return _train(recipe, build, accelerator, lock, progress, stop_after, restore_rng, reuse_finished)
