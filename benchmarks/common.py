@@ -13,6 +13,12 @@ from pathlib import Path
 
 RESULTS = Path(__file__).parent / "results"
 
+# Written into every CPU timing results file: the development machine is shared (2 cores, several
+# sessions), so absolute rates move with load; ratios measured side by side in one process, as the
+# median of per-round ratios, are what the results claim.
+LOAD_CAVEAT = ("measured on a shared, heavily loaded 2-core machine (several sessions at once): absolute rates vary with "
+               "load; compare only the ratios, measured alternating in one process (median of per-round ratios)")
+
 
 def lock_path(name: str = "domainfm-benchmarks") -> Path:
     """The machine-wide lock file every timed benchmark takes turns on."""
@@ -61,9 +67,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def write_results(name: str, payload: dict, started: float) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    out = RESULTS / f"{name}.json"
+def write_results(name: str, payload: dict, started: float, out: Path | None = None) -> Path:
+    """Write ``results/NAME.json`` (or ``out``) with the git commit, machine and wall time."""
+    out = Path(out) if out is not None else RESULTS / f"{name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {"commit": git_commit(), "machine": machine(), "wall_s": round(time.time() - started, 1), **payload}
     out.write_text(json.dumps(payload, indent=2))
     return out

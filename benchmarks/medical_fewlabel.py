@@ -25,7 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -34,18 +34,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foundation.probes import format_interval, paired_difference
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import RESULTS, git_commit  # noqa: E402
+from foundation.probes import format_interval, paired_difference  # noqa: E402
 
 warnings.filterwarnings("ignore")
-
-RESULTS = Path(__file__).parent / "results"
-
-
-def git_commit() -> str:
-    try:
-        return subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, cwd=Path(__file__).parent).strip()
-    except Exception:
-        return "unknown"
 
 
 def pretrain_encoder(args, pre_manifest: str, run_dir: Path):
@@ -247,7 +240,7 @@ def main() -> None:
         arms = ["pretrained", "scratch"]
         restored, t_rest = None, 0.0
         if args.restoration_steps:
-            from modalities.medical.restoration import restoration_pretrain, with_new_head
+            from benchmarks.medical_restoration import restoration_pretrain, with_new_head
 
             t_rest = time.time()
             torch.manual_seed(args.seed)

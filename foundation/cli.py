@@ -8,13 +8,16 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import subprocess
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
+
+from foundation.distributed import exit_process, release_process_group
+from foundation.errors import DomainfmError
 
 EPILOG = """examples:
   domainfm demo                                   # pretrain, probe, export, reload and embed on generated data
@@ -23,6 +26,42 @@ EPILOG = """examples:
   domainfm export runs/speech exported/speech     # the encoder alone, with its preprocessing
   domainfm embed exported/speech recordings/ --out emb.npz
   domainfm probe exported/speech recordings/ data.labels='pattern:^(\\d)_'
+"""
+
+FINETUNE_EPILOG = """methods (finetune.method=):
+  linear     frozen encoder, linear head on mean+std pooled tokens
+  knn        frozen encoder, cosine kNN vote over the training embeddings (finetune.knn_k=5)
+  attentive  frozen encoder, a learned query attending over the tokens, then linear
+  layers     frozen encoder, learned weighted sum of every layer (s3prl-style), then linear
+  full       (default) all weights train, layer-wise LR decay (finetune.layer_decay=0.75)
+  lora       LoRA adapters on the trunk's blocks only (finetune.lora_rank=8, finetune.lora_alpha=16),
+             merged into the saved encoder, which keeps its parameter names
+tasks (finetune.task=): classification (default), multilabel (labels joined by finetune.label_sep=';'),
+  regression (numeric labels)
+budget: finetune.steps=300 finetune.batch_size=32 finetune.lr=0 (0 = the method's default); fixed by
+  default. finetune.val_fraction=0.2 holds out whole groups (data.groups=pattern:<regex> | column:<name>
+  | folder) for validation; finetune.patience=N then stops early on it. finetune.class_weight=true
+  weighs classes by inverse frequency.
+
+examples:
+  domainfm finetune exported/speech recordings/ data.labels='pattern:^(\\d)_' run.dir=runs/ft
+  domainfm finetune runs/speech recordings/ data.labels=folder finetune.method=lora finetune.steps=500
+  domainfm finetune exported/earth chips.csv data.labels=column:crop finetune.method=linear \\
+      data.groups=column:field finetune.val_fraction=0.2 finetune.patience=3
+  domainfm finetune exported/medical scans/ data.labels=column:age finetune.task=regression
+"""
+
+PREDICT_EPILOG = """examples:
+  domainfm predict runs/ft/finetuned new_recordings/ --out predictions.csv
+  domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
+"""
+
+EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...)
+examples:
+  domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
+  domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
+  domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
+      finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
 """
 
 
@@ -51,11 +90,35 @@ def cmd_pretrain(args) -> int:
     return 0
 
 
+def cmd_align(args) -> int:
+    """Bind two or more towers (encoders of any modality, text) into one space; THE engine trains it."""
+    from foundation.recipes import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    if recipe["objective"] != "align":
+        from foundation.recipes import RecipeError
+
+        raise RecipeError(f"recipe {args.recipe!r} has objective {recipe['objective']!r}; domainfm align needs objective: align")
+    if args.print_config:
+        import yaml
+
+        print(yaml.safe_dump(recipe, sort_keys=False), end="")
+        return 0
+    from foundation.align_task import align_task
+    from foundation.engine import train
+
+    run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
+    return 0
+
+
 def cmd_export(args) -> int:
     from foundation.export import export_run
 
-    out = export_run(args.run_dir, args.out_dir)
-    print(f"exported encoder to {out}")
+    out = export_run(args.run_dir, args.out_dir, data=args.data, license=args.license, pooling=args.pooling)
+    checks = json.loads((out / "config.json").read_text())["export_checks"]
+    print(f"exported encoder to {out} (model.safetensors, model.onnx, model.pt2, golden/; max difference from PyTorch: "
+          + ", ".join(f"{k} {v:.1e}" for k, v in checks["max_diff"].items()) + ")")
     return 0
 
 
@@ -69,15 +132,17 @@ def _exported_and_data(args):
 
 
 def cmd_embed(args) -> int:
-    from foundation.embed import embed_dataset
+    import yaml
 
-    encoder, dataset, _ = _exported_and_data(args)
-    out = embed_dataset(encoder, dataset, args.batch_size, progress=not args.quiet)
-    choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]  # lists: per-sample bags (bag_probe's instances)
-    if args.pooling not in choices:
-        raise SystemExit(f"unknown pooling {args.pooling!r}; choose from {choices}")
-    np.savez(args.out, embeddings=out[args.pooling].astype(np.float32), ids=out["ids"], paths=out["paths"], labels=out["labels"])
-    print(f"wrote {len(out['ids'])} embeddings of width {out[args.pooling].shape[1]} to {args.out}")
+    from foundation.embed import LoadedEncoder
+
+    described = {k: yaml.safe_load(v) if v != "" else None for k, v in (o.split("=", 1) for o in args.overrides) if k.startswith(("input.", "adapter."))}
+    loaded = LoadedEncoder(args.model_dir, pooling=args.pooling, overrides=described)
+    spec = _data_spec(args.data, [o for o in args.overrides if not o.startswith(("input.", "adapter."))])
+    out = loaded.embed_dataset(loaded.dataset(spec["data"]), args.batch_size, progress=not args.quiet)
+    np.savez(args.out, embeddings=out.embeddings, ids=np.array(out.ids), paths=np.array(out.paths), pooling=np.array(out.pooling),
+             weights_sha256=np.array(out.weights_sha256))
+    print(f"wrote {len(out.ids)} embeddings of width {out.embeddings.shape[1]} ({out.pooling} pooling) to {args.out}")
     return 0
 
 
@@ -87,6 +152,44 @@ def cmd_probe(args) -> int:
     encoder, dataset, spec = _exported_and_data(args)
     rep = few_label_report(encoder, dataset, spec["probe"]["k"], spec["probe"]["seeds"], spec["probe"]["test_fraction"])
     print(format_report(rep))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from foundation.finetune import run_finetune
+
+    out, _ = run_finetune(args.model_dir, args.data, args.overrides, progress=not args.quiet)
+    ev = json.loads((out / "evaluation.json").read_text())
+    shown = {k: round(v, 4) for k, v in ev["metrics"].items() if isinstance(v, float)}
+    print(f"fine-tuned model in {out}  (report: {out / 'report.md'}); on the {ev['split']} samples: {shown}")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from foundation.finetune import run_predict
+
+    out = run_predict(args.finetuned_dir, args.data, args.out, args.overrides, args.batch_size)
+    print(f"wrote predictions to {out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from foundation.report import report
+
+    print(f"wrote {report(args.run_dir, html=args.html)}")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from foundation.evaluate import run_evaluate
+
+    baselines = [b for b in (args.baselines or "").split(",") if b]
+    out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
+    result = json.loads(out.read_text())
+    key = result["metric"]
+    for r in result["rows"]:
+        print(f"k={r['k']:>3}  " + "  ".join(f"{a} {r[a][key]['mean']:.3f}±{r[a][key]['std']:.3f}" for a in result["arms"]))
+    print(f"wrote {out} and {out.parent / 'report.md'}")
     return 0
 
 
@@ -164,19 +267,34 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(fn=cmd_pretrain)
 
+    s = sub.add_parser("align", help="align towers (encoders, text) into one embedding space", description="Align two or more "
+                       "towers from a recipe (e.g. align-speech-text); data.manifest=FILE has one column per tower, named as the tower; "
+                       "towers.<name>.init=EXPORT_DIR starts a tower from an export. A run directory with a checkpoint is resumed.")
+    s.add_argument("recipe")
+    s.add_argument("overrides", nargs="*", help="key=value overrides")
+    s.add_argument("--print-config", action="store_true", help="print the resolved recipe and exit")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_align)
+
     s = sub.add_parser("export", help="export a run's encoder with its preprocessing", description="Write the encoder of RUN_DIR "
-                       "(config.json with its preprocessing, model.safetensors, a model card) to OUT_DIR.")
+                       "(config.json with its preprocessing and input spec, model.safetensors, model.onnx, model.pt2, golden/ "
+                       "and a model card) to OUT_DIR. ONNX and torch.export are checked against PyTorch on real samples first.")
     s.add_argument("run_dir")
     s.add_argument("out_dir")
+    s.add_argument("--data", default=None, help="files to check the exported programs on (default: the run's training data)")
+    s.add_argument("--license", default=None, help="licence written in the model card and config.json")
+    s.add_argument("--pooling", default=None, help="pooling recorded as the default (default: the modality's recommended one)")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("embed", help="embed a folder or manifest with an exported encoder", description="Embed every sample of DATA "
                        "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N].")
     s.add_argument("model_dir")
     s.add_argument("data")
-    s.add_argument("overrides", nargs="*", help="data.* overrides, e.g. data.labels=folder")
-    s.add_argument("--out", required=True, help="output .npz file")
-    s.add_argument("--pooling", default="mean", help="mean (default), meanstd, max, cls or mid_meanstd")
+    s.add_argument("overrides", nargs="*", help="data.* overrides and input descriptions that never change the model, e.g. "
+                   "input.bands=[B02,B03,B04,B08] input.columns=[x,y,z,intensity] input.units=dB input.max_seconds=600")
+    s.add_argument("--out", required=True, help="output .npz file (embeddings, ids, paths, pooling, weights_sha256)")
+    s.add_argument("--pooling", default=None, help="mean, meanstd, max, cls, mid_meanstd or layers_meanstd "
+                   "(default: the pooling the export records for its modality)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(fn=cmd_embed)
@@ -187,6 +305,53 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="e.g. data.labels=folder probe.k=[1,5,10] probe.seeds=5")
     s.set_defaults(fn=cmd_probe)
+
+    s = sub.add_parser("finetune", help="fine-tune an encoder on labelled files", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Train a head (and, by method, the encoder) on DATA's labels; write run.dir/finetuned/ "
+                       "(encoder/ and head.safetensors, finetuned.json with the task and label names, report.md with learning "
+                       "curves and a confusion matrix, evaluation.json). MODEL_DIR is an exported encoder or a pretraining run "
+                       "directory.", epilog=FINETUNE_EPILOG)
+    s.add_argument("model_dir")
+    s.add_argument("data", help="a folder of the modality's files or a CSV/JSONL manifest")
+    s.add_argument("overrides", nargs="*", help="key=value: data.labels, data.groups, finetune.*, run.dir, run.seed")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_finetune)
+
+    s = sub.add_parser("predict", help="predict with a fine-tuned model", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Read every sample of DATA with the preprocessing stored in FINETUNED_DIR and write one CSV "
+                       "row per sample: id, path, prediction, then score_<class> (classification: probabilities; multilabel: "
+                       "per-label probabilities, the prediction joins those above 0.5 with ';'); for regression the prediction "
+                       "is the value.", epilog=PREDICT_EPILOG)
+    s.add_argument("finetuned_dir", help="run.dir/finetuned of `domainfm finetune`")
+    s.add_argument("data")
+    s.add_argument("overrides", nargs="*", help="data.* overrides (input description only)")
+    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("report", help="regenerate a run's report.md with PNG plots", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Rebuild report.md and its PNG plots from a run's logs: a pretraining run (loss, learning "
+                       "rate, gradient norm, throughput, collapse signals), a fine-tuning run (learning curves, confusion "
+                       "matrix) or an evaluation directory (per-class accuracy with intervals).",
+                       epilog="examples:\n  domainfm report runs/speech\n  domainfm report runs/ft --html\n")
+    s.add_argument("run_dir")
+    s.add_argument("--html", action="store_true", help="also write report.html")
+    s.set_defaults(fn=cmd_report)
+
+    s = sub.add_parser("evaluate", help="few-label evaluation with paired intervals", formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="The few-label protocol: a test split shared by every arm (whole groups with data.groups), "
+                       "k labels per class drawn from the rest (probe.k=[1,5,10]) over probe.seeds paired seeds; per arm the "
+                       "mean ± std of accuracy, balanced accuracy, macro-F1, AUROC (or MAE/RMSE/R² for regression), per-class "
+                       "accuracy with 95%% intervals, and each baseline's paired difference to the model with its 95%% interval. "
+                       "Writes --out (JSON) and report.md with PNGs beside it.", epilog=EVALUATE_EPILOG)
+    s.add_argument("model_dir", help="an exported encoder or a pretraining run directory")
+    s.add_argument("data")
+    s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
+    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune")
+    s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
+                   "(full training from random init, same budget), classical (linear probe on simple statistics)")
+    s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")
+    s.set_defaults(fn=cmd_evaluate)
 
     s = sub.add_parser("recipes", help="list the named recipes")
     s.set_defaults(fn=cmd_recipes)
@@ -202,54 +367,58 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line as ``main`` reads it (usage errors exit 2); tests parse the documented commands with it."""
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)  # overrides may come after options: `pretrain R --print-config a=b`
+    if any(e in ("-v", "--verbose") for e in extra):  # `domainfm pretrain R -v` as well as `domainfm -v pretrain R`
+        args.verbose, extra = True, [e for e in extra if e not in ("-v", "--verbose")]
     if extra:
         if not hasattr(args, "overrides") or any("=" not in e or e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = list(args.overrides) + extra
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from foundation.recipes import RecipeError
+    return args
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; a problem the user can fix is printed as one line on stderr and gives exit code 1.
+
+    argparse's usage errors keep exit code 2. ``-v`` also prints the traceback of a user-facing error;
+    anything else is a bug and always keeps its traceback.
+    """
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         code = args.fn(args)
-    except RecipeError as err:
-        print(f"domainfm: recipe error: {err}", file=sys.stderr)
-        return 2
+    except (DomainfmError, FileNotFoundError) as err:
+        if args.verbose:
+            traceback.print_exc()
+        print(f"domainfm {args.command}: {user_message(err, args)}", file=sys.stderr)
+        return 1
     release_process_group()
     return code
 
 
-def release_process_group() -> None:
-    """Tear gloo/NCCL down while the interpreter is alive, after a command that ran under torchrun.
+def user_message(err: BaseException, args: argparse.Namespace | None = None) -> str:
+    """The one line for a user-facing error: what, which file or key, and the way out.
 
-    A process group left for interpreter finalisation is destroyed while modules are being cleared, and gloo's
-    worker threads then sometimes abort the process ("terminate called without an active exception"), turning a
-    finished run into a failed torchrun. Only the success path does this: after an error a peer may still be
-    blocked in a collective and a collective teardown would hang instead of letting torchrun report the error.
+    A modality reader's error (its class lives in ``modalities/<m>/io.py``, and that modality's dataset honours
+    ``data.on_error``) gets the ``data.on_error=skip`` way out unless the user already chose it; every other
+    error carries its own way out in its message.
     """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-def exit_process(code: int) -> None:
-    """Leave the process with `code`; a torchrun worker leaves without interpreter finalisation.
-
-    `destroy_process_group` only drops c10d's own references: DDP's reducer and Accelerate's state still hold the
-    gloo group, so its threads outlive `main` and are torn down during finalisation, where about one two-process run
-    in forty (under CPU contention) aborted with SIGABRT after a complete, saved run. Everything a command writes is
-    closed by the time it returns, so a worker flushes its streams and exits at once.
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if isinstance(err, FileNotFoundError) and err.filename is not None:  # the OS's own: "[Errno 2] ..."
+        msg = f"{err.filename}: {err.strerror or 'not found'}"
+    else:
+        lines = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+        msg = lines[0]
+        if msg.startswith("Caught ") and "DataLoader worker" in msg:  # re-raised from a worker: the original is last
+            msg = lines[-1].split(": ", 1)[-1] if lines[-1].split(": ", 1)[0].endswith(type(err).__name__) else lines[-1]
+    module = type(err).__module__
+    unreadable = module.startswith("modalities.") and module.endswith(".io")
+    chose_skip = any(o.replace(" ", "") == "data.on_error=skip" for o in getattr(args, "overrides", None) or [])
+    if unreadable and "on_error" not in msg and not chose_skip:
+        msg += " (fix or remove the file, or add data.on_error=skip to skip unreadable files)"
+    return msg
 
 
 def entry() -> None:

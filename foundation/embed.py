@@ -1,6 +1,10 @@
 """Frozen features of a dataset: every sample exactly once, in dataset order, on every process."""
 from __future__ import annotations
 
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -8,6 +12,8 @@ from tqdm.auto import tqdm
 
 from foundation.data import eval_loader
 from foundation.model import Encoder
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -55,3 +61,164 @@ def embed_dataset(encoder: Encoder, dataset, batch_size: int = 64, device: str |
         out = {k: [a for o in outs for a in o.get(k, [])] if k in ragged
                else np.concatenate([o[k] for o in outs if k in o and len(o["ids"])]) for k in keys}
     return out
+
+
+# -- an exported encoder, ready to embed files ------------------------------------------------------------
+@dataclass
+class Embeddings:
+    """What :meth:`LoadedEncoder.embed` returns: one row per sample, in input order."""
+
+    embeddings: np.ndarray  # [N, D] float32
+    ids: list[str]
+    paths: list[str]
+    pooling: str
+    weights_sha256: str
+
+
+class LoadedEncoder:
+    """An export (or a run directory's encoder) with its stored preprocessing and recommended pooling.
+
+    ``embed(paths_or_arrays)`` reads files with the adapter's real readers (arrays are first written to a
+    temporary file of the modality's format, so they take the same path), embeds them deterministically
+    (eval mode, no masking; a sample's embedding does not depend on its batch) and returns :class:`Embeddings`.
+    ``overrides`` are input descriptions (``{"input.bands": [...]}``), never model changes.
+    """
+
+    def __init__(self, model_dir: str | Path, pooling: str | None = None, device: str | None = None,
+                 overrides: dict | None = None) -> None:
+        from foundation.export import encoder_from_run, recommended_pooling
+        from foundation.input_spec import input_overrides
+        from foundation.model import WEIGHTS, file_sha256
+
+        self.model_dir = Path(model_dir)
+        self.encoder = encoder_from_run(self.model_dir)
+        described = input_overrides(self.encoder.adapter.name, dict(overrides or {}))
+        self.model_preprocessing = self.encoder.adapter.preprocessing()
+        self.described = described
+        if described:  # re-read files as described; the weights and the model's preprocessing stay
+            self.encoder.adapter = type(self.encoder.adapter)({**self.model_preprocessing, **described})
+        weights = next((p for p in (self.model_dir / WEIGHTS, self.model_dir / "encoder" / WEIGHTS) if p.exists()), None)
+        self.weights_sha256 = file_sha256(weights) if weights is not None else encoder_sha256(self.encoder)
+        config = self.encoder.export_config()
+        self.pooling = pooling or stored_pooling(self.model_dir) or recommended_pooling(config["modality"])
+        self.device = device or "cpu"
+
+    @property
+    def adapter(self):
+        return self.encoder.adapter
+
+    def dataset(self, data: dict):
+        """``data`` (root/manifest) read as the export was trained, with the input descriptions; earth files' band
+        descriptions are checked against the declared bands and name a band subset (foundation.input_spec)."""
+        data = {"labels": None, **data}
+        if self.adapter.name == "earth" and self.model_preprocessing.get("bands"):
+            from foundation.input_spec import resolve_bands
+            from foundation.sources import find_sources
+
+            paths = [s.path for s in find_sources(data.get("root"), data.get("manifest"), extensions=(".tif", ".tiff"))]
+            bands = resolve_bands(paths, self.model_preprocessing["bands"], self.described.get("bands"))
+            if bands is not None and bands != self.adapter.config.get("bands"):
+                log.info("reading %s with the bands its band descriptions name: %s", data.get("root") or data.get("manifest"), bands)
+                self.encoder.adapter = type(self.adapter)({**self.model_preprocessing, **self.described, "bands": bands})
+        return self.adapter.dataset(data, train=False)
+
+    def embed(self, items, batch_size: int = 16) -> Embeddings:
+        import tempfile
+
+        items = [items] if isinstance(items, (str, Path, np.ndarray)) else list(items)
+        with tempfile.TemporaryDirectory(prefix="domainfm-embed-") as tmp:
+            paths = [str(x) if not isinstance(x, np.ndarray) else write_array(self.adapter, x, Path(tmp) / f"array{i}")
+                     for i, x in enumerate(items)]
+            manifest = Path(tmp) / "inputs.csv"
+            manifest.write_text("path\n" + "".join(f"\"{p}\"\n" for p in paths))
+            return self.embed_dataset(self.dataset({"manifest": str(manifest)}), batch_size)
+
+    def embed_recording(self, path: str | Path, window_seconds: float | None = None, batch_windows: int = 8) -> dict:
+        """A whole recording (speech), window by window in bounded memory: ``embedding`` [D] under the export's
+        pooling, ``windows`` [W, D] with ``starts``/``ends`` in seconds (modalities/speech/windows.py)."""
+        from foundation.errors import DomainfmError
+
+        if self.adapter.name != "speech":
+            raise DomainfmError(f"embed_recording is for speech; a {self.adapter.name} encoder embeds whole inputs with embed()")
+        from modalities.speech.windows import embed_windows
+
+        return {**embed_windows(self.encoder.to(self.device), path, self.pooling, window_seconds, batch_windows),
+                "weights_sha256": self.weights_sha256}
+
+    def feature_model(self, dataset):
+        """The adapter's feature model; for an earth band subset, the export's band views restricted to the bands
+        present (a view left equal to another is kept), so the embedding has the export's width whatever the bands."""
+        model_bands = self.model_preprocessing.get("bands") or []
+        bands = self.adapter.config.get("bands") or []
+        if self.adapter.name == "earth" and self.adapter.config.get("embed_views") == "resolution" and model_bands and bands != model_bands:
+            from modalities.earth.bands import canonical
+            from modalities.earth.views import BandViewEncoder, resolution_views
+
+            present = [canonical(b) for b in bands]
+            views = [[b for b in present if b in view] or present for view in resolution_views([canonical(b) for b in model_bands])]
+            return BandViewEncoder(self.encoder, present, views)
+        return self.encoder
+
+    def embed_dataset(self, dataset, batch_size: int = 16, progress: bool = False) -> Embeddings:
+        out = embed_dataset(self.feature_model(dataset), dataset, batch_size, device=self.device, progress=progress)
+        if self.pooling not in out or isinstance(out[self.pooling], list):
+            choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]
+            from foundation.errors import DomainfmError
+
+            raise DomainfmError(f"unknown pooling {self.pooling!r}; choose from {choices} (--pooling NAME)")
+        return Embeddings(out[self.pooling].astype(np.float32), list(out["ids"]), list(out["paths"]), self.pooling, self.weights_sha256)
+
+
+def stored_pooling(model_dir: Path) -> str | None:
+    import json
+
+    for cfg in (model_dir / "config.json", model_dir / "encoder" / "config.json"):
+        if cfg.exists():
+            return json.loads(cfg.read_text()).get("pooling")
+    return None
+
+
+def encoder_sha256(encoder: Encoder) -> str:
+    """sha256 of the weights as safetensors would write them (a run directory without an exported encoder)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(encoder.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def write_array(adapter, array: np.ndarray, stem: Path) -> str:
+    """An in-memory sample as a file of the modality's format, so arrays and files share one read path:
+    speech a mono waveform at the export's sample rate (WAV), point clouds [N, C] in the declared columns
+    (.npy), medical a 3-D volume at the export's voxel spacing (NIfTI), earth [C, H, W] in the declared band
+    order (GeoTIFF without georeference)."""
+    from foundation.errors import DomainfmError
+
+    c, name = adapter.config, adapter.name
+    if name == "speech":
+        import soundfile as sf
+
+        sf.write(f"{stem}.wav", np.asarray(array, np.float32).reshape(-1), int(c["sample_rate"]), subtype="FLOAT")
+        return f"{stem}.wav"
+    if name == "pointcloud":
+        np.save(f"{stem}.npy", np.asarray(array, np.float32))
+        return f"{stem}.npy"
+    if name == "medical":
+        import nibabel as nib
+
+        affine = np.diag([*(c.get("spacing") or [1.0, 1.0, 1.0]), 1.0])
+        nib.save(nib.Nifti1Image(np.asarray(array, np.float32), affine), f"{stem}.nii.gz")
+        return f"{stem}.nii.gz"
+    if name == "earth":
+        import rasterio
+
+        a = np.asarray(array)
+        with rasterio.open(f"{stem}.tif", "w", driver="GTiff", width=a.shape[2], height=a.shape[1], count=a.shape[0], dtype=a.dtype) as ds:
+            ds.write(a)
+            if len(c.get("bands") or []) == a.shape[0]:
+                ds.descriptions = tuple(c["bands"])
+        return f"{stem}.tif"
+    raise DomainfmError(f"{name} encoder: embed() takes file paths for this modality (arrays are accepted for speech, "
+                        "pointcloud, medical and earth)")

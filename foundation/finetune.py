@@ -1,63 +1,618 @@
-"""Supervised training of an encoder on a few labels: the from-scratch baseline every "pretraining
-pays off" claim is measured against (same architecture, same budget, training accuracy reported)."""
+"""Fine-tuning an encoder on a few labels: heads, methods, the saved ``finetuned/`` directory and predict.
+
+One model class serves every method, so training, saving and prediction have one path:
+
+    FinetuneModel = Encoder (frozen, fully trained, or LoRA-adapted) + Head (pooling + linear)
+
+Methods (``finetune.method``):
+  linear     frozen encoder, linear head on mean+std pooled final tokens
+  knn        frozen encoder, cosine k-nearest-neighbour vote over the training embeddings (no training)
+  attentive  frozen encoder, a learned query cross-attending over the final tokens, then linear
+  layers     frozen encoder, a learned softmax-weighted sum of every layer (s3prl-style), then linear
+  full       everything trains; layer-wise learning-rate decay (the head at ``lr``, block i of L at
+             ``lr * decay^(L - i)``, tokenizer and positions at ``lr * decay^(L + 1)``)
+  lora       peft LoRA adapters on the trunk's blocks only (qkv, proj, fc1, fc2 of ``trunk.blocks.N``),
+             the head through ``modules_to_save``; merged before saving, so the encoder keeps its
+             parameter names and loads strictly
+
+Tasks (``finetune.task``): ``classification`` (one class per sample), ``multilabel`` (a label holds
+several names joined by ``finetune.label_sep``), ``regression`` (the label is a number; trained on
+standardised targets, predicted in the original unit).
+"""
 from __future__ import annotations
 
+import copy
+import csv
+import json
+import logging
+import math
+import re
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
 
-from foundation.engine import TrainingDiverged
+from foundation.engine import TrainingDiverged, warmup_cosine
 from foundation.model import Encoder
-from foundation.tokens import collate
-from foundation.trunk import masked_mean_std
+from foundation.tokens import PatchBatch, SampleTokens, collate
+from foundation.trunk import AttentivePool, masked_mean_std
+
+log = logging.getLogger("domainfm")
+
+TASKS = ("classification", "multilabel", "regression")
+METHODS = ("linear", "knn", "attentive", "layers", "full", "lora")
+FROZEN = ("linear", "knn", "attentive", "layers")
+# default learning rate per method (0 in the config means "this")
+METHOD_LR = {"linear": 3e-3, "attentive": 3e-3, "layers": 3e-3, "full": 1e-3, "lora": 3e-3, "knn": 0.0}
+# the trunk's block modules LoRA adapts: anchored at ``trunk.blocks.N`` so tokenizers' and
+# positions' own ``proj`` layers are never hit (peft's bare-name pitfall, see DESIGN)
+LORA_TARGETS = r"(?:.*\.)?encoder\.trunk\.blocks\.\d+\.(?:attn\.qkv|attn\.proj|mlp\.fc1|mlp\.fc2)"
+FINETUNED_FORMAT = 1
+
+FINETUNE_DEFAULTS: dict = {
+    "task": "classification", "method": "full", "steps": 300, "batch_size": 32, "lr": 0.0, "weight_decay": 0.05,
+    "layer_decay": 0.75, "warmup_steps": 0, "min_lr_ratio": 0.01, "clip": 1.0, "accumulation": 1, "precision": "no",
+    "lora_rank": 8, "lora_alpha": 16, "knn_k": 5, "class_weight": True, "label_sep": ";",
+    "val_fraction": 0.0, "patience": 0, "eval_every": 50, "log_every": 10, "augment": True,
+}
 
 
+# -- targets ------------------------------------------------------------------------------------
+@dataclass
+class Targets:
+    """What a dataset's labels mean for one task: the per-sample targets and the output names."""
+
+    task: str
+    values: np.ndarray  # classification [N] int; multilabel [N, C] float 0/1; regression [N] float
+    names: list[str]  # class names (classification, multilabel) or ["value"] (regression)
+
+    @property
+    def outputs(self) -> int:
+        return 1 if self.task == "regression" else len(self.names)
+
+
+def dataset_targets(dataset, task: str, label_sep: str = ";") -> Targets:
+    """Targets from a dataset's labels (``data.labels``), without loading samples.
+
+    Every adapter maps label strings to class indices (``dataset.classes``, ``dataset.label(i)``);
+    multilabel splits those strings on ``label_sep``, regression reads them as numbers.
+    """
+    idx = [dataset.label(i) for i in range(len(dataset))]
+    if any(v is None for v in idx) or not getattr(dataset, "classes", None):
+        raise ValueError("fine-tuning needs a label for every sample: set data.labels "
+                         "(folder, pattern:<regex>, column:<name> or dataset)")
+    raw = [str(dataset.classes[i]) for i in idx]
+    if task == "classification":
+        return Targets(task, np.asarray(idx, dtype=np.int64), [str(c) for c in dataset.classes])
+    if task == "multilabel":
+        parts = [[p.strip() for p in r.split(label_sep) if p.strip()] for r in raw]
+        names = sorted({p for ps in parts for p in ps})
+        y = np.zeros((len(raw), len(names)), np.float32)
+        for i, ps in enumerate(parts):
+            y[i, [names.index(p) for p in ps]] = 1.0
+        return Targets(task, y, names)
+    if task == "regression":
+        try:
+            return Targets(task, np.asarray([float(r) for r in raw], np.float32), ["value"])
+        except ValueError as err:
+            raise ValueError(f"finetune.task=regression needs numeric labels: {err}") from err
+    raise ValueError(f"finetune.task={task!r} is not one of {', '.join(TASKS)}")
+
+
+def sample_groups(dataset, rule: str | None) -> np.ndarray:
+    """One group name per sample (speaker, patient, scene) from ``data.groups`` (``folder``,
+    ``pattern:<regex>``, ``column:<name>``); without a rule every sample is its own group."""
+    from foundation.sources import label_of
+
+    if not rule:
+        return np.arange(len(dataset)).astype(str)
+    sources = getattr(dataset, "sources", None)
+    out = []
+    for i in range(len(dataset)):
+        if sources is not None and len(sources) == len(dataset):
+            src = sources[i]
+            out.append(label_of(src.path, rule, getattr(src, "extra", None) or None))
+        else:
+            out.append(label_of(dataset[i].path, rule))
+    return np.asarray(out).astype(str)
+
+
+def group_split(groups: np.ndarray, fraction: float, seed: int, strata: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Hold out about ``fraction`` of the samples as whole groups (no group on both sides).
+
+    With ``strata`` (class per sample) groups are drawn per majority class so each class keeps
+    samples on both sides where it has at least two groups."""
+    rng = np.random.default_rng(seed)
+    uniq = np.unique(groups)
+    if strata is None:
+        order = rng.permutation(uniq)
+        held = set(order[: max(1, int(round(fraction * len(uniq))))])
+    else:
+        major = {g: np.bincount(strata[groups == g]).argmax() for g in uniq}
+        held = set()
+        for c in np.unique(list(major.values())):
+            gs = rng.permutation([g for g in uniq if major[g] == c])
+            held |= set(gs[: max(1, int(round(fraction * len(gs))))] if len(gs) > 1 else [])
+    test = np.array([g in held for g in groups])
+    return np.flatnonzero(~test), np.flatnonzero(test)
+
+
+class LabelledView(torch.utils.data.Dataset):
+    """A dataset's samples ``indices`` carrying task targets as labels (so ``collate`` batches them).
+
+    ``view[j]`` is the evaluation view of sample ``indices[j]``; ``view[(j, seed)]`` the augmented
+    training view (the adapter's augmentations apply)."""
+
+    def __init__(self, dataset, indices: Sequence[int], targets: np.ndarray | None = None, augment: bool = True) -> None:
+        self.dataset, self.indices, self.targets, self.augment = dataset, np.asarray(indices, dtype=np.int64), targets, augment
+        self.lengths = None if getattr(dataset, "lengths", None) is None else [dataset.lengths[i] for i in self.indices]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key) -> SampleTokens:
+        j, seed = key if isinstance(key, tuple) else (key, None)
+        i = int(self.indices[int(j)])
+        s = self.dataset[(i, seed)] if seed is not None and self.augment else self.dataset[i]
+        if self.targets is not None:
+            t = self.targets[i]
+            s.label = t.tolist() if isinstance(t, np.ndarray) else t.item()
+        return s
+
+
+# -- heads --------------------------------------------------------------------------------------
+class Head(nn.Module):
+    """Pooling over the encoder's tokens plus one linear layer; ``kind`` is the method's pooling.
+
+    meanstd: mean and std of the final tokens; attentive: a learned query over them; layers: mean and
+    std of a softmax-weighted sum of every layer's (layer-normed) tokens, trunk input included.
+    """
+
+    def __init__(self, kind: str, width: int, depth: int, outputs: int, heads: int = 1) -> None:
+        super().__init__()
+        self.kind = kind
+        if kind == "attentive":
+            self.pool = AttentivePool(width, heads)
+            self.norm = nn.LayerNorm(width)
+            self.fc = nn.Linear(width, outputs)
+        elif kind in ("meanstd", "layers"):
+            if kind == "layers":
+                self.layer_logits = nn.Parameter(torch.zeros(depth + 1))
+            # the linear probe's standardisation (as MAE's linear probing): batch statistics in
+            # training, running ones at inference; no affine part, so the head stays linear
+            self.norm = nn.BatchNorm1d(2 * width, affine=False, eps=1e-6)
+            self.fc = nn.Linear(2 * width, outputs)
+        else:
+            raise ValueError(f"unknown head kind {kind!r}")
+        nn.init.zeros_(self.fc.bias)
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+
+    def forward(self, enc) -> Tensor:
+        if self.kind == "attentive":
+            return self.fc(self.norm(self.pool(enc.tokens, enc.padding)))
+        if self.kind == "layers":
+            hs = torch.stack([F.layer_norm(h, h.shape[-1:]) for h in [enc.inputs, *enc.layers]])
+            x = (self.layer_logits.softmax(0).view(-1, 1, 1, 1).to(hs.dtype) * hs).sum(0)
+            return self.fc(self.norm(masked_mean_std(x, enc.padding)))
+        return self.fc(self.norm(masked_mean_std(enc.tokens, enc.padding)))
+
+
+class KNNHead(nn.Module):
+    """Cosine kNN over a bank of standardised training embeddings (mean+std pooled final tokens).
+
+    The bank is a set of buffers, so it saves and loads with the head like any weight."""
+
+    def __init__(self, width: int, outputs: int, bank_size: int, k: int = 5) -> None:
+        super().__init__()
+        self.k = k
+        self.register_buffer("bank", torch.zeros(bank_size, 2 * width))
+        self.register_buffer("bank_targets", torch.zeros(bank_size, outputs))
+        self.register_buffer("mean", torch.zeros(2 * width))
+        self.register_buffer("std", torch.ones(2 * width))
+
+    def embed(self, enc) -> Tensor:
+        x = (masked_mean_std(enc.tokens, enc.padding).float() - self.mean) / self.std
+        return F.normalize(x, dim=-1)
+
+    def fill(self, feats: Tensor, targets: Tensor) -> None:
+        self.mean.copy_(feats.mean(0))
+        self.std.copy_(feats.std(0, unbiased=False).clamp(min=1e-6))
+        self.bank.copy_(F.normalize((feats - self.mean) / self.std, dim=-1))
+        self.bank_targets.copy_(targets)
+
+    def forward(self, enc) -> Tensor:
+        sim = self.embed(enc) @ self.bank.T
+        top, idx = sim.topk(min(self.k, self.bank.shape[0]), dim=1)
+        w = (top / 0.07).softmax(1)  # similarity-weighted vote (as DINO's kNN), averaged targets
+        return (w.unsqueeze(-1) * self.bank_targets[idx]).sum(1)
+
+
+class FinetuneModel(nn.Module):
+    """Encoder + head. ``forward(batch)`` returns (loss, extras) when the batch has labels, the engine's
+    model contract; ``outputs(batch)`` the raw head outputs (logits, or probabilities for kNN)."""
+
+    def __init__(self, encoder: Encoder, method: str, task: str, outputs: int, bank_size: int = 0, knn_k: int = 5,
+                 class_weight: Tensor | None = None) -> None:
+        super().__init__()
+        if method not in METHODS:
+            raise ValueError(f"finetune.method={method!r} is not one of {', '.join(METHODS)}")
+        self.encoder, self.method, self.task = encoder, method, task
+        depth = encoder.config["depth"]
+        if method == "knn":
+            self.head = KNNHead(encoder.width, outputs, bank_size, knn_k)
+        else:
+            kind = {"attentive": "attentive", "layers": "layers"}.get(method, "meanstd")
+            self.head = Head(kind, encoder.width, depth, outputs, encoder.config["heads"])
+        self.register_buffer("class_weight", class_weight if class_weight is not None else torch.ones(outputs), persistent=False)
+        if method in FROZEN:
+            self.encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "FinetuneModel":
+        super().train(mode)
+        if self.method in FROZEN:
+            self.encoder.eval()
+        return self
+
+    def outputs(self, batch: PatchBatch) -> Tensor:
+        layers = self.method == "layers"
+        if self.method in FROZEN:
+            with torch.no_grad():
+                enc = self.encoder(batch, return_layers=layers)
+        else:
+            enc = self.encoder(batch, return_layers=layers)
+        return self.head(enc).float()
+
+    def loss(self, out: Tensor, labels: Tensor) -> Tensor:
+        if self.task == "classification":
+            return F.cross_entropy(out, labels.long(), weight=self.class_weight)
+        if self.task == "multilabel":
+            return F.binary_cross_entropy_with_logits(out, labels.float(), pos_weight=self.class_weight)
+        return F.mse_loss(out[:, 0], labels.float())
+
+    def forward(self, batch: PatchBatch, *args, **kwargs):
+        out = self.outputs(batch)
+        return self.loss(out, batch.labels.to(out.device)), {"outputs": out.detach()}
+
+
+def class_weights(targets: Targets, train_idx: np.ndarray) -> Tensor | None:
+    """Inverse-frequency weights on the training labels (classification), or the negatives-to-positives
+    ratio per label (multilabel's ``pos_weight``): the rare class counts as much as the common one."""
+    if targets.task == "classification":
+        counts = np.bincount(targets.values[train_idx], minlength=targets.outputs).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 0.0)
+        return torch.tensor(w, dtype=torch.float32)
+    if targets.task == "multilabel":
+        pos = targets.values[train_idx].sum(0)
+        return torch.tensor(np.clip((len(train_idx) - pos) / np.maximum(pos, 1), 0.1, 10.0), dtype=torch.float32)
+    return None
+
+
+# -- LoRA ---------------------------------------------------------------------------------------
+def apply_lora(model: FinetuneModel, rank: int = 8, alpha: int = 16):
+    """Wrap ``model`` with peft LoRA on the trunk's blocks only; the head is trained and saved through
+    ``modules_to_save``. Returns the PeftModel (``merge_lora`` turns it back into a FinetuneModel)."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=LORA_TARGETS, modules_to_save=["head"])
+    return get_peft_model(model, config)
+
+
+def lora_adapted_modules(peft_model) -> list[str]:
+    """Names of the modules that carry LoRA weights (the wiring test checks they are all in blocks)."""
+    return sorted({n.rsplit(".lora_A", 1)[0] for n, _ in peft_model.named_modules() if n.endswith(".lora_A")})
+
+
+def merge_lora(peft_model) -> FinetuneModel:
+    """Fold the adapters into the base weights and drop the wrappers: parameter names are the
+    encoder's own again (strict loading and export work), the trained head replaces the original."""
+    return peft_model.merge_and_unload()
+
+
+# -- optimisation -------------------------------------------------------------------------------
+def param_groups(model: nn.Module, method: str, lr: float, weight_decay: float, layer_decay: float, depth: int) -> list[dict]:
+    """AdamW groups: no decay on norms, biases and learned tokens; for ``full``, layer-wise learning-
+    rate decay (BEiT/MAE fine-tuning recipe): the deeper the layer, the closer its rate to ``lr``."""
+    groups: dict[tuple[float, float], list] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        name = name.replace("base_model.model.", "")
+        wd = weight_decay if p.ndim >= 2 and "bias_tables" not in name and "lora_" not in name else 0.0
+        scale = 1.0
+        if method == "full" and name.startswith("encoder."):
+            m = re.match(r"encoder\.trunk\.(?:blocks|bias_tables)\.(\d+)\.", name)
+            layer = int(m.group(1)) + 1 if m else (depth + 1 if name.startswith("encoder.trunk.norm") else 0)
+            scale = layer_decay ** (depth + 1 - layer)
+        groups.setdefault((lr * scale, wd), []).append(p)
+    return [{"params": ps, "lr": glr, "weight_decay": wd} for (glr, wd), ps in groups.items()]
+
+
+def _train_sampler_loader(view: LabelledView, batch_size: int, seed: int):
+    from foundation.data import TrainSampler, train_loader
+
+    sampler = TrainSampler(len(view), min(batch_size, len(view)), 1, 0, seed, lengths=view.lengths)
+    return sampler, train_loader(view, sampler, {})
+
+
+def fit(model: nn.Module, train_view: LabelledView, cfg: dict, seed: int = 0, val_view: LabelledView | None = None,
+        metrics_path: Path | None = None, score: Callable[[nn.Module, LabelledView], float] | None = None,
+        device: torch.device | None = None, progress: bool = False) -> dict:
+    """Train ``model`` (forward -> (loss, extras)) on ``train_view`` for ``cfg['steps']`` optimiser steps.
+
+    Fixed budget by default; with ``val_view`` and ``cfg['patience']`` > 0, the trainable weights of the
+    best validation score (``score``) are kept and training stops after ``patience`` evaluations
+    without improvement. Writes ``metrics.csv`` (step, loss, lr, val_score) when ``metrics_path`` is set.
+    """
+    device = device or next(model.parameters()).device
+    steps, depth = int(cfg["steps"]), _encoder_of(model).config["depth"]
+    lr = float(cfg["lr"]) or METHOD_LR[cfg["method"]]
+    opt = torch.optim.AdamW(param_groups(model, cfg["method"], lr, cfg["weight_decay"], cfg["layer_decay"], depth), lr=lr)
+    warm = int(cfg["warmup_steps"]) or max(1, steps // 10)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, steps, cfg["min_lr_ratio"]))
+    sampler, loader = _train_sampler_loader(train_view, int(cfg["batch_size"]), seed)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    rows, best, best_state, bad, step, epoch = [], -math.inf, None, 0, 0, 0
+    torch.manual_seed(seed)
+
+    def batches():
+        nonlocal epoch
+        while True:
+            sampler.set_position(epoch, 0)
+            yield from loader
+            epoch += 1
+
+    data, acc = batches(), int(cfg["accumulation"])
+    early = val_view is not None and int(cfg["patience"]) > 0 and score is not None
+    model.train()
+    window = []
+    from tqdm.auto import tqdm
+
+    for step in tqdm(range(1, steps + 1), disable=not progress, desc=f"finetune {cfg['method']}"):
+        total = 0.0
+        for _ in range(acc):
+            batch = next(data).to(device)
+            loss, _ = model(batch)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(f"fine-tuning: non-finite loss {float(loss)} at step {step}, samples {batch.ids[:8]}")
+            (loss / acc).backward()
+            total += loss.item() / acc
+        if cfg["clip"]:
+            torch.nn.utils.clip_grad_norm_(trainable, cfg["clip"])
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        window.append(total)
+        row = None
+        if step % int(cfg["log_every"]) == 0 or step == steps:
+            row = {"step": step, "loss": float(np.mean(window)), "lr": sched.get_last_lr()[-1], "val_score": ""}
+            window = []
+        if val_view is not None and score is not None and (step % int(cfg["eval_every"]) == 0 or step == steps):
+            s = score(model, val_view)
+            model.train()
+            row = row or {"step": step, "loss": float(np.mean(window or [total])), "lr": sched.get_last_lr()[-1]}
+            row["val_score"] = s
+            if s > best:
+                best, bad = s, 0
+                if early:
+                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+            else:
+                bad += 1
+                if early and bad >= int(cfg["patience"]):
+                    rows.append(row)
+                    break
+        if row is not None:
+            rows.append(row)
+    if best_state is not None:
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in best_state:
+                    p.copy_(best_state[n])
+    model.eval()
+    if metrics_path is not None:
+        with open(metrics_path, "w", newline="") as f:
+            w = csv.DictWriter(f, ["step", "loss", "lr", "val_score"])
+            w.writeheader()
+            w.writerows(rows)
+    return {"steps": step, "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
+            "best_val_score": None if best == -math.inf else best, "early_stopped": bool(early and step < steps)}
+
+
+def _encoder_of(model: nn.Module) -> Encoder:
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return m.encoder
+
+
+# -- outputs ------------------------------------------------------------------------------------
+@torch.no_grad()
+def predict_outputs(model: nn.Module, view, batch_size: int = 64, device: torch.device | None = None) -> dict:
+    """Scores for every sample of ``view`` in order: probabilities (classification, multilabel) or
+    values (regression, in the standardised unit), plus ids and paths."""
+    device = device or next(model.parameters()).device
+    model.eval()
+    scores, ids, paths = [], [], []
+    for s in range(0, len(view), batch_size):
+        batch = collate([view[j] for j in range(s, min(len(view), s + batch_size))]).to(device)
+        out = model.outputs(batch) if hasattr(model, "outputs") else model.base_model.model.outputs(batch)
+        scores.append(out.float().cpu())
+        ids += batch.ids
+        paths += batch.paths
+    out = torch.cat(scores)
+    method, task = _method_task(model)
+    if method != "knn":
+        out = out.softmax(1) if task == "classification" else out.sigmoid() if task == "multilabel" else out
+    return {"scores": out.numpy().astype(np.float64), "ids": ids, "paths": paths}
+
+
+def _method_task(model: nn.Module) -> tuple[str, str]:
+    m = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return m.method, m.task
+
+
+def outputs_metric(task: str, scores: np.ndarray, y: np.ndarray) -> float:
+    """The single number early stopping and logs follow: accuracy, mean per-label accuracy, or R²."""
+    if task == "classification":
+        return float((scores.argmax(1) == y).mean())
+    if task == "multilabel":
+        return float(((scores > 0.5) == (y > 0.5)).mean())
+    return float(1 - ((scores[:, 0] - y) ** 2).sum() / max(1e-12, ((y - y.mean()) ** 2).sum()))
+
+
+# -- the whole fine-tuning of one labelled set ---------------------------------------------------
+@dataclass
+class Finetuned:
+    """A trained model with what it needs to be saved and used: targets' meaning and normalisation."""
+
+    model: FinetuneModel
+    task: str
+    method: str
+    names: list[str]
+    target_mean: float = 0.0
+    target_std: float = 1.0
+    history: dict | None = None
+
+    def scores(self, view, batch_size: int = 64) -> dict:
+        out = predict_outputs(self.model, view, batch_size)
+        if self.task == "regression":
+            out["scores"] = out["scores"] * self.target_std + self.target_mean
+        return out
+
+
+def build_model(encoder: Encoder, cfg: dict, targets: Targets, train_idx: np.ndarray) -> FinetuneModel:
+    weight = class_weights(targets, train_idx) if cfg["class_weight"] else None
+    return FinetuneModel(encoder, cfg["method"], targets.task, targets.outputs, bank_size=len(train_idx), knn_k=int(cfg["knn_k"]),
+                         class_weight=weight)
+
+
+def finetune_indices(encoder: Encoder, dataset, targets: Targets, train_idx: np.ndarray, cfg: dict, seed: int = 0,
+                     val_idx: np.ndarray | None = None, metrics_path: Path | None = None, progress: bool = False) -> Finetuned:
+    """Fine-tune a copy of ``encoder`` on samples ``train_idx`` (the caller's encoder is not touched)."""
+    torch.manual_seed(seed)
+    enc = copy.deepcopy(encoder).float()
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    mean, std = 0.0, 1.0
+    values = targets.values
+    if targets.task == "regression":
+        mean, std = float(values[train_idx].mean()), float(values[train_idx].std() + 1e-8)
+        values = ((values - mean) / std).astype(np.float32)
+    model = build_model(enc, cfg, targets, train_idx).to(device)
+    train_view = LabelledView(dataset, train_idx, values, augment=cfg["augment"])
+    val_view = LabelledView(dataset, val_idx, values) if val_idx is not None and len(val_idx) else None
+    history = None
+    if cfg["method"] == "knn":
+        fill_knn(model, LabelledView(dataset, train_idx, values), targets, device)
+    else:
+        trained = apply_lora(model, int(cfg["lora_rank"]), int(cfg["lora_alpha"])) if cfg["method"] == "lora" else model
+
+        def score(m, view):
+            out = predict_outputs(m, view, device=device)["scores"]
+            return outputs_metric(targets.task, out, values[view.indices])
+
+        history = fit(trained, train_view, cfg, seed, val_view, metrics_path, score, device, progress)
+        model = merge_lora(trained) if cfg["method"] == "lora" else trained
+    model.eval()
+    return Finetuned(model, targets.task, cfg["method"], targets.names, mean, std, history)
+
+
+@torch.no_grad()
+def fill_knn(model: FinetuneModel, view: LabelledView, targets: Targets, device) -> None:
+    feats = []
+    for s in range(0, len(view), 64):
+        batch = collate([view[j] for j in range(s, min(len(view), s + 64))]).to(device)
+        enc = model.encoder(batch)
+        feats.append(masked_mean_std(enc.tokens, enc.padding).float())
+    y = torch.as_tensor(view.targets[view.indices])
+    if targets.task == "classification":
+        y = F.one_hot(y.long(), targets.outputs).float()
+    model.head.fill(torch.cat(feats), y.float().reshape(len(view), -1).to(device))
+
+
+# -- the finetuned directory ---------------------------------------------------------------------
+def save_finetuned(ft: Finetuned, out_dir: str | Path, extra: dict | None = None) -> Path:
+    """``out_dir/encoder/`` (Encoder.save_pretrained: config, safetensors, card), ``head.safetensors``
+    and ``finetuned.json`` (task, method, label names, head shape, target normalisation)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ft.model.encoder.save_pretrained(out_dir / "encoder", extra={"finetuned": ft.method})
+    head = ft.model.head
+    save_file({k: v.detach().contiguous().cpu() for k, v in head.state_dict().items()}, str(out_dir / "head.safetensors"))
+    config = {"format": "domainfm-finetuned", "format_version": FINETUNED_FORMAT, "task": ft.task, "method": ft.method,
+              "names": ft.names, "outputs": len(ft.names) if ft.task != "regression" else 1,
+              "bank_size": int(head.bank.shape[0]) if ft.method == "knn" else 0, "knn_k": getattr(head, "k", 5),
+              "target_mean": ft.target_mean, "target_std": ft.target_std, **(extra or {})}
+    (out_dir / "finetuned.json").write_text(json.dumps(config, indent=2))
+    return out_dir
+
+
+def load_finetuned(model_dir: str | Path, map_location: str = "cpu") -> Finetuned:
+    """The inverse of :func:`save_finetuned`; every tensor loads strictly."""
+    model_dir = Path(model_dir)
+    path = model_dir / "finetuned.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{model_dir} is not a fine-tuned model directory: no finetuned.json "
+                                "(write one with `domainfm finetune MODEL_DIR DATA`)")
+    cfg = json.loads(path.read_text())
+    if cfg.get("format_version") != FINETUNED_FORMAT:
+        raise ValueError(f"{path}: format_version {cfg.get('format_version')} cannot be read by this domainfm (reads {FINETUNED_FORMAT})")
+    encoder = Encoder.from_pretrained(model_dir / "encoder", map_location)
+    model = FinetuneModel(encoder, cfg["method"], cfg["task"], cfg["outputs"], cfg["bank_size"], cfg["knn_k"])
+    model.head.load_state_dict(load_file(str(model_dir / "head.safetensors"), device=map_location), strict=True)
+    return Finetuned(model.eval(), cfg["task"], cfg["method"], cfg["names"], cfg["target_mean"], cfg["target_std"])
+
+
+def prediction_rows(ft: Finetuned, view, batch_size: int = 64) -> tuple[list[str], list[list]]:
+    """The predictions CSV: id, path, prediction, then score_<class> (classification, multilabel)
+    or nothing more (regression: the prediction is the value)."""
+    out = ft.scores(view, batch_size)
+    s = out["scores"]
+    if ft.task == "regression":
+        return ["id", "path", "prediction"], [[i, p, f"{v[0]:.9g}"] for i, p, v in zip(out["ids"], out["paths"], s)]
+    header = ["id", "path", "prediction"] + [f"score_{n}" for n in ft.names]
+    rows = []
+    for i, p, v in zip(out["ids"], out["paths"], s):
+        pred = ft.names[int(v.argmax())] if ft.task == "classification" else ";".join(n for n, x in zip(ft.names, v) if x > 0.5)
+        rows.append([i, p, pred] + [f"{x:.9g}" for x in v])
+    return header, rows
+
+
+def write_predictions(ft: Finetuned, view, out: str | Path, batch_size: int = 64) -> Path:
+    header, rows = prediction_rows(ft, view, batch_size)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return out
+
+
+# -- the from-scratch baseline (benchmarks) -------------------------------------------------------
 def train_from_scratch(adapter, model_cfg: dict, dataset, pick: np.ndarray, test_idx: np.ndarray, labels: np.ndarray,
                        steps: int, lr: float, seed: int, batch_size: int = 32, init: Encoder | None = None) -> dict:
     """Encoder + linear head on mean/std pooling, trained on the labelled samples ``pick`` only
-    (augmented training views ``dataset[(i, seed)]``), AdamW with warm-up and cosine decay.
+    (augmented training views), AdamW with warm-up and cosine decay: the baseline every "pretraining
+    pays off" claim is measured against (same architecture, same budget).
 
-    ``init`` fine-tunes a copy of a given encoder instead of a random one (same recipe).
+    ``init`` fine-tunes a copy of a given encoder instead of a random one (same recipe). Runs through
+    the same model and loop as ``domainfm finetune`` (method ``full`` without layer decay).
     Returns test and training accuracy, so an under-trained baseline is visible.
     """
     torch.manual_seed(seed)
-    enc = Encoder.build(adapter, model_cfg) if init is None else Encoder(init.adapter, **init.config)
-    if init is not None:
-        enc.load_state_dict(init.state_dict())
-    head = torch.nn.Linear(2 * enc.width, int(labels.max()) + 1)
-    params = list(enc.parameters()) + list(head.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warm = max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / steps))))
-    g = np.random.default_rng(seed)
-    bs = min(batch_size, len(pick))
+    enc = Encoder.build(adapter, model_cfg) if init is None else copy.deepcopy(init)
+    labels = np.asarray(labels)
+    targets = Targets("classification", labels.astype(np.int64), [str(c) for c in range(int(labels.max()) + 1)])
+    cfg = {**FINETUNE_DEFAULTS, "method": "full", "steps": steps, "lr": lr, "layer_decay": 1.0, "batch_size": batch_size,
+           "class_weight": False, "min_lr_ratio": 0.0}
+    ft = finetune_indices(enc, dataset, targets, np.asarray(pick), cfg, seed)
 
-    def logits(samples):
-        out = enc(collate(samples))
-        return head(masked_mean_std(out.tokens, out.padding))
-
-    enc.train()
-    for step in range(steps):
-        idx = g.choice(pick, bs, replace=False)
-        samples = [dataset[(int(i), seed * 100_003 + step * 1_000 + j)] for j, i in enumerate(idx)]
-        loss = F.cross_entropy(logits(samples), torch.as_tensor(labels[idx]))
-        if not torch.isfinite(loss):
-            raise TrainingDiverged(f"from-scratch training: non-finite loss {float(loss)} at step {step}, samples {idx.tolist()}")
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-    enc.eval()
-
-    @torch.no_grad()
     def accuracy(idx: np.ndarray) -> float:
-        preds = [logits([dataset[int(i)] for i in idx[s:s + 64]]).argmax(1) for s in range(0, len(idx), 64)]
-        return float((torch.cat(preds).numpy() == labels[idx]).mean())
+        return float((ft.scores(LabelledView(dataset, idx))["scores"].argmax(1) == labels[idx]).mean())
 
-    return {"accuracy": accuracy(test_idx), "train_accuracy": accuracy(pick)}
+    return {"accuracy": accuracy(np.asarray(test_idx)), "train_accuracy": accuracy(np.asarray(pick))}
 
 
 def tune_lr(lrs: Sequence[float], validation_accuracy: Callable[[float], float]) -> tuple[float, dict[float, float]]:
@@ -67,3 +622,90 @@ def tune_lr(lrs: Sequence[float], validation_accuracy: Callable[[float], float])
         return lrs[0], {}
     scores = {lr: validation_accuracy(lr) for lr in lrs}
     return max(lrs, key=scores.__getitem__), scores
+
+
+# -- the `domainfm finetune` and `domainfm predict` verbs -----------------------------------------
+def load_encoder(model_dir: str | Path) -> Encoder:
+    """An exported encoder directory, or a pretraining run directory (its ``encoder/``)."""
+    from foundation.errors import RunDirError
+
+    d = Path(model_dir)
+    for cand in (d, d / "encoder"):
+        if (cand / "config.json").exists() and (cand / "model.safetensors").exists():
+            return Encoder.from_pretrained(cand)
+    if (d / "finetuned.json").exists():
+        return Encoder.from_pretrained(d / "encoder")
+    raise RunDirError(f"{d}: neither an exported encoder (config.json + model.safetensors) nor a finished pretraining run "
+                      "(encoder/); export one with `domainfm export RUN_DIR OUT_DIR` or finish the run")
+
+
+def finetune_spec(data: str, overrides: list[str]) -> dict:
+    """DATA and ``key=value`` overrides as the fine-tuning config: ``data.*`` (plus ``data.groups``),
+    ``finetune.*`` (see FINETUNE_DEFAULTS) and ``run.dir`` / ``run.seed``."""
+    from foundation.recipes import DEFAULTS, RecipeError, apply_overrides
+
+    spec = {"data": {**DEFAULTS["data"], "groups": None}, "finetune": dict(FINETUNE_DEFAULTS),
+            "run": {"dir": "runs/finetune", "seed": 0}, "probe": {**DEFAULTS["probe"], "test_fraction": 0.3}}
+    p = Path(data)
+    spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
+    spec = apply_overrides(spec, overrides)
+    ft = spec["finetune"]
+    for key, allowed in (("task", TASKS), ("method", METHODS)):
+        if ft[key] not in allowed:
+            raise RecipeError(f"finetune.{key}={ft[key]!r} is not one of {', '.join(allowed)}")
+    if not 0 <= ft["val_fraction"] < 1:
+        raise RecipeError(f"finetune.val_fraction must be in [0, 1), got {ft['val_fraction']}")
+    if ft["patience"] and not ft["val_fraction"]:
+        raise RecipeError("finetune.patience needs a validation set: set finetune.val_fraction (e.g. 0.2); "
+                          "budgets are fixed otherwise, because early stopping on a few samples is noise")
+    return spec
+
+
+def adapter_data(data: dict) -> dict:
+    """The ``data`` keys an adapter reads (``groups`` is the core's)."""
+    return {k: v for k, v in data.items() if k != "groups"}
+
+
+def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progress: bool = True) -> tuple[Path, Finetuned]:
+    """``domainfm finetune``: train on DATA's labels and write ``run.dir/finetuned/`` with its report;
+    returns the directory and the trained model."""
+    from foundation.evaluate import task_metrics
+    from foundation.report import finetune_report
+
+    spec = finetune_spec(data, overrides)
+    cfg, seed, run_dir = spec["finetune"], int(spec["run"]["seed"]), Path(spec["run"]["dir"])
+    encoder = load_encoder(model_dir)
+    dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
+    targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
+    groups = sample_groups(dataset, spec["data"]["groups"])
+    if cfg["val_fraction"]:
+        strata = targets.values if targets.task == "classification" else None
+        train_idx, val_idx = group_split(groups, cfg["val_fraction"], seed, strata)
+    else:
+        train_idx, val_idx = np.arange(len(dataset)), np.array([], dtype=np.int64)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ft = finetune_indices(encoder, dataset, targets, train_idx, cfg, seed, val_idx if len(val_idx) else None,
+                          run_dir / "metrics.csv", progress)
+    out = save_finetuned(ft, run_dir / "finetuned", extra={"finetune": cfg, "data": spec["data"], "seed": seed,
+                                                             "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
+                                                             "source_model": str(Path(model_dir).resolve())})
+    split, idx = ("validation", val_idx) if len(val_idx) else ("train", train_idx)
+    scores = ft.scores(LabelledView(dataset, idx))["scores"]
+    y = targets.values[idx]
+    metrics = task_metrics(targets.task, y, scores, targets.names)
+    (out / "evaluation.json").write_text(json.dumps({"split": split, "metrics": metrics, "history": ft.history}, indent=2))
+    finetune_report(out, run_dir / "metrics.csv")
+    return out, ft
+
+
+def run_predict(finetuned_dir: str | Path, data: str, out: str | Path, overrides: list[str], batch_size: int = 64) -> Path:
+    """``domainfm predict``: the predictions CSV of DATA read with the stored preprocessing."""
+    from foundation.recipes import DEFAULTS, apply_overrides
+
+    ft = load_finetuned(finetuned_dir)
+    spec = {"data": dict(DEFAULTS["data"])}
+    p = Path(data)
+    spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
+    spec = apply_overrides(spec, overrides)
+    dataset = ft.model.encoder.adapter.dataset(spec["data"], train=False)
+    return write_predictions(ft, LabelledView(dataset, np.arange(len(dataset))), out, batch_size)

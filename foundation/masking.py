@@ -94,6 +94,7 @@ def sample_mask(coords: Tensor, padding: Tensor, kind: str = "random", ratio: fl
 class Visible:
     index: Tensor  # [B, M] token indices kept, visible tokens first in their original order
     padding: Tensor  # [B, M] True past each sample's visible count
+    has_padding: bool = True  # False when every sample keeps M tokens (the trunk then needs no mask)
 
 
 def visible_tokens(hidden: Tensor, padding: Tensor) -> Visible:
@@ -105,10 +106,11 @@ def visible_tokens(hidden: Tensor, padding: Tensor) -> Visible:
     drop = (hidden | padding).to(torch.int8)
     order = drop.argsort(dim=1, stable=True)
     count = (drop == 0).sum(1)
-    m = max(int(count.max()), 1)
+    most, least = torch.stack([count.max(), count.min()]).tolist()  # one host sync for both
+    m = max(most, 1)
     if hidden.is_cuda:
         m = min(hidden.shape[1], -(-m // GPU_LENGTH_MULTIPLE) * GPU_LENGTH_MULTIPLE)
-    return Visible(order[:, :m], torch.arange(m, device=hidden.device).unsqueeze(0) >= count.unsqueeze(1))
+    return Visible(order[:, :m], torch.arange(m, device=hidden.device).unsqueeze(0) >= count.unsqueeze(1), m > least)
 
 
 @dataclass

@@ -5,6 +5,7 @@ pooling) chosen by inner cross-validation on the training labels only.
 """
 from __future__ import annotations
 
+import math
 import warnings
 
 import numpy as np
@@ -17,7 +18,17 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from foundation.errors import DomainfmError
+
 C_GRID = (0.01, 0.1, 1.0, 10.0)
+# Below this many test samples a paired difference gets no interval and no "beats": the interval over seeds holds
+# the test set fixed, so it cannot see test-sampling noise, and on a handful of samples one sample moves the
+# accuracy by more than any effect worth claiming (with 20, one sample is 0.05).
+MIN_TEST_SAMPLES = 20
+
+
+class ProbeError(DomainfmError, ValueError):
+    """A few-label design that cannot give the statistics it would print; the message says what to change."""
 
 
 def few_shot_indices(labels: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -117,39 +128,128 @@ def knn_probe(Xtr: np.ndarray, ytr: np.ndarray, Xte: np.ndarray, yte: np.ndarray
 
 
 def paired_interval(a: np.ndarray | list, b: np.ndarray | list, confidence: float = 0.95) -> tuple[float, float, float]:
-    """Mean of ``a - b`` over paired seeds/folds and its t-interval: a "beats" b when lo > 0."""
+    """Mean of ``a - b`` over paired seeds/folds and its t-interval: a "beats" b when lo > 0.
+
+    With fewer than two pairs, or a difference that is the same on every pair (zero variance, which a
+    t-interval would print as a degenerate [d, d]), there is no interval: (mean, -inf, inf).
+    """
     d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) < 2:
+    if len(d) < 2 or np.ptp(d) == 0:
         return float(d.mean()), float("-inf"), float("inf")
     half = stats.t.ppf((1 + confidence) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)
 
 
-def paired_difference(a: np.ndarray | list, b: np.ndarray | list) -> dict:
-    """``paired_interval`` as the record every results file stores, so all benchmarks share one key set."""
+def paired_difference(a: np.ndarray | list, b: np.ndarray | list, n_test: int | None = None) -> dict:
+    """``paired_interval`` as the record every results file stores, so all benchmarks share one key set.
+
+    Where no interval can honestly be given the record keeps the point estimate, ``beats`` is False and
+    ``note`` says why: fewer than two pairs, zero variance over the pairs, or (given ``n_test``) a test set
+    smaller than ``MIN_TEST_SAMPLES``.
+    """
     mean, lo, hi = paired_interval(a, b)
-    return {"diff": mean, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+    out = {"diff": mean, "ci_low": lo, "ci_high": hi, "beats": bool(lo > 0)}
+    n = len(np.atleast_1d(a))
+    note = None
+    if n_test is not None and n_test < MIN_TEST_SAMPLES:
+        note = f"{n_test} test samples are too few; an interval needs {MIN_TEST_SAMPLES}"
+    elif n < 2:
+        note = f"{n} paired seed"
+    elif not np.isfinite(lo):
+        note = f"the same difference on all {n} paired seeds (zero variance)"
+    if note:
+        out.update(ci_low=float("-inf"), ci_high=float("inf"), beats=False, note=note)
+    return out
 
 
 def format_interval(r: dict, scale: float = 1.0, digits: int = 3) -> str:
-    """A ``paired_difference`` record as every results table prints it: ``+0.012 [-0.026, +0.051]``."""
+    """A ``paired_difference`` record as every results table prints it: ``+0.012 [-0.026, +0.051]``, or the
+    point estimate and why there is no interval."""
+    if not (np.isfinite(r["ci_low"]) and np.isfinite(r["ci_high"])):
+        return "{0:+.{1}f} (no interval: {2})".format(scale * r["diff"], digits, r.get("note", "too few pairs"))
     return "{0:+.{3}f} [{1:+.{3}f}, {2:+.{3}f}]".format(scale * r["diff"], scale * r["ci_low"], scale * r["ci_high"], digits)
 
 
+def _class_name(names: list[str] | None):
+    """How messages name a class: its name where ``names`` has one for the integer label, else the label itself."""
+    def name(c) -> str:
+        try:
+            i = int(c)
+        except (TypeError, ValueError):
+            return repr(c)
+        return repr(names[i]) if names and 0 <= i < len(names) else repr(i)
+    return name
+
+
+def check_classes(labels: np.ndarray, names: list[str] | None = None, min_per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``labels`` and their counts; fewer than two classes (or a class under ``min_per_class``
+    samples) is refused naming the labels found, instead of sklearn's message from deep inside a fit."""
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    name = _class_name(names)
+    if len(classes) < 2:
+        raise ProbeError(f"probing needs at least two classes; data.labels found only {', '.join(name(c) for c in classes) or 'none'}"
+                         f" in {len(labels)} samples (check the data.labels rule)")
+    if counts.min() < min_per_class:
+        raise ProbeError(f"class {name(classes[counts.argmin()])} has {counts.min()} sample(s), fewer than the {min_per_class} "
+                         "needed (one to train on and one to test on): label more samples, or leave that class out")
+    return classes, counts
+
+
+def few_shot_splits(labels: np.ndarray, ks: list[int], seeds: int, names: list[str] | None = None) -> dict[int, list[np.ndarray]]:
+    """``few_shot_indices`` for every (k, seed), refusing what would make the statistics lie.
+
+    ``labels`` are those of the labelled pool. Refused, naming the way out: fewer than two classes; a k above
+    a class's pool (k would be capped silently, and a larger k would repeat a smaller one's row); and more seeds
+    than there are distinct draws (k = a whole pool gives one: the "paired seeds" would be one split counted
+    several times, printed ±0). A seed whose draw repeats an earlier seed's draws again, so every seed is its own split.
+    """
+    labels = np.asarray(labels)
+    classes, counts = check_classes(labels, names)
+    name = _class_name(names)
+    if seeds < 1:
+        raise ProbeError(f"probe.seeds={seeds}: at least one seed is needed (two or more for an interval)")
+    splits: dict[int, list[np.ndarray]] = {}
+    for k in ks:
+        if k < 1:
+            raise ProbeError(f"probe.k={k}: k labels per class must be at least 1")
+        short = [(name(c), int(n)) for c, n in zip(classes, counts) if n < k]
+        if short:
+            cls, n = min(short, key=lambda t: t[1])
+            raise ProbeError(f"probe.k={k} is more than the {n} labelled training samples of class {cls}: "
+                             f"use probe.k values up to {int(counts.min())}, or label more samples")
+        distinct = math.prod(math.comb(int(n), k) for n in counts)
+        if distinct < seeds:
+            raise ProbeError(f"probe.seeds={seeds}: at k={k} the class pools of {sorted(set(counts.tolist()))} samples allow only "
+                             f"{distinct} distinct draw(s), so some seeds would repeat one split and the paired seeds would not be "
+                             "separate: use fewer probe.seeds, a smaller probe.k, or more labelled data")
+        splits[k], seen = [], set()
+        for seed in range(seeds):
+            attempt = seed  # a seed whose draw repeats an earlier one draws again (seed + seeds, + 2 * seeds, ...)
+            pick = few_shot_indices(labels, k, attempt)
+            while pick.tobytes() in seen:
+                attempt += seeds
+                pick = few_shot_indices(labels, k, attempt)
+            seen.add(pick.tobytes())
+            splits[k].append(pick)
+    return splits
+
+
 def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: np.ndarray, test_idx: np.ndarray,
-                     ks: list[int], seeds: int) -> dict:
+                     ks: list[int], seeds: int, names: list[str] | None = None) -> dict:
     """Probe each encoder's features with k labels per class over ``seeds`` paired splits.
 
     ``features`` maps a method name to its dict of pooled features (all rows in dataset order), or
     to a list of per-sample bags, probed by ``bag_probe``; every method sees the same labelled
-    indices for a given (k, seed).
+    indices for a given (k, seed); ``few_shot_splits`` refuses designs whose statistics would lie
+    (``names``: the class names its messages use).
     """
+    splits = few_shot_splits(labels[train_pool], ks, seeds, names)
     results: dict = {name: {} for name in features}
     for k in ks:
         for name in features:
             results[name][k] = []
         for seed in range(seeds):
-            pick = train_pool[few_shot_indices(labels[train_pool], k, seed)]
+            pick = train_pool[splits[k][seed]]
             for name, feats in features.items():
                 if isinstance(feats, list):
                     r = bag_probe([feats[i] for i in pick], labels[pick], [feats[i] for i in test_idx], labels[test_idx], seed)
@@ -158,3 +258,30 @@ def compare_few_shot(features: dict[str, dict], labels: np.ndarray, train_pool: 
                                      {p: f[test_idx] for p, f in feats.items()}, labels[test_idx], seed)
                 results[name][k].append(r)
     return results
+
+
+@threadpool_limits.wrap(limits=1)
+def probe_scores(kind: str, Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.ndarray | dict, seed: int = 0, k: int = 5) -> tuple[np.ndarray, dict]:
+    """Class probabilities [n_test, classes seen in training] of a probe fitted on (Xtr, ytr), for
+    metrics beyond accuracy (per-class accuracy, AUROC) in ``foundation.evaluate``.
+
+    ``linear``: as :func:`linear_probe` (standardised logistic regression, C and pooling by inner CV);
+    ``knn``: as :func:`knn_probe` (cosine kNN on standardised features, the first pooling).
+    Returns the probabilities (columns = ``np.unique(ytr)``) and what was chosen.
+    """
+    tr = Xtr if isinstance(Xtr, dict) else {"features": Xtr}
+    te = Xte if isinstance(Xte, dict) else {"features": Xte}
+    if kind == "knn":
+        pool = next(iter(tr))
+        clf = make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=min(k, len(ytr)), metric="cosine")).fit(tr[pool], ytr)
+        return clf.predict_proba(te[pool]), {"pooling": pool, "k": min(k, len(ytr))}
+    if kind != "linear":
+        raise ValueError(f"unknown probe kind {kind!r}: linear or knn")
+    cands = {(p, c): (tr[p], (lambda c=c: _logreg(c))) for p in tr for c in C_GRID}
+    (pool, c), cv = select_by_inner_cv(cands, ytr, seed)
+    if _inner_folds(ytr) < 2:
+        pool, c = next(iter(tr)), 1.0
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = _logreg(c).fit(tr[pool], ytr)
+    return clf.predict_proba(te[pool]), {"pooling": pool, "C": c, "inner_cv": float(cv), "train_accuracy": float(clf.score(tr[pool], ytr))}

@@ -12,6 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
+from foundation.errors import DataError
+from foundation.recipes import RecipeError
+
 
 @dataclass
 class Source:
@@ -26,7 +29,7 @@ def read_manifest(manifest: str | Path) -> list[dict]:
     """Rows of a CSV (with a header) or JSONL/JSON manifest; relative paths are resolved against it."""
     manifest = Path(manifest)
     if not manifest.exists():
-        raise FileNotFoundError(f"manifest {manifest} does not exist")
+        raise FileNotFoundError(f"data.manifest {manifest} does not exist (point data.manifest=FILE at a CSV/JSONL list of files)")
     text = manifest.read_text()
     if manifest.suffix in (".jsonl", ".ndjson"):
         rows = [json.loads(line) for line in text.splitlines() if line.strip()]
@@ -36,7 +39,7 @@ def read_manifest(manifest: str | Path) -> list[dict]:
         rows = list(csv.DictReader(text.splitlines()))
     for i, row in enumerate(rows):
         if "path" not in row:
-            raise ValueError(f"{manifest}: row {i + 1} has no 'path' column (columns: {sorted(row)})")
+            raise DataError(manifest, f"row {i + 1} has no 'path' column (columns: {sorted(row)})", "add a 'path' column naming each file")
         p = Path(str(row["path"]))
         row["path"] = str(p if p.is_absolute() else (manifest.parent / p))
     return rows
@@ -51,14 +54,16 @@ def label_of(source_path: str, rule: str | None, row: dict | None = None) -> str
     if rule.startswith("pattern:"):
         m = re.search(rule[len("pattern:"):], Path(source_path).name)
         if not m:
-            raise ValueError(f"label pattern {rule[8:]!r} does not match file name {Path(source_path).name!r}")
+            raise DataError(source_path, f"data.labels pattern {rule[8:]!r} does not match the file name",
+                            "change the pattern so its first group captures the label from every file name")
         return m.group(1) if m.groups() else m.group(0)
     if rule.startswith("column:"):
         col = rule[len("column:"):]
         if row is None or col not in row:
-            raise ValueError(f"label column {col!r} missing for {source_path} (a manifest is needed for column labels)")
+            raise DataError(source_path, f"data.labels column {col!r} is missing for this file",
+                            "give data.manifest=FILE with that column (column labels need a manifest)")
         return str(row[col])
-    raise ValueError(f"unknown label rule {rule!r}: use folder, pattern:<regex>, column:<name> or dataset")
+    raise RecipeError(f"data.labels={rule!r} is not a label rule: use folder, pattern:<regex>, column:<name> or dataset")
 
 
 def find_sources(
@@ -76,10 +81,10 @@ def find_sources(
     if manifest:
         return [Source(r["path"], label_of(r["path"], labels, r), r) for r in read_manifest(manifest)]
     if not root:
-        raise ValueError("no data given: set data.root=DIR or data.manifest=FILE")
+        raise RecipeError("no data given: set data.root=DIR or data.manifest=FILE")
     root = Path(root)
     if not root.exists():
-        raise FileNotFoundError(f"data.root {root} does not exist")
+        raise FileNotFoundError(f"data.root {root} does not exist (point data.root=DIR at a folder of the modality's files, or give data.manifest=FILE)")
     if root.is_file():
         return [Source(str(root), label_of(str(root), labels))]
     exts = tuple(e.lower() for e in extensions)
@@ -92,7 +97,7 @@ def find_sources(
                 continue
             found.append(Source(str(p), label_of(str(p), labels)))
     if not found:
-        raise FileNotFoundError(f"no files with extensions {list(exts)} under {root}")
+        raise FileNotFoundError(f"data.root {root}: no files with extensions {list(exts)} (point data.root at a folder holding such files)")
     return found
 
 

@@ -59,31 +59,40 @@ class PatchBatch:
     paths: list[str] = field(default_factory=list)
     attn_bias: Tensor | None = None  # [B, N, N]
     labels: Tensor | None = None  # [B]
+    # the padding tensor that :func:`collate` found all False (None: not known). Kept as the tensor
+    # itself, not a bool, so a batch rebuilt with new padding (``dataclasses.replace``, views,
+    # augmentations) is never mistaken for an unpadded one.
+    unpadded: Tensor | None = field(default=None, repr=False, compare=False)
 
     @property
     def size(self) -> int:
         return self.patches.shape[0]
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PatchBatch":
-        def move(x: Any) -> Any:
+    @property
+    def has_padding(self) -> bool:
+        """False only when the collate saw no padding in this very ``padding`` tensor; known without
+        looking at the tensor, so checking it on a GPU costs no host sync."""
+        return self.unpadded is not self.padding
+
+    def _map(self, fn) -> "PatchBatch":
+        def apply(x: Any) -> Any:
             if isinstance(x, Tensor):
-                return x.to(device, non_blocking=non_blocking)
+                return fn(x)
             if isinstance(x, dict):
-                return {k: move(v) for k, v in x.items()}
+                return {k: apply(v) for k, v in x.items()}
             return x
 
-        return replace(self, **{f.name: move(getattr(self, f.name)) for f in fields(self)})
+        out = replace(self, **{f.name: apply(getattr(self, f.name)) for f in fields(self) if f.name != "unpadded"}, unpadded=None)
+        if not self.has_padding:
+            out.unpadded = out.padding
+        return out
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> "PatchBatch":
+        return self._map(lambda x: x.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "PatchBatch":
         """Called by DataLoader(pin_memory=True) on custom batch types."""
-        def pin(x: Any) -> Any:
-            if isinstance(x, Tensor):
-                return x.pin_memory()
-            if isinstance(x, dict):
-                return {k: pin(v) for k, v in x.items()}
-            return x
-
-        return replace(self, **{f.name: pin(getattr(self, f.name)) for f in fields(self)})
+        return self._map(lambda x: x.pin_memory())
 
 
 def _pad_stack(rows: list[Tensor], length: int, value: float | bool) -> Tensor:
@@ -114,10 +123,11 @@ def collate(samples: list[SampleTokens]) -> PatchBatch:
     labels = None
     if all(s.label is not None for s in samples):
         labels = torch.tensor([s.label for s in samples])
+    padding = _pad_stack([s.padding for s in samples], n, True)
     return PatchBatch(
         patches=_pad_stack([s.patches.float() for s in samples], n, 0.0),
         coords=_pad_stack([s.coords.float() for s in samples], n, 0.0),
-        padding=_pad_stack([s.padding for s in samples], n, True),
+        padding=padding,
         targets=_pad_stack([s.targets.float() for s in samples], n, 0.0),
         target_valid=_pad_stack([s.target_valid.bool() for s in samples], n, False),
         meta=meta,
@@ -125,6 +135,7 @@ def collate(samples: list[SampleTokens]) -> PatchBatch:
         paths=[s.path for s in samples],
         attn_bias=bias,
         labels=labels,
+        unpadded=None if padding.any() else padding,
     )
 
 

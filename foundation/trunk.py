@@ -2,12 +2,17 @@
 
 Attention goes through ``F.scaled_dot_product_attention``. Padding and structure enter as one
 additive float mask built in :func:`attention_mask`, the single place where "True = padding" (our
-contract) is turned into SDPA's convention.
+contract) is turned into SDPA's convention. A batch known to hold no padding (``padding=None``) and
+no structure bias gets no mask at all: SDPA may then pick its flash kernels, which take no mask.
+
+``checkpoint_activations`` recomputes each block's activations in the backward pass instead of
+storing them (for 3-d volumes, whose token counts make activations the largest memory cost).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
@@ -76,28 +81,59 @@ class Transformer(nn.Module):
     """A stack of blocks with a final norm. ``bias_buckets`` > 0 learns a per-head additive bias for
     each integer structure code (graph distance, edge type), one table per block."""
 
-    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, bias_buckets: int = 0) -> None:
+    def __init__(self, width: int, depth: int, heads: int, mlp_ratio: float = 4.0, qkv_bias: bool = True, bias_buckets: int = 0,
+                 checkpoint_activations: bool = False) -> None:
         super().__init__()
         self.width, self.depth, self.heads = width, depth, heads
+        self.checkpoint_activations = checkpoint_activations
         self.blocks = nn.ModuleList(Block(width, heads, mlp_ratio, qkv_bias) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.bias_tables = nn.ModuleList(nn.Embedding(bias_buckets, heads) for _ in range(depth)) if bias_buckets else None
         self.apply(_init_weights)
 
-    def forward(self, x: Tensor, padding: Tensor, bias: Tensor | None = None, return_layers: bool = False):
-        """x [B, N, D]; padding [B, N]; bias: float [B, N, N] or integer codes [B, N, N]."""
-        base = attention_mask(padding)
+    def forward(self, x: Tensor, padding: Tensor | None, bias: Tensor | None = None, return_layers: bool = False):
+        """x [B, N, D]; padding [B, N], or None when the caller knows no token is padding;
+        bias: float [B, N, N] or integer codes [B, N, N]."""
+        base = attention_mask(padding) if padding is not None else None
         float_bias = bias.unsqueeze(1).float() if bias is not None and bias.is_floating_point() else None
+        recompute = self.checkpoint_activations and self.training and torch.is_grad_enabled()
         layers = []
         for i, blk in enumerate(self.blocks):
-            mask = base if float_bias is None else base + float_bias
+            mask = _add(base, float_bias)
             if self.bias_tables is not None and bias is not None and not bias.is_floating_point():
-                mask = base + self.bias_tables[i](bias.long()).permute(0, 3, 1, 2)
-            x = blk(x, mask)
+                mask = _add(base, self.bias_tables[i](bias.long()).permute(0, 3, 1, 2))
+            x = torch.utils.checkpoint.checkpoint(blk, x, mask, use_reentrant=False) if recompute else blk(x, mask)
             if return_layers:
                 layers.append(x)
         x = self.norm(x)
         return (x, layers) if return_layers else x
+
+
+def _add(a: Tensor | None, b: Tensor | None) -> Tensor | None:
+    return b if a is None else a if b is None else a + b
+
+
+def set_activation_checkpointing(model: nn.Module, on: bool = True) -> int:
+    """Switch activation checkpointing on every trunk inside ``model`` (encoder, decoder, predictor);
+    returns how many trunks were switched. A training choice, so it is not part of any saved config."""
+    trunks = [m for m in model.modules() if isinstance(m, Transformer)]
+    for t in trunks:
+        t.checkpoint_activations = on
+    return len(trunks)
+
+
+def compile_trunks(model: nn.Module, **kwargs) -> int:
+    """``torch.compile`` every block of every trunk in ``model``, in place (regional compilation).
+
+    Blocks are where the FLOPs are and they are free of host syncs, while masking and gathering
+    around them read counts back to the host; compiling blocks keeps those outside the graph, compiles
+    one block shape once for all depths, and lets dynamo mark the token axis dynamic after the second
+    length it sees (varying visible counts). Parameter names are unchanged, so checkpoints and exports
+    do not notice. Returns the number of blocks compiled."""
+    blocks = [b for m in model.modules() if isinstance(m, Transformer) for b in m.blocks]
+    for b in blocks:
+        b.compile(**kwargs)
+    return len(blocks)
 
 
 def _init_weights(m: nn.Module) -> None:

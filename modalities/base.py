@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
 from foundation.masking import sample_mask as core_sample_mask
+from foundation.recipes import check_settings
 from foundation.tokens import PatchBatch, SampleTokens
 
 log = logging.getLogger(__name__)
@@ -92,12 +93,15 @@ class Adapter(ABC):
 
     ``config`` is the adapter's full preprocessing (it is stored in an exported model's
     ``config.json`` and must be enough to rebuild the adapter with no code from the training run).
-    Subclasses set ``defaults``; unknown keys are refused so typos do not silently do nothing.
+    Subclasses set ``defaults``; unknown keys are refused so typos do not silently do nothing, and a value of
+    another kind than its default (text for a number) is refused naming ``adapter.<key>``.
     """
 
     name: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}
     position_kind: ClassVar[str] = "sincos"
+    # the masking a recipe gets when it sets none (``foundation.recipes.modality_defaults``); the one
+    # place a modality's masking is stated
     default_masking: ClassVar[dict[str, Any]] = {"kind": "random"}
     # >0: ``attn_bias`` holds integer structure codes in [0, buckets) (e.g. clipped shortest-path
     # distance); the trunk learns one additive bias per code and head. 0: float bias or none.
@@ -109,10 +113,7 @@ class Adapter(ABC):
     probe_poolings: ClassVar[tuple[str, ...]] = ("meanstd", "mid_meanstd", "max")
 
     def __init__(self, config: dict | None = None) -> None:
-        config = dict(config or {})
-        unknown = sorted(set(config) - set(self.defaults))
-        if unknown:
-            raise ValueError(f"{self.name} adapter: unknown setting(s) {unknown}; known: {sorted(self.defaults)}")
+        config = check_settings("adapter", self.defaults, dict(config or {}))  # the check recipes and overrides get
         self.config = {**copy.deepcopy(self.defaults), **config}
 
     # -- shapes the core needs to build a model ------------------------------------------------

@@ -84,7 +84,7 @@ class JEPA(nn.Module):
         ctx_x = rep(self.predictor_embed(ctx.tokens)) + self.predictor_positions(gather_tokens(coords, rep(ctx_keep.index)))
         tgt_x = self.mask_token + self.predictor_positions(gather_tokens(coords, tgt_keep.index))
         x = torch.cat([ctx_x, tgt_x.to(ctx_x.dtype)], 1)
-        pad = torch.cat([rep(ctx_keep.padding), tgt_keep.padding], 1)
+        pad = torch.cat([rep(ctx_keep.padding), tgt_keep.padding], 1) if ctx_keep.has_padding or tgt_keep.has_padding else None
         bias = None
         if batch.attn_bias is not None:
             bias = gather_bias(rep(batch.attn_bias), torch.cat([rep(ctx_keep.index), tgt_keep.index], 1))

@@ -19,13 +19,12 @@ from foundation.trunk import Transformer
 
 
 class MAE(nn.Module):
-    def __init__(self, encoder: Encoder, masking: dict, decoder_width: int = 128, decoder_depth: int = 2, decoder_heads: int = 4, mask_tokens_in_encoder: bool = False, remask: bool = False,
+    def __init__(self, encoder: Encoder, masking: dict, decoder_width: int = 128, decoder_depth: int = 2, decoder_heads: int = 4, mask_tokens_in_encoder: bool = False,
                  visible_weight: float = 0.0) -> None:
         super().__init__()
         adapter = encoder.adapter
         self.encoder, self.adapter, self.masking = encoder, adapter, dict(masking)
         self.mask_tokens_in_encoder = mask_tokens_in_encoder
-        self.remask = remask  # GraphMAE: hidden tokens' encoder outputs are replaced by the decoder mask token
         self.visible_weight = float(visible_weight)
         if mask_tokens_in_encoder:
             self.encoder_mask_token = nn.Parameter(torch.zeros(1, 1, encoder.width))
@@ -44,11 +43,11 @@ class MAE(nn.Module):
         keep = visible_tokens(hidden, batch.padding)
         return self.encoder(batch, keep=keep), keep
 
-    def forward_decoder(self, batch: PatchBatch, enc, keep, hidden: Tensor | None = None) -> Tensor:
+    def forward_decoder(self, batch: PatchBatch, enc, keep) -> Tensor:
         b, n = batch.padding.shape
         latent = self.decoder_embed(enc.tokens)
-        if keep is None:  # mask tokens went through the encoder; GraphMAE re-masks them before decoding
-            x = torch.where(hidden.unsqueeze(-1), self.mask_token.to(latent.dtype), latent) if self.remask else latent
+        if keep is None:  # mask tokens went through the encoder: the decoder reads its output at every position
+            x = latent
         else:  # scatter visible tokens into a full sequence of mask tokens
             x = self.mask_token.to(latent.dtype).expand(b, n, -1).clone()
             idx = keep.index.unsqueeze(-1).expand_as(latent)
@@ -56,14 +55,14 @@ class MAE(nn.Module):
             x = x.scatter(1, idx, src)
         x = x + self.decoder_positions(batch.coords).to(x.dtype)
         x = torch.cat([self.decoder_embed(enc.register).unsqueeze(1), x], 1)
-        pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1)
+        pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1) if batch.has_padding else None
         x = self.decoder(x, pad, with_register_bias(batch.attn_bias, self.adapter.attn_bias_buckets))
         return self.head(x[:, 1:])
 
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc, keep = self.forward_encoder(batch, hidden)
-        pred = self.forward_decoder(batch, enc, keep, hidden).float()
+        pred = self.forward_decoder(batch, enc, keep).float()
         loss = self.adapter.reconstruction_loss(pred, batch.targets, batch.target_valid, hidden)
         if self.visible_weight:
             visible = ~hidden & ~batch.padding

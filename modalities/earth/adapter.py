@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 
 from torch import nn
 
+from foundation.errors import DataError
+from foundation.recipes import RecipeError
 from modalities.base import Adapter
 from modalities.earth.bands import PRESETS, canonical, s2_offset_for_baseline
 from modalities.earth.dataset import EarthDataset
@@ -71,7 +73,7 @@ class EarthAdapter(Adapter):
         super().__init__(config)
         preset = self.config.get("preset")
         if preset is not None and preset not in PRESETS:
-            raise ValueError(f"earth adapter: unknown preset {preset!r}; known: {sorted(PRESETS)}")
+            raise RecipeError(f"adapter.preset: unknown preset {preset!r}; known: {sorted(PRESETS)}")
         declared = PRESETS.get(preset, {})
         for key in _DECLARED:
             if self.config.get(key) is None:
@@ -84,18 +86,18 @@ class EarthAdapter(Adapter):
             self.config["pair_bands"] = [canonical(b) for b in self.config["pair_bands"]]
         p, size = int(self.config["patch_size"]), int(self.config["chip_size"])
         if size % p:
-            raise ValueError(f"earth adapter: chip_size {size} is not a multiple of patch_size {p}")
+            raise RecipeError(f"adapter.chip_size {size} is not a multiple of adapter.patch_size {p}")
         if self.config["embed_views"] not in ("resolution", "none"):
-            raise ValueError(f"earth adapter: embed_views must be 'resolution' or 'none', got {self.config['embed_views']!r}")
+            raise RecipeError(f"adapter.embed_views must be 'resolution' or 'none', got {self.config['embed_views']!r}")
         if self.config["tokenizer"] not in TOKENIZERS:
-            raise ValueError(f"earth adapter: tokenizer must be one of {sorted(TOKENIZERS)}, got {self.config['tokenizer']!r}")
+            raise RecipeError(f"adapter.tokenizer must be one of {sorted(TOKENIZERS)}, got {self.config['tokenizer']!r}")
 
     # -- shapes ---------------------------------------------------------------------------------
     @property
     def channels(self) -> list[str]:
         """Every band a sample carries: primary bands then the pair's."""
         if not self.config["bands"]:
-            raise ValueError("earth adapter: bands unknown until data is seen; set adapter.bands or adapter.preset")
+            raise RecipeError("earth adapter: bands unknown until data is seen; set adapter.bands or adapter.preset")
         return list(self.config["bands"]) + (list(self.config["pair_bands"]) if self.config.get("pair") else [])
 
     @property
@@ -111,13 +113,13 @@ class EarthAdapter(Adapter):
         on_error = data.get("on_error", "raise")
         scenes, skipped = find_scenes(data, self.config, on_error)
         if not scenes:
-            raise ValueError(f"no usable scenes under {data.get('root') or data.get('manifest')}; skipped: {skipped[:3]}")
+            raise DataError(data.get("root") or data.get("manifest"), f"no usable scenes; skipped: {skipped[:3]}", "point data.root at GeoTIFF tiles, or check adapter.include")
         if not self.config["bands"]:
             # Learn the band list from the first scene (descriptions / per-band files), then freeze it.
             self.config["bands"] = scenes[0].primary_bands
         for scene in scenes:
             if not set(scene.bands) & set(self.channels):
-                raise ValueError(f"{scene.path}: bands {scene.bands} share none of the model's channels {self.channels}")
+                raise DataError(scene.path, f"bands {scene.bands} share none of the model's channels {self.channels}", "set adapter.bands to the file's bands in order")
         return EarthDataset(scenes, self.config, train=train, on_error=on_error, skipped=skipped)
 
     def fit(self, dataset: EarthDataset) -> None:

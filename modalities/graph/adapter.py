@@ -14,6 +14,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from foundation.errors import DataError
+from foundation.recipes import RecipeError
 from modalities.base import Adapter, TokenDataset
 from modalities.graph.dataset import GraphTokenDataset, NodeTokenDataset, node_features
 from modalities.graph.encodings import num_codes
@@ -56,7 +58,7 @@ class GraphAdapter(Adapter):
         super().__init__(config)
         c = self.config
         if c["task"] not in ("graph", "node"):
-            raise ValueError(f"graph adapter: task must be 'graph' or 'node', got {c['task']!r}")
+            raise RecipeError(f"adapter.task must be 'graph' or 'node', got {c['task']!r}")
         self.attn_bias_buckets = num_codes(int(c["max_distance"]), int(c["edge_types"]))
 
     # -- shapes --------------------------------------------------------------------------------
@@ -83,12 +85,12 @@ class GraphAdapter(Adapter):
             c["degree_features"] = 16
         if any(has_x) and not all(has_x):
             missing = graphs.names[has_x.index(False)]
-            raise ValueError(f"graph {missing}: has no node features while others do (inconsistent feature widths)")
+            raise DataError(f"graph {missing}", "has no node features while others do (inconsistent feature widths)", "give every graph node features, or none")
         raw_width = self._raw_width(graphs.graphs[0])
         if not c["feature_dim"]:
             c["feature_dim"] = raw_width
         if raw_width == 0:
-            raise ValueError(f"{graphs.source}: graphs have zero-width node features")
+            raise DataError(graphs.source, "graphs have zero-width node features", "set adapter.degree_features=16 for featureless graphs")
         ds = NodeTokenDataset(graphs, c) if c["task"] == "node" else GraphTokenDataset(graphs, c)
         return ds
 

@@ -21,10 +21,12 @@ import torch
 from torch import Tensor
 from torch_geometric.data import Data
 
+from foundation.errors import DomainfmError
+
 log = logging.getLogger(__name__)
 
 
-class GraphInputError(ValueError):
+class GraphInputError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A graph that cannot be used as given; the message names the graph and the problem."""
 
 

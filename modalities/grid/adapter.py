@@ -17,6 +17,7 @@ from torch import Tensor, nn
 from foundation.grid import normalized_targets, patchify
 from foundation.sources import Source, class_index, find_sources
 from foundation.tokens import SampleTokens
+from foundation.errors import DataError
 from modalities.base import Adapter, TokenDataset
 from modalities.grid.synthetic import write_texture_dataset
 
@@ -49,12 +50,12 @@ class GridDataset(TokenDataset):
         try:
             x = torch.from_numpy(np.load(path, allow_pickle=False)).float()
         except Exception as err:  # noqa: BLE001 - any reader failure is reported with the file
-            raise ValueError(f"{path}: cannot read as a .npy array ({err})") from err
+            raise DataError(path, f"cannot read as a .npy array ({err})", "save each sample with numpy.save, or remove the file") from err
         dims = len(self.adapter.config["patch"])
         if x.dim() == dims:
             x = x.unsqueeze(0)
         if x.dim() != dims + 1 or x.shape[0] != self.adapter.config["channels"]:
-            raise ValueError(f"{path}: shape {tuple(x.shape)} is not [{self.adapter.config['channels']} channels, {dims} axes]")
+            raise DataError(path, f"shape {tuple(x.shape)} is not [{self.adapter.config['channels']} channels, {dims} axes]", "set adapter.channels to the files' channel count")
         return x
 
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
@@ -74,7 +75,7 @@ class GridAdapter(Adapter):
         "flip": True,  # random flips along every axis in training
     }
     position_kind = "sincos"
-    default_masking = {"kind": "random", "ratio": 0.75}
+    default_masking = {"kind": "random", "ratio": 0.6}
 
     @property
     def patch_dim(self) -> int:

@@ -45,3 +45,31 @@ def write_texture_dataset(out_dir: Path, n: int, seed: int = 0, size: int = 32) 
         name = names[i % len(names)]
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         np.save(out_dir / name / f"{i:05d}.npy", dotted_lines_image(rng, CLASSES[name], size))
+
+
+def interaction_image(rng: np.random.Generator, same: bool, size: tuple[int, int] = (4, 8), patch: int = 2) -> np.ndarray:
+    """One image whose class needs two tokens compared: exactly half of the ``patch``-sized tokens are
+    positive (the rest negative), magnitudes i.i.d.; the class says whether the first and the last
+    token have the same sign. Every token's values and every permutation-invariant statistic (mean,
+    std, histogram, the set of tokens) have the same distribution in both classes: only a model that
+    relates tokens at two positions can tell them apart."""
+    rows, cols = size[0] // patch, size[1] // patch
+    n = rows * cols
+    while True:
+        signs = rng.permutation(np.repeat([1.0, -1.0], n // 2))
+        if (signs[0] == signs[-1]) == same:
+            break
+    mag = np.abs(rng.normal(1.0, 0.3, (rows, cols, patch, patch)))
+    img = (signs.reshape(rows, cols, 1, 1) * mag).transpose(0, 2, 1, 3).reshape(size)
+    return img[None].astype(np.float32)
+
+
+def write_interaction_dataset(out_dir: Path, n: int, seed: int = 0, size: tuple[int, int] = (4, 8), patch: int = 2) -> dict:
+    """``n`` balanced images as ``same|differ/<index>.npy`` (see :func:`interaction_image`); read them
+    with ``GridAdapter({"patch": [patch, patch], "flip": False})`` (a flip would move the tokens)."""
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        name = ("same", "differ")[i % 2]
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        np.save(out_dir / name / f"{i:05d}.npy", interaction_image(rng, name == "same", size, patch))
+    return {"root": str(out_dir), "labels": "folder"}

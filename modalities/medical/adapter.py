@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from foundation.tokens import PatchBatch
+from foundation.recipes import RecipeError
 from modalities.base import Adapter, TokenDataset
 from modalities.medical.dataset import MedicalDataset
 from modalities.medical.synthetic import write_cohort
@@ -68,18 +69,18 @@ class MedicalAdapter(Adapter):
         c = self.config
         for key in ("patch", "roi", "sw_roi"):
             if len(c[key]) != 3 or min(c[key]) < 1:
-                raise ValueError(f"medical adapter: {key} must be three positive sizes, got {c[key]}")
+                raise RecipeError(f"adapter.{key} must be three positive sizes, got {c[key]}")
         if c["spacing"] is not None and (len(c["spacing"]) != 3 or min(c["spacing"]) <= 0):
-            raise ValueError(f"medical adapter: spacing must be three positive millimetre values or null, got {c['spacing']}")
+            raise RecipeError(f"adapter.spacing must be three positive millimetre values or null, got {c['spacing']}")
         if int(c["target_pool"]) < 1 or any(p % min(int(c["target_pool"]), p) for p in c["patch"]):
-            raise ValueError(f"medical adapter: target_pool {c['target_pool']} must be >= 1 and divide the patch {c['patch']}")
+            raise RecipeError(f"adapter.target_pool {c['target_pool']} must be >= 1 and divide the patch {c['patch']}")
         if c["target_norm"] not in ("patch", "sample"):
-            raise ValueError(f"medical adapter: target_norm must be 'patch' or 'sample', got {c['target_norm']!r}")
+            raise RecipeError(f"adapter.target_norm must be 'patch' or 'sample', got {c['target_norm']!r}")
         if c["tokenizer"] not in ("linear", "conv"):
-            raise ValueError(f"medical adapter: tokenizer must be 'linear' or 'conv', got {c['tokenizer']!r}")
+            raise RecipeError(f"adapter.tokenizer must be 'linear' or 'conv', got {c['tokenizer']!r}")
         for key in ("roi", "sw_roi"):
             if any(r % p for r, p in zip(c[key], c["patch"])):
-                raise ValueError(f"medical adapter: {key} {c[key]} must be a multiple of patch {c['patch']}")
+                raise RecipeError(f"adapter.{key} {c[key]} must be a multiple of patch {c['patch']} (adapter.patch)")
 
     @property
     def patch_dim(self) -> int:

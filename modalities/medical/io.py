@@ -19,13 +19,15 @@ import pydicom
 from monai.data import NibabelReader, PydicomReader
 from monai.utils import MetaKeys
 
+from foundation.errors import DomainfmError
+
 log = logging.getLogger(__name__)
 
 NIFTI_EXTENSIONS = (".nii", ".nii.gz")
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".ima")
 
 
-class MedicalInputError(ValueError):
+class MedicalInputError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file or series that cannot become a 3-d volume; the message names the path and the problem."""
 
 

@@ -173,16 +173,11 @@ def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, tra
 
     ``probe_first``: the first share of ``steps`` trains only the fresh part, ``probe`` (``decoder``: the
     encoder is frozen; ``head``: only the 1x1x1 output head trains, for a network whose decoder was
-    pretrained too, ``restoration.with_new_head``), then everything trains; each phase has its own warm-up
-    and cosine (LP-FT, Kumar et al. 2022), the first at ``probe_lr`` (default ``lr``). Why: a fresh
-    decoder's or head's first gradients are large and random, and the pretrained weights they reach
-    forget what made them worth loading. Measured on the
-    synthetic cohort (5 labelled volumes, 200 steps, ``benchmarks/results/medical_fewlabel-pilots.txt``):
-    a network trained for the task on 40 other volumes, given a fresh head, keeps its organs only this
-    way (mean Dice 0.789 vs 0.743, 5 of 5 seeds, ``probe="head", probe_lr=1e-2``); over 10 seeds of the
-    benchmark the MAE encoder gains 0.025 (9 of 10 seeds) and a random one 0.019, while the restoration-pretrained
-    UNETR loses 0.011 with its head first (its decoder holds no organs to keep). The probe phase is also cheaper:
-    nothing frozen runs a backward pass.
+    pretrained too), then everything trains; each phase has its own warm-up and cosine (LP-FT, Kumar et
+    al. 2022), the first at ``probe_lr`` (default ``lr``). Why: a fresh decoder's or head's first gradients
+    are large and random, and the pretrained weights they reach forget what made them worth loading
+    (measured in ``benchmarks/medical_fewlabel.py``, modalities/medical/README.md). The probe phase is also
+    cheaper: nothing frozen runs a backward pass.
     """
     if not dataset.with_seg:
         raise ValueError("finetune_segmentation needs a MedicalDataset built with with_seg=True (its masks are the labels)")

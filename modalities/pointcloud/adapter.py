@@ -11,6 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from foundation.tokens import PatchBatch
+from foundation.recipes import RecipeError
 from modalities.base import Adapter
 from modalities.pointcloud.dataset import PointCloudDataset, make_dataset
 from modalities.pointcloud.ops import chamfer_distance
@@ -69,11 +70,11 @@ class PointCloudAdapter(Adapter):
         super().__init__(config)
         c = self.config
         if c["sampling"] not in ("fps", "random"):
-            raise ValueError(f"pointcloud adapter: sampling must be fps or random, got {c['sampling']!r}")
+            raise RecipeError(f"adapter.sampling must be fps or random, got {c['sampling']!r}")
         if c["up_axis"] not in ("x", "y", "z"):
-            raise ValueError(f"pointcloud adapter: up_axis must be x, y or z, got {c['up_axis']!r}")
+            raise RecipeError(f"adapter.up_axis must be x, y or z, got {c['up_axis']!r}")
         if int(c["group_size"]) > int(c["points"]) or int(c["groups"]) > int(c["points"]):
-            raise ValueError(f"pointcloud adapter: groups ({c['groups']}) and group_size ({c['group_size']}) "
+            raise RecipeError(f"adapter.groups ({c['groups']}) and adapter.group_size ({c['group_size']}) "
                              f"cannot exceed points ({c['points']})")
         if isinstance(c["features"], str):
             c["features"] = [f for f in c["features"].replace(",", " ").split() if f]

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from foundation.errors import DomainfmError
+
 # Column layouts of the headerless float32 ``.bin`` files the field ships.
 COLUMN_PRESETS: dict[str, list[str]] = {
     "kitti": ["x", "y", "z", "intensity"],
@@ -28,7 +30,7 @@ COLUMN_PRESETS: dict[str, list[str]] = {
 EXTENSIONS = (".ply", ".pcd", ".las", ".laz", ".npy", ".npz", ".txt", ".xyz", ".pts", ".csv", ".bin", ".off")
 
 
-class PointCloudError(ValueError):
+class PointCloudError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file that cannot be read as a point cloud; the message names the file and the problem."""
 
 

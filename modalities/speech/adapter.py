@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from foundation.sources import find_sources
+from foundation.recipes import RecipeError
 from modalities.base import Adapter, TokenDataset
 from modalities.speech import features
 from modalities.speech.dataset import SpeechDataset
@@ -49,7 +50,7 @@ class SpeechAdapter(Adapter):
         "aug_noise_snr_db": None,  # [low, high] SNR range for added white noise, or null
     }
     position_kind: ClassVar[str] = "sincos"
-    default_masking: ClassVar[dict[str, Any]] = {"kind": "span", "axis": 0, "ratio": 0.6, "span": 2}
+    default_masking: ClassVar[dict[str, Any]] = {"kind": "span", "axis": 0, "ratio": 0.7, "span": 2}
 
     # -- shapes ------------------------------------------------------------------------------------
     @property
@@ -57,7 +58,7 @@ class SpeechAdapter(Adapter):
         frames, bands = self.config["patch"]
         if bands is None:
             if self.config["n_mels"] is None:
-                raise ValueError("speech adapter: patch bands follow n_mels, which is derived from the data: build a dataset first or set adapter.n_mels")
+                raise RecipeError("speech adapter: patch bands follow n_mels, which is derived from the data: build a dataset first or set adapter.n_mels")
             bands = self.config["n_mels"]
         return int(frames) * int(bands)
 

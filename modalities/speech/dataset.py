@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
 from foundation.sources import Source, class_index
 from foundation.tokens import SampleTokens
@@ -32,6 +34,7 @@ class Segment:
     end: float | None = None
     label: str | None = None
     native_rate: int = 0
+    seconds: float = 0.0  # the segment's duration, from the header (no decoding)
 
 
 def _seconds(value) -> float | None:
@@ -121,17 +124,36 @@ class SpeechDataset(TokenDataset):
                     raise
                 self.skipped.append((src.path, str(err)))
                 continue
-            segments.append(Segment(src.path, _seconds(src.extra.get("start")), _seconds(src.extra.get("end")), src.label, info.sample_rate))
+            start, end = _seconds(src.extra.get("start")), _seconds(src.extra.get("end"))
+            whole = info.frames / info.sample_rate
+            seconds = max(0.0, min(whole, end if end is not None else whole) - (start or 0.0))
+            segments.append(Segment(src.path, start, end, src.label, info.sample_rate, seconds))
         if self.skipped:
             log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
         if not segments:
-            raise ValueError(f"no readable audio among {len(sources)} source(s)" + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""))
+            raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
+                            + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
         self.labels, self.classes = class_index([s.label for s in segments])
         self.read_failures = 0
 
     def __len__(self) -> int:
         return len(self.segments)
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens per sample, from the headers' durations and the live config (``max_seconds`` crops
+        count): the training sampler buckets clips of similar length into one batch, so short clips
+        are not padded up to long ones."""
+        c = self.config
+        frames_per_token = int(c["patch"][0])
+        bands = int(c["n_mels"]) // int(c["patch"][1]) if c.get("n_mels") and c["patch"][1] else 1
+        out = []
+        for seg in self.segments:
+            s = min(seg.seconds, c["max_seconds"]) if c.get("max_seconds") else seg.seconds
+            frames = max(1, round(s * 1000.0 / float(c["frame_shift_ms"])))
+            out.append(-(-frames // frames_per_token) * bands)
+        return out
 
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index]

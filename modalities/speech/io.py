@@ -13,10 +13,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from foundation.errors import DomainfmError
+
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".oga", ".opus", ".aiff", ".aif")
 
 
-class AudioReadError(ValueError):
+class AudioReadError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
     """A file that cannot be used as audio (empty, truncated, not audio, unreadable)."""
 
 

@@ -4,7 +4,6 @@ import torch
 from foundation.model import Encoder
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
-from foundation.objectives.mae_pooled import PooledMAE
 from foundation.tokens import SampleTokens, collate
 from modalities.grid.adapter import GridAdapter
 
@@ -47,7 +46,7 @@ def test_mae_visible_weight_adds_the_loss_on_visible_real_tokens_only():
         losses[w], _ = mae(batch, torch.Generator().manual_seed(0))
     hidden = mae.adapter.sample_mask(batch, mae.masking, torch.Generator().manual_seed(0))
     enc_out, keep = mae.forward_encoder(batch, hidden)
-    pred = mae.forward_decoder(batch, enc_out, keep, hidden).float()
+    pred = mae.forward_decoder(batch, enc_out, keep).float()
     visible = ~hidden & ~batch.padding
     assert visible.sum() > 0 and batch.padding.sum() > 0
     per_token = ((pred - batch.targets) ** 2).mean(-1)
@@ -56,27 +55,26 @@ def test_mae_visible_weight_adds_the_loss_on_visible_real_tokens_only():
     torch.testing.assert_close(losses[0.0], per_token[hidden].mean(), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("remask", [True, False])
-def test_mae_remask_hides_the_encoder_output_of_masked_tokens_from_the_decoder(remask):
-    """GraphMAE's re-mask: with mask tokens kept in the encoder, the decoder sees its own mask token at
-    hidden positions (not the encoder's output there); visible tokens pass through unchanged."""
+def test_mae_with_mask_tokens_in_the_encoder_decodes_the_encoder_output_at_every_position():
+    """GraphMAE's layout: masked tokens stay in the encoder as mask embeddings, and the decoder reads the
+    encoder's output at hidden and visible positions alike (not its own mask token)."""
     enc = tiny_encoder()
     mae = MAE(enc, {"kind": "random", "ratio": 0.5}, decoder_width=16, decoder_depth=1, decoder_heads=2,
-              mask_tokens_in_encoder=True, remask=remask)
+              mask_tokens_in_encoder=True)
     batch = batch_of([(4, 4), (2, 3)])
     seen = {}
     mae.decoder_positions.register_forward_hook(lambda m, i, o: seen.__setitem__("pos", o))
     mae.decoder.register_forward_pre_hook(lambda m, i: seen.__setitem__("x", i[0][:, 1:]))
     hidden = mae.adapter.sample_mask(batch, mae.masking, torch.Generator().manual_seed(0))
     enc_out, keep = mae.forward_encoder(batch, hidden)
-    mae.forward_decoder(batch, enc_out, keep, hidden)
+    mae.forward_decoder(batch, enc_out, keep)
     x = seen["x"] - seen["pos"]
     latent = mae.decoder_embed(enc_out.tokens)
     token = mae.mask_token.expand_as(x)
     assert hidden.sum() > 0 and (~hidden & ~batch.padding).sum() > 0
     assert torch.allclose(x[~hidden], latent[~hidden], atol=1e-5)
-    assert torch.allclose(x[hidden], token[hidden], atol=1e-5) == remask
-    assert torch.allclose(x[hidden], latent[hidden], atol=1e-5) != remask
+    assert torch.allclose(x[hidden], latent[hidden], atol=1e-5)
+    assert not torch.allclose(x[hidden], token[hidden], atol=1e-5)
 
 
 def test_padding_never_leaks_into_valid_tokens():
@@ -147,24 +145,6 @@ def test_jepa_instance_targets_are_per_channel_normalised_over_real_tokens_only(
         assert torch.allclose(jepa.targets(enc, padded)[0, :9], t, atol=1e-4)
     with pytest.raises(ValueError, match="target_norm"):
         JEPA(enc, {"targets": 2}, target_norm="batch")
-
-
-def test_pooled_mae_decoder_sees_only_the_pooled_visible_embedding():
-    enc = tiny_encoder()
-    mae = PooledMAE(enc, {"kind": "random", "ratio": 0.5}, decoder_width=16, decoder_depth=1, decoder_heads=2)
-    batch = batch_of([(3, 3), (2, 2)])
-    seen = []
-    mae.decoder.register_forward_pre_hook(lambda m, i: seen.append(i[0].detach().clone()))
-    loss, info = mae(batch, torch.Generator().manual_seed(0))
-    loss.backward()
-    assert torch.isfinite(loss)
-    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in enc.trunk.parameters())
-    changed = batch_of([(3, 3), (2, 2)])
-    changed.patches = changed.patches + torch.randn_like(changed.patches)
-    mae(changed, torch.Generator().manual_seed(0))
-    first, second = seen
-    assert torch.equal(first[:, 1:], second[:, 1:])  # mask tokens + positions: no per-token content
-    assert not torch.allclose(first[:, 0], second[:, 0])  # content arrives only through the pooled vector
 
 
 def test_save_and_load_pretrained_is_strict_and_exact(tmp_path):

@@ -21,7 +21,9 @@ def test_named_recipes_resolve_and_overrides_apply():
     (["train.precision=fp8"], "train.precision='fp8' is not one of"),
     (["masking.ratio=1.5"], "masking.ratio must be in"),
     (["model.heads=5"], "divisible by model.heads"),
-    (["adapter.colour=1"], "unknown adapter key"),
+    (["adapter.colour=1"], "adapter.colour. Known: channels"),
+    (["adapter.patch=4"], "adapter.patch expects a list such as [4, 4], got '4'"),  # typed by the adapter's default
+    (["adapter.flip=maybe"], "adapter.flip expects true or false, got 'maybe'"),
     (["train.steps"], "is not key=value"),
     (["modality=lidar"], "modality 'lidar' is not one of"),
 ])
@@ -93,3 +95,39 @@ def test_length_bucketing_cuts_padding_keeps_the_sample_set_and_resumes_exactly(
     assert list(s) == full[56:]
     ranks = [[i for i, _ in TrainSampler(400, 8, 2, r, seed=1, lengths=lengths)] for r in range(2)]
     assert not set(ranks[0]) & set(ranks[1]) and len(ranks[0]) == len(ranks[1]) == 200
+
+
+def test_masking_comes_from_the_modality_adapter_unless_the_recipe_sets_it():
+    """``Adapter.default_masking`` is the one value per modality: a recipe without masking gets it."""
+    from modalities.base import adapter_class
+
+    for name in ("speech-mae", "medical-mae", "graph-mae", "pointcloud-mae", "earth-mae", "grid-mae"):
+        r = load_recipe(name)
+        default = adapter_class(r["modality"]).default_masking
+        assert {k: r["masking"][k] for k in default} == default, name
+    assert load_recipe("speech-mae")["masking"]["kind"] == "span"  # not the core's "random"
+    assert load_recipe("medical-contrast")["masking"]["ratio"] == 0.6  # a recipe that sets it keeps its value
+    assert load_recipe("speech-mae", ["masking.ratio=0.5"])["masking"]["ratio"] == 0.5
+
+
+@pytest.mark.parametrize("name,override,message", [
+    ("earth-jepa", ["masking.ratio=0.5"], "objective 'jepa' does not use masking.ratio"),
+    ("grid-jepa", ["mae.decoder_width=32"], "does not use mae.decoder_width"),
+    ("grid-mae", ["jepa.targets=2"], "does not use jepa.targets"),
+    ("medical-mae", ["contrast.temperature=0.2"], "does not use contrast.temperature"),
+])
+def test_a_section_the_objective_does_not_read_is_refused(name, override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(name, override)
+
+
+def test_every_shipped_recipe_sets_only_sections_its_objective_reads():
+    for name in recipe_names():
+        load_recipe(name)  # raises RecipeError on a section that would do nothing
+
+
+def test_alignment_sections_are_refused_outside_alignment():
+    with pytest.raises(RecipeError, match="does not use align.dim"):
+        load_recipe("grid-mae", ["align.dim=32"])
+    with pytest.raises(RecipeError, match="objective 'align' does not use masking.ratio"):
+        load_recipe("align-speech-text", ["masking.ratio=0.5"])

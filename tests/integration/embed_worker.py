@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from foundation.cli import exit_process, release_process_group
+from foundation.distributed import exit_process, release_process_group
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
 from modalities.grid.adapter import GridAdapter

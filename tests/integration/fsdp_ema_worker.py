@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
 
-from foundation.cli import exit_process, release_process_group
+from foundation.distributed import exit_process, release_process_group
 from foundation.model import Encoder
 from foundation.objectives.jepa import ema_update
 from modalities.grid.adapter import GridAdapter

@@ -38,7 +38,7 @@ def test_export_then_fresh_process_embed_matches_training_side(trained_run):
     tmp = trained_run
     out = cli("export", str(tmp / "run"), str(tmp / "exported"))
     assert out.returncode == 0, out.stderr
-    assert {p.name for p in (tmp / "exported").iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert {p.name for p in (tmp / "exported").iterdir()} == {"config.json", "model.safetensors", "README.md", "model.onnx", "model.pt2", "golden"}
     out = cli("embed", str(tmp / "exported"), str(tmp / "data"), "--out", str(tmp / "emb.npz"), "--quiet")
     assert out.returncode == 0, out.stderr
     fresh = np.load(tmp / "emb.npz")
@@ -66,7 +66,7 @@ def test_probe_command_reports_pretrained_vs_random(trained_run):
 
 def test_cli_errors_are_clear(tmp_path):
     out = cli("pretrain", "grid-mae", "train.stepz=3")
-    assert out.returncode == 2 and "unknown recipe key 'train.stepz'" in out.stderr
+    assert out.returncode == 1 and "unknown recipe key 'train.stepz'" in out.stderr
     out = cli("pretrain", "grid-mae", "--print-config", "train.steps=12")
     assert out.returncode == 0 and "steps: 12" in out.stdout
     assert cli("--help").returncode == 0 and "pretrain" in cli("--help").stdout

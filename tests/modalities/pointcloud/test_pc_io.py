@@ -15,10 +15,11 @@ def cloud():
 
 
 @pytest.mark.parametrize("binary", [True, False])
-def test_ply_round_trip(tmp_path, cloud, binary):
+@pytest.mark.parametrize("write,ext", [(write_ply, "ply"), (write_pcd, "pcd")])
+def test_ply_and_pcd_round_trip(tmp_path, cloud, binary, write, ext):
     xyz, inten = cloud
-    write_ply(tmp_path / "a.ply", xyz, {"intensity": inten}, binary=binary)
-    got = read_cloud(tmp_path / "a.ply")
+    write(tmp_path / f"a.{ext}", xyz, {"intensity": inten}, binary=binary)
+    got = read_cloud(tmp_path / f"a.{ext}")
     np.testing.assert_allclose(got.xyz, xyz, rtol=1e-6)
     np.testing.assert_allclose(got.feature(["intensity"])[:, 0], inten, rtol=1e-6)
 
@@ -33,15 +34,6 @@ def test_ply_binary_big_endian_with_faces_after_vertices(tmp_path):
     got = read_cloud(tmp_path / "b.ply")
     np.testing.assert_array_equal(got.xyz, xyz)
     np.testing.assert_array_equal(got.feature(["red"])[:, 0], [0, 50, 100, 255])
-
-
-@pytest.mark.parametrize("binary", [True, False])
-def test_pcd_round_trip(tmp_path, cloud, binary):
-    xyz, inten = cloud
-    write_pcd(tmp_path / "a.pcd", xyz, {"intensity": inten}, binary=binary)
-    got = read_cloud(tmp_path / "a.pcd")
-    np.testing.assert_allclose(got.xyz, xyz, rtol=1e-6)
-    np.testing.assert_allclose(got.feature(["intensity"])[:, 0], inten, rtol=1e-6)
 
 
 def _lzf_literals(data: bytes) -> bytes:

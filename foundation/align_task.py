@@ -1,0 +1,288 @@
+"""`domainfm align`: an alignment recipe -> towers + paired data + loss, trained by THE engine's loop.
+
+``align_task(recipe, resumed)`` builds the :class:`foundation.engine.TrainingTask`; its ``finish`` writes
+each tower with its projection to ``run_dir/towers/<name>/`` and, given ``align.eval_manifest``, the
+evaluation (retrieval both ways, zero-shot, emergent retrieval between non-anchor towers) to
+``run_dir/align_eval.json``. ``load_towers(dir)`` reads the exported towers back.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from foundation.errors import DomainfmError
+from foundation.model import Encoder
+from foundation.objectives.align import AlignModel
+from foundation.pairs import PairBatch, PairedDataset, PairScheduleSampler, collate_pairs
+from foundation.towers import EncoderTower, TextTower, Tower, build_tiny_text_tower
+from modalities.base import adapter_from_config
+
+log = logging.getLogger("domainfm")
+
+
+def _encoder_dir(path: str | Path) -> Path:
+    """An export directory, or a run directory whose ``encoder/`` is used."""
+    p = Path(path)
+    if (p / "config.json").exists():
+        return p
+    if (p / "encoder" / "config.json").exists():
+        return p / "encoder"
+    raise DomainfmError(f"tower init {p}: not an exported encoder or a run directory with encoder/ (export one with domainfm export)")
+
+
+def _fresh_encoder_parts(spec: dict) -> tuple[str, dict, dict]:
+    """(modality, adapter config, model config) of a fresh encoder: its recipe's, overlaid with the tower's."""
+    from foundation.recipes import DEFAULTS, load_recipe
+
+    base = load_recipe(spec["recipe"]) if spec["recipe"] else {"modality": spec["modality"], "adapter": {}, "model": DEFAULTS["model"]}
+    return spec["modality"] or base["modality"], {**base["adapter"], **spec["adapter"]}, {**base["model"], **spec["model"]}
+
+
+def fingerprint(name: str, spec: dict, extra: dict) -> str:
+    """What determines a frozen tower's features: its init weights (path + size + mtime) or fresh config."""
+    src = {"name": name, "spec": spec, **extra}
+    if spec.get("init"):
+        w = _encoder_dir(spec["init"]) / "model.safetensors" if spec["kind"] == "encoder" else Path(spec["init"])
+        st = w.stat()
+        src["weights"] = [str(w.resolve()), st.st_size, st.st_mtime_ns]
+    return hashlib.sha1(json.dumps(src, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_towers(recipe: dict, run_dir: Path, texts: list[str], adapters: dict) -> dict[str, Tower]:
+    dim = int(recipe["align"]["dim"])
+    towers = {}
+    for name, spec in recipe["towers"].items():
+        if spec["kind"] == "text":
+            init = spec["init"]
+            if init in (None, "tiny"):  # tests and CPU recipes: a tiny random BERT with a WordPiece vocabulary of the texts
+                init = run_dir / "text_tower"
+                if not (init / "config.json").exists():
+                    build_tiny_text_tower(init, texts, seed=int(recipe["run"]["seed"]))
+            towers[name] = TextTower(name, init, dim, spec["mode"], spec["lr"], spec["max_length"], spec["head"])
+        else:
+            if spec["init"]:
+                enc = Encoder.from_pretrained(_encoder_dir(spec["init"]))
+            else:
+                enc = Encoder.build(adapters[name], _fresh_encoder_parts(spec)[2])
+            towers[name] = EncoderTower(name, enc, dim, spec["mode"], spec["lr"], spec["pooling"], spec["head"])
+    return towers
+
+
+def tower_adapters(recipe: dict, resumed: dict | None) -> dict:
+    """Each encoder tower's adapter: an export's stored preprocessing, a resumed run's fitted one, or fresh."""
+    out = {}
+    for name, spec in recipe["towers"].items():
+        if spec["kind"] != "encoder":
+            continue
+        if spec["init"]:
+            cfg = json.loads((_encoder_dir(spec["init"]) / "config.json").read_text())
+            out[name] = adapter_from_config(cfg["modality"], cfg["adapter"])
+        else:
+            modality, adapter_cfg, _ = _fresh_encoder_parts(spec)
+            out[name] = adapter_from_config(modality, resumed["adapters"][name] if resumed else adapter_cfg)
+    return out
+
+
+def paired_dataset(recipe: dict, manifest, adapters: dict, train: bool, work_dir: Path) -> PairedDataset:
+    specs = {n: ({"kind": "text"} if s["kind"] == "text" else {"kind": "encoder", "adapter": adapters[n], "frozen": s["mode"] == "frozen"})
+             for n, s in recipe["towers"].items()}
+    return PairedDataset(manifest, specs, recipe["align"]["pairs"], recipe["align"]["positives"], train, recipe["data"], work_dir)
+
+
+def param_groups(model: AlignModel, weight_decay: float, lr: float) -> list[dict]:
+    """Per tower: its own learning rate (``towers.<name>.lr``), no weight decay on norms, biases and
+    the temperatures/biases of the loss (all fewer than 2 dims)."""
+    groups = []
+    for name, tower in model.towers.items():
+        tlr = float(tower.lr) if tower.lr else lr
+        ps = [p for p in tower.parameters() if p.requires_grad]
+        groups += [{"params": [p for p in ps if p.ndim >= 2], "weight_decay": weight_decay, "lr": tlr},
+                   {"params": [p for p in ps if p.ndim < 2], "weight_decay": 0.0, "lr": tlr}]
+    groups.append({"params": list(model.loss.parameters()), "weight_decay": 0.0, "lr": lr})
+    return [g for g in groups if g["params"]]
+
+
+# -- caching frozen features across runs --------------------------------------------------------------
+def _cache_file(recipe: dict, name: str, tower: Tower) -> Path | None:
+    d = recipe["align"]["cache_dir"]
+    if not d or tower.mode != "frozen":
+        return None
+    spec = recipe["towers"][name]
+    extra = {"adapter": tower.encoder.adapter.preprocessing()} if isinstance(tower, EncoderTower) else {}
+    if not spec["init"]:
+        extra["seed"] = int(recipe["run"]["seed"])  # a fresh frozen tower is its random initialisation
+    return Path(d) / f"{name}-{fingerprint(name, spec, extra)}.safetensors"
+
+
+def load_caches(recipe: dict, towers: dict[str, Tower]) -> None:
+    for name, tower in towers.items():
+        f = _cache_file(recipe, name, tower)
+        if f is not None and f.exists():
+            tower.cache.update(load_file(str(f)))
+
+
+def save_caches(recipe: dict, towers: dict[str, Tower]) -> None:
+    for name, tower in towers.items():
+        f = _cache_file(recipe, name, tower)
+        if f is not None and tower.cache:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            tmp = f.with_suffix(".tmp")
+            save_file({k: v.contiguous() for k, v in tower.cache.items()}, str(tmp))
+            tmp.replace(f)
+
+
+# -- export and evaluation ----------------------------------------------------------------------------
+def merged_state(module: torch.nn.Module) -> dict:
+    """State dict with LoRA adapters merged into their base weights and peft's wrappers removed, so
+    the backbone saves under its plain parameter names (loadable strictly, without peft)."""
+    from peft.tuners.lora import LoraLayer
+
+    for m in module.modules():
+        if isinstance(m, LoraLayer) and not m.merged:
+            m.merge()
+    return {k.replace(".base_layer", ""): v for k, v in module.state_dict().items() if "lora_" not in k}
+
+
+def export_towers(model: AlignModel, out_dir: Path) -> Path:
+    """``out_dir/<name>/``: the backbone (an encoder export, or a transformers model + tokenizer) with
+    ``head.safetensors`` (its projection) and ``tower.json``; ``aligned.json`` lists the towers."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, tower in model.towers.items():
+        d = out_dir / name
+        shutil.rmtree(d, ignore_errors=True)
+        d.mkdir(parents=True)
+        if isinstance(tower, EncoderTower):
+            enc = Encoder(tower.encoder.adapter, **tower.encoder.config)
+            enc.load_state_dict(merged_state(tower.encoder) if tower.mode == "lora" else tower.encoder.state_dict(), strict=True)
+            enc.save_pretrained(d / "encoder", extra={"objective": "align"})
+            info = {"kind": "encoder", "pooling": tower.pooling}
+        else:
+            state = merged_state(tower.model) if tower.mode == "lora" else tower.model.state_dict()
+            from transformers import AutoModel
+
+            fresh = AutoModel.from_pretrained(tower.directory, local_files_only=True)
+            fresh.load_state_dict(state, strict=False)
+            fresh.save_pretrained(str(d / "text"))
+            tower.tokenizer.save_pretrained(str(d / "text"))
+            info = {"kind": "text", "max_length": tower.max_length}
+        save_file({k: v.detach().contiguous().cpu() for k, v in tower.head.state_dict().items()}, str(d / "head.safetensors"))
+        head_kind = "linear" if isinstance(tower.head, torch.nn.Linear) else "mlp"
+        (d / "tower.json").write_text(json.dumps({**info, "dim": tower.head_dim(), "head": head_kind}, indent=2))
+    (out_dir / "aligned.json").write_text(json.dumps({"towers": list(model.towers)}, indent=2))
+    return out_dir
+
+
+def load_towers(export_dir: str | Path) -> dict[str, Tower]:
+    """The towers ``export_towers`` wrote, frozen, ready to embed into the shared space."""
+    export_dir = Path(export_dir)
+    if (export_dir / "towers" / "aligned.json").exists():
+        export_dir = export_dir / "towers"
+    if not (export_dir / "aligned.json").exists():
+        raise DomainfmError(f"{export_dir}: no aligned.json (not an aligned export; run domainfm align first)")
+    towers = {}
+    for name in json.loads((export_dir / "aligned.json").read_text())["towers"]:
+        d = export_dir / name
+        info = json.loads((d / "tower.json").read_text())
+        if info["kind"] == "encoder":
+            t = EncoderTower(name, Encoder.from_pretrained(d / "encoder"), info["dim"], "frozen", pooling=info["pooling"], head=info["head"])
+        else:
+            t = TextTower(name, d / "text", info["dim"], "frozen", max_length=info["max_length"], head=info["head"])
+        t.head.load_state_dict(load_file(str(d / "head.safetensors")))
+        towers[name] = t.eval()
+    return towers
+
+
+@torch.no_grad()
+def embed_rows(tower: Tower, data: PairedDataset, name: str, rows: list[int], batch_size: int = 64) -> np.ndarray:
+    """Shared-space embeddings [len(rows), dim] of one tower's column (deterministic views)."""
+    from foundation.tokens import collate
+
+    tower.eval()
+    device = tower.head_device()
+    out = []
+    for s in range(0, len(rows), batch_size):
+        chunk = rows[s:s + batch_size]
+        items = [data.read(name, r, None) for r in chunk]
+        ids = [data.item_id(name, r) for r in chunk]
+        inputs = items if isinstance(items[0], str) else collate(items).to(device)
+        out.append(tower(inputs, ids).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, tower.head_dim()), np.float32)
+
+
+def evaluate_aligned(recipe: dict, model: AlignModel, data: PairedDataset) -> dict:
+    """Retrieval per pair type (instance-level, and by key where rows share texts/labels), emergent
+    retrieval between non-anchor towers, and zero-shot classification from ``zero_shot`` prompts."""
+    from foundation.align_eval import prompts, retrieval, zero_shot
+
+    res: dict = {"data": data.summary()}
+    names = list(model.towers)
+    anchor = recipe["align"]["anchor"]
+    kinds = list(data.pair_types)
+    if anchor:  # emergent: two towers never paired directly, compared through the anchor's space
+        kinds += ["|".join(p) for p in __import__("itertools").combinations([n for n in names if n != anchor], 2)]
+    for pt in kinds:
+        a, b = pt.split("|")
+        rows = [i for i, r in enumerate(data.rows) if r[a] is not None and r[b] is not None]
+        if not rows:
+            continue
+        za, zb = embed_rows(model.towers[a], data, a, rows), embed_rows(model.towers[b], data, b, rows)
+        keys = None if data.keys is None else np.asarray([data.keys[i] for i in rows])
+        res[pt] = {"rows": len(rows), "emergent": pt not in data.pair_types,
+                   **retrieval(za, zb, keys, keys, names=(a, b))}
+    zs = recipe["zero_shot"]
+    if zs["classes"]:
+        tower = zs["tower"] or next(n for n in names if recipe["towers"][n]["kind"] != "text")
+        text = next(n for n in names if recipe["towers"][n]["kind"] == "text")
+        rows = [i for i, r in enumerate(data.rows) if r[tower] is not None and r["label"] is not None]
+        values, texts = prompts(zs["prompt"], {str(k): v for k, v in zs["classes"].items()})
+        zc = model.towers[text](texts).detach().cpu().numpy()
+        z = embed_rows(model.towers[tower], data, tower, rows)
+        res["zero_shot"] = {k: v for k, v in zero_shot(z, [data.rows[i]["label"] for i in rows], zc, values).items() if k != "predictions"}
+    return res
+
+
+# -- the task -----------------------------------------------------------------------------------------
+def align_task(recipe: dict, resumed: dict | None):
+    from foundation.engine import TrainingTask
+
+    run_dir = Path(recipe["run"]["dir"])
+    if not recipe["data"]["manifest"]:
+        raise DomainfmError("align needs data.manifest=FILE (CSV/JSONL, one column per tower, named as the tower)")
+    adapters = tower_adapters(recipe, resumed)
+    data = paired_dataset(recipe, recipe["data"]["manifest"], adapters, True, run_dir / "pairs")
+    if resumed is None:
+        for name, ad in adapters.items():
+            if not recipe["towers"][name]["init"]:
+                ad.fit(data.datasets[name])  # fresh encoders: normalisation fitted on this tower's training files
+    texts = sorted({r[n] for r in data.rows for n, s in recipe["towers"].items() if s["kind"] == "text" and r[n]})
+    texts += [recipe["zero_shot"]["prompt"].format(v) for v in recipe["zero_shot"]["classes"].values()]
+    model = AlignModel(build_towers(recipe, run_dir, texts, adapters), data.pair_types, recipe["align"]["loss"],
+                       recipe["align"]["temperature"])
+    load_caches(recipe, model.towers)
+    log.info("paired data: %s", data.summary())
+
+    def finish(run_dir: Path, model: AlignModel, teacher) -> dict:
+        export_towers(model, run_dir / "towers")
+        summary = {"data": data.summary()}
+        if recipe["align"]["eval_manifest"]:
+            eval_data = paired_dataset(recipe, recipe["align"]["eval_manifest"], adapters, False, run_dir / "pairs_eval")
+            result = evaluate_aligned(recipe, model, eval_data)
+            (run_dir / "align_eval.json").write_text(json.dumps(result, indent=2))
+            summary["eval"] = {k: v for k, v in result.items() if k != "data"}
+        save_caches(recipe, model.towers)
+        return summary
+
+    def sampler(world: int, rank: int, seed: int, batch_size: int) -> PairScheduleSampler:
+        return PairScheduleSampler(data.rows_of, batch_size, world, rank, seed)
+
+    pair_names = ", ".join(data.pair_types)
+    return TrainingTask(name=f"align {pair_names}", model=model, dataset=data, finish=finish, collate=collate_pairs,
+                        state={"adapters": {n: a.preprocessing() for n, a in adapters.items()}},
+                        sampler=sampler, param_groups=param_groups, monitor=lambda m, t, h: {})
