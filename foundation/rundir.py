@@ -131,7 +131,11 @@ def _decide(run_dir: Path, recipe: dict, world: int, reuse_finished: bool) -> Op
         return Opened(None)
     saved = yaml.safe_load(saved_path.read_text())
     diff = differences(saved, recipe)
-    model_diff = {k: v for k, v in diff.items() if is_model_key(k)}
+    # a key on one side only is a setting another domainfm version added or removed, not a change of this run's
+    # model, except adapter keys, which recipes set sparsely (the adapter's defaults fill the rest)
+    one_sided = {k for k in diff if k not in flatten(saved) or k not in flatten(recipe)}
+    model_diff = {k: v for k, v in diff.items() if is_model_key(k) and (k not in one_sided or k.startswith("adapter."))}
+    diff = {k: v for k, v in diff.items() if k not in one_sided or k in model_diff}
     if model_diff:
         listed = "; ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in model_diff.items())
         raise RunDirError(f"{run_dir} was trained with another model ({saved_path}): {listed}; use the run's recipe, "

@@ -307,3 +307,19 @@ def test_a_rank_raising_or_hanging_mid_step_stops_both_ranks_within_a_minute(dat
     finally:
         os.killpg(proc.pid, 9)
         proc.wait()
+
+
+def test_settings_added_or_removed_by_another_version_do_not_block_a_resume_but_adapter_keys_do(data, tmp_path):
+    import yaml
+
+    run = tmp_path / "run"
+    pretrain(tiny_recipe(data, run), progress=False, stop_after=2)
+    saved = yaml.safe_load((run / "recipe.yaml").read_text())
+    saved["mae"]["retired_switch"] = True  # a key an older domainfm wrote
+    del saved["jepa"]["target_norm"]  # a key this version added
+    (run / "recipe.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
+    # negative control: a one-sided adapter key is a real change of the model's input
+    with pytest.raises(RunDirError, match=r"another model.*adapter\.flip: None -> False"):
+        pretrain(tiny_recipe(data, run, ["adapter.flip=false"]), progress=False)
+    pretrain(tiny_recipe(data, run), progress=False)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 6
