@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from foundation import checkpoint, rundir
 from foundation.data import TrainSampler, train_loader
 from foundation.errors import DomainfmError, RunDirError
+from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -123,10 +124,14 @@ class TrainingTask:
     - ``sampler``: optional ``sampler(world, rank, seed, batch_size)`` returning a batch sampler (lists
       of dataset keys, with ``set_position``, ``batches_per_epoch``, ``dropped_per_epoch``) in place of
       :class:`foundation.data.TrainSampler`: alignment draws ONE pair type per step on a shared schedule.
-    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups
-      (alignment: one learning rate per tower); default: :func:`param_groups`.
+    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups, for
+      groups with their own learning rates (alignment: one per tower; fine-tuning: layer-wise decay); the
+      schedule scales every group alike. Default: :func:`param_groups`.
     - ``state``: JSON-able facts stored in every checkpoint's ``state.json`` (pretraining stores the
       adapter's fitted preprocessing, so a resumed run reads data exactly as the first one did).
+    - ``should_stop``: optional ``() -> bool``, asked on the main process right after ``monitor`` (which
+      can score a validation set); True ends training there, all ranks together, and ``finish`` runs
+      (fine-tuning's early stopping, only when a validation set is given).
     - ``finish(run_dir, model, teacher) -> dict | None``: called on the main process once the last step
       is done, to write the final artefacts (pretraining: ``encoder/``); what it returns is added to
       ``summary.json``, which the loop writes last (its presence marks a finished run).
@@ -149,6 +154,7 @@ class TrainingTask:
     state: dict = field(default_factory=dict)
     sampler: Callable[[int, int, int, int], Any] | None = None
     param_groups: Callable[[torch.nn.Module, float, float], list[dict]] | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 def default_monitor(model: torch.nn.Module, teacher: torch.nn.Module | None, held) -> dict[str, float]:
@@ -186,9 +192,18 @@ def pretraining_task(recipe: dict, resumed: dict | None) -> TrainingTask:
 
 def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True,
              reuse_finished: bool = False) -> Path:
-    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint (see :func:`train`)."""
-    return train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
-                 restore_rng=restore_rng, reuse_finished=reuse_finished)
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint (see :func:`train`). A
+    finished run also gets report.md with PNG plots (``domainfm report RUN_DIR`` rebuilds it)."""
+    run_dir = train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
+                    restore_rng=restore_rng, reuse_finished=reuse_finished)
+    if (run_dir / "summary.json").exists() and AcceleratorState().is_main_process and not (run_dir / "report.md").exists():
+        from foundation.report import pretrain_report
+
+        try:  # a plotting problem must not fail a finished run: the logs are there to rebuild it from
+            pretrain_report(run_dir)
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s: report.md not written (%s); rebuild it with `domainfm report %s`", run_dir, err, run_dir)
+    return run_dir
 
 
 def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: bool = True, stop_after: int | None = None,
@@ -272,6 +287,7 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
     raw = accelerator.unwrap_model(model)
 
     dataset = task.dataset
+    show_data_summary(recipe.get("modality", ""), dataset, main=accelerator.is_main_process, quiet=not progress)
     sampler = (task.sampler(world, rank, seed, tr["batch_size"]) if task.sampler else
                TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
@@ -339,7 +355,8 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
     bar = tqdm(total=steps, initial=step, disable=not (progress and accelerator.is_main_process), desc=task.name)
     data, acc = batches(), int(tr["accumulation"])
     window_loss, window_n, t0, seen = torch.zeros((), device=device), 0, time.perf_counter(), 0
-    first_loss, skipped, window_skipped = None, int(state.get("skipped_steps", 0)) if state else 0, 0
+    first_loss, stopped, mean_loss, rate = None, False, float("nan"), 0.0
+    skipped, window_skipped = int(state.get("skipped_steps", 0)) if state else 0, 0
     scaled = accelerator.scaler is not None  # fp16: the grad scaler skips overflowing steps itself
     model.train()
     while step < steps:
@@ -400,22 +417,26 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
             for k, v in monitor(raw, teacher, held).items():
                 writer.add_scalar(f"monitor/{k}", v, step)
             model.train()
+        if task.should_stop is not None and monitor is not None and (step % tr["monitor_every"] == 0 or step == steps):
+            flag = torch.tensor(float(accelerator.is_main_process and task.should_stop()), device=device)
+            stopped = accelerator.reduce(flag, "sum").item() > 0
         bar.update(1)
-        if step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after:
+        if step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after or stopped:
             last_good = save()
-        if stop_after is not None and step >= stop_after:
+        if stopped or (stop_after is not None and step >= stop_after):
             break
     bar.close()
     checksums = replica_checksums(accelerator, raw, teacher)
     if accelerator.is_main_process:
         metrics.close()
         writer.close()
-        if step == steps:
+        if step == steps or stopped:
             extra = task.finish(run_dir, raw, teacher) or {}
-            summary = {"steps": step, "ema_updates": ema_updates, "skipped_steps": skipped, "first_loss": first_loss, "final_loss": mean_loss,
+            summary = {"steps": step, "train_steps": steps, "ema_updates": ema_updates, "skipped_steps": skipped, "first_loss": first_loss, "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
-                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, **extra}
+                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **extra}
+            summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

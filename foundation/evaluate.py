@@ -181,11 +181,7 @@ def _split(dataset, labels: np.ndarray | None, groups_rule: str | None, test_fra
 
 
 def _pick(task: str, y: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k labels per class (classification), else k labelled samples, drawn from ``pool`` with ``seed``."""
-    from foundation.probes import few_shot_indices
-
-    if task == "classification":
-        return pool[few_shot_indices(y[pool], k, seed)]
+    """k labelled samples drawn from ``pool`` with ``seed`` (tasks without classes to draw k of)."""
     return np.sort(np.random.default_rng(seed).permutation(pool)[:k])
 
 
@@ -202,12 +198,19 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
     pool, test = _split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])
     names = list(arms)
     raw: dict = {a: {} for a in names}
+    correct: dict = {}  # one seed: per-sample correctness, for bootstrap intervals over the one test set
+    if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
+        from foundation.probes import few_shot_splits
+
+        splits = few_shot_splits(y[pool], [int(k) for k in probe["k"]], int(probe["seeds"]), targets.names)
     for k in probe["k"]:
         for seed in range(int(probe["seeds"])):
-            pick = _pick(task, y, pool, int(k), seed)
+            pick = pool[splits[int(k)][seed]] if task == "classification" else _pick(task, y, pool, int(k), seed)
             for a, run in arms.items():
                 scores = run(pick, test, seed)
                 raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
+                if int(probe["seeds"]) == 1 and task == "classification":
+                    correct.setdefault(int(k), {})[a] = scores.argmax(1) == y[test]
     key = headline(task)
     rows = []
     for k in probe["k"]:
@@ -220,10 +223,23 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
                 per = np.array([[r["per_class_accuracy"][c] for c in targets.names] for r in runs], float)
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
-                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs])
+                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], len(test))
+                if int(k) in correct:
+                    row[a]["bootstrap_vs_" + names[0]] = paired_bootstrap(correct[int(k)][names[0]], correct[int(k)][a])
         rows.append(row)
     return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(len(test)),
             "n_pool": int(len(pool)), "seeds": int(probe["seeds"]), "raw": raw}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy difference of two methods scored on the same test samples (``a``, ``b``: per-sample
+    correctness) with a percentile interval from resampling the test set, for a single test set where
+    there are no seeds to pair over."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    idx = np.random.default_rng(seed).integers(0, len(a), (n, len(a)))
+    d = (a[idx] - b[idx]).mean(1)
+    lo, hi = np.quantile(d, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"diff": float((a - b).mean()), "ci_low": float(lo), "ci_high": float(hi), "beats": bool(lo > 0), "resamples": n}
 
 
 def _interval(x: np.ndarray, confidence: float = 0.95) -> dict:
@@ -322,6 +338,38 @@ def finetune_task(encoder: Encoder, dataset, spec: dict, baselines: list[str]) -
                                               lambda e: _finetune_arm(e, dataset, targets, cfg)), targets, dataset, spec)
 
 
+@register_task("quality")
+@torch.no_grad()
+def quality_task(encoder: Encoder, dataset, spec: dict, baselines: list[str]) -> dict:
+    """Label-free checks of the frozen embeddings (mean pooling): RankMe (effective rank; collapse makes
+    it small), uniformity (Wang & Isola: log E exp(-2|zi - zj|²) of normalised embeddings, lower is more
+    spread) and alignment (E |z - z'|² between two augmented views of one sample, lower is more
+    invariant). ``--baselines random`` adds the same for the random-init twin."""
+    from foundation.monitor import rankme
+
+    def signals(enc: Encoder) -> dict:
+        enc = enc.eval()
+        n = min(len(dataset), 512)
+        z = torch.from_numpy(embed_dataset(enc, torch.utils.data.Subset(dataset, range(n)))["mean"]).float()
+        zn = torch.nn.functional.normalize(z, dim=-1)
+        uniformity = float(torch.pdist(zn).pow(2).mul(-2).exp().mean().log()) if n > 1 else float("nan")
+        views = []
+        for seed in (1, 2):
+            rows = [enc.pooled(collate([dataset[(i, seed * 1_000_003 + i)] for i in range(s, min(n, s + 64))]))["mean"]
+                    for s in range(0, n, 64)]
+            views.append(torch.nn.functional.normalize(torch.cat(rows).float(), dim=-1))
+        return {"rankme": rankme(z), "rankme_max": int(min(z.shape)), "uniformity": uniformity,
+                "alignment": float((views[0] - views[1]).pow(2).sum(-1).mean()), "n": n}
+
+    from foundation.tokens import collate
+
+    out = {"task": "quality", "arms": ["model"], "signals": {"model": signals(encoder)}}
+    if "random" in baselines:
+        out["arms"].append("random_init")
+        out["signals"]["random_init"] = signals(random_twin(encoder))
+    return out
+
+
 def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], baselines: list[str], out: str | Path) -> Path:
     """``domainfm evaluate``: run a registered task, write result.json and report.md (+ PNGs) beside it."""
     import json
@@ -330,6 +378,10 @@ def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], bas
     from foundation.errors import DomainfmError
     from foundation.finetune import adapter_data, finetune_spec, load_encoder
 
+    from foundation.align_task import ALIGN_TASKS, run_align_evaluate
+
+    if task in ALIGN_TASKS:  # aligned towers (domainfm align) on a paired manifest
+        return run_align_evaluate(model_dir, data, task, overrides, out)
     if task not in EVAL_TASKS:
         raise DomainfmError(f"--task {task!r} is not one of {', '.join(sorted(EVAL_TASKS))}")
     spec = finetune_spec(data, overrides)
@@ -352,6 +404,15 @@ def evaluation_report(result: dict, out_dir: Path) -> Path:
     from foundation.probes import format_interval
     from foundation.report import plot_per_class
 
+    if "signals" in result:  # label-free checks: one table
+        names = list(next(iter(result["signals"].values())))
+        lines = [f"# Evaluation: {result.get('task_name', 'quality')} (label-free)", "", "| encoder | " + " | ".join(names) + " |",
+                 "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {a} | " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in sig.values()) + " |"
+                  for a, sig in result["signals"].items()]
+        out = out_dir / "report.md"
+        out.write_text("\n".join(lines + [""]))
+        return out
     key, arms = result["metric"], result["arms"]
     lines = [f"# Evaluation: {result.get('task_name', '?')} ({result['task']})", "",
              f"{result['n_test']} test samples, {result['seeds']} paired seeds, k labels per class drawn from {result['n_pool']}.", "",
@@ -359,7 +420,10 @@ def evaluation_report(result: dict, out_dir: Path) -> Path:
              "|---" * (1 + 2 * len(arms) - 1) + "|"]
     for r in result["rows"]:
         cells = [f"{r[a][key]['mean']:.3f} ± {r[a][key]['std']:.3f}" for a in arms]
-        diffs = [format_interval(r[a]["vs_" + arms[0]]) + (" beats" if r[a]["vs_" + arms[0]]["beats"] else "") for a in arms[1:]]
+        diffs = []
+        for a in arms[1:]:
+            d = r[a].get("bootstrap_vs_" + arms[0]) or r[a]["vs_" + arms[0]]
+            diffs.append(format_interval(d) + (" (bootstrap over test samples)" if "resamples" in d else "") + (" beats" if d["beats"] else ""))
         lines.append(f"| {r['k']} | " + " | ".join(cells + diffs) + " |")
     lines.append("")
     if result["task"] == "classification":

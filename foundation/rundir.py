@@ -146,7 +146,8 @@ def _decide(run_dir: Path, recipe: dict, world: int, reuse_finished: bool) -> Op
                               f"would not continue the same run; keep {key}={diff[key][0]} or choose another run.dir")
     steps = int(recipe["train"]["steps"])
     summary = run_dir / "summary.json"
-    done = json.loads(summary.read_text())["steps"] if summary.exists() else None
+    # a run stopped early (fine-tuning's early stopping) finished at fewer steps than it asked for: the steps it asked for count
+    done = (lambda s: max(s["steps"], s.get("train_steps", 0)))(json.loads(summary.read_text())) if summary.exists() else None
     if done is not None and steps <= done:
         if reuse_finished:
             log.warning("%s already finished its %d steps: reusing it as it is", run_dir, done)

@@ -103,9 +103,15 @@ def _pad_stack(rows: list[Tensor], length: int, value: float | bool) -> Tensor:
 
 
 def collate(samples: list[SampleTokens]) -> PatchBatch:
-    """Pad samples of different token counts into one batch (padding=True past each sample's end)."""
+    """Pad samples of different token counts into one batch (padding=True past each sample's end).
+
+    ``None`` items are samples skipped at load time under ``data.on_error=skip`` (see
+    ``foundation.inputs``): they are left out, never replaced by another sample.
+    """
+    samples = [s for s in samples if s is not None]
     if not samples:
-        raise ValueError("cannot collate an empty list of samples")
+        raise ValueError("cannot collate an empty list of samples (under data.on_error=skip: every sample of this batch "
+                         "failed to load; run `domainfm validate` on the data)")
     n = max(s.patches.shape[0] for s in samples)
     bias = None
     if any(s.attn_bias is not None for s in samples):
