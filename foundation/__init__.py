@@ -19,12 +19,13 @@ import sys
 __all__ = ["load_encoder"]
 
 
-def load_encoder(model_dir, pooling: str | None = None, device: str | None = None):
+def load_encoder(model_dir, pooling: str | None = None, device: str | None = None, overrides: dict | None = None):
     """An exported (or run directory's) encoder whose ``.embed(paths_or_arrays)`` applies the stored
-    preprocessing and pooling and returns embeddings with ids (:class:`foundation.embed.LoadedEncoder`)."""
+    preprocessing and pooling and returns embeddings with ids (:class:`foundation.embed.LoadedEncoder`).
+    ``overrides`` describe the files at hand (``{"input.bands": ["B02", "B03", "B04", "B08"]}``), never the model."""
     from foundation.embed import LoadedEncoder
 
-    return LoadedEncoder(model_dir, pooling=pooling, device=device)
+    return LoadedEncoder(model_dir, pooling=pooling, device=device, overrides=overrides)
 
 
 class _RegisterWithTransformers(importlib.abc.MetaPathFinder):

@@ -285,4 +285,4 @@ def align_task(recipe: dict, resumed: dict | None):
     pair_names = ", ".join(data.pair_types)
     return TrainingTask(name=f"align {pair_names}", model=model, dataset=data, finish=finish, collate=collate_pairs,
                         state={"adapters": {n: a.preprocessing() for n, a in adapters.items()}},
-                        batch_sampler=sampler, param_groups=param_groups, monitor=lambda m, t, h: {})
+                        sampler=sampler, param_groups=param_groups, monitor=lambda m, t, h: {})

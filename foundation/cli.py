@@ -409,7 +409,10 @@ def user_message(err: BaseException, args: argparse.Namespace | None = None) -> 
     if isinstance(err, FileNotFoundError) and err.filename is not None:  # the OS's own: "[Errno 2] ..."
         msg = f"{err.filename}: {err.strerror or 'not found'}"
     else:
-        msg = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        lines = [line for line in str(err).strip().splitlines() if line.strip()] or [type(err).__name__]
+        msg = lines[0]
+        if msg.startswith("Caught ") and "DataLoader worker" in msg:  # re-raised from a worker: the original is last
+            msg = lines[-1].split(": ", 1)[-1] if lines[-1].split(": ", 1)[0].endswith(type(err).__name__) else lines[-1]
     module = type(err).__module__
     unreadable = module.startswith("modalities.") and module.endswith(".io")
     chose_skip = any(o.replace(" ", "") == "data.on_error=skip" for o in getattr(args, "overrides", None) or [])

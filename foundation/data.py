@@ -93,15 +93,16 @@ class ShardedIterable(IterableDataset):
 def train_loader(dataset: Dataset, sampler: TrainSampler, data_cfg: dict, collate_fn=collate) -> DataLoader:
     """The training loader; ``collate_fn`` defaults to PatchBatch collation (alignment passes its own)."""
     workers = int(data_cfg.get("num_workers", 0))
+    # a sampler that yields whole batches (alignment's pair schedule) is a batch sampler; it drops partial batches itself
+    batching = ({"batch_sampler": sampler} if getattr(sampler, "yields_batches", False) else
+                {"batch_size": sampler.batch_size, "sampler": sampler, "drop_last": True})
     return DataLoader(
         dataset,
-        batch_size=sampler.batch_size,
-        sampler=sampler,
+        **batching,
         collate_fn=collate_fn,
         num_workers=workers,
         pin_memory=bool(data_cfg.get("pin_memory", False)) and torch.cuda.is_available(),
         persistent_workers=bool(data_cfg.get("persistent_workers", False)) and workers > 0,
-        drop_last=True,
     )
 
 

@@ -1,6 +1,7 @@
 """Frozen features of a dataset: every sample exactly once, in dataset order, on every process."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from tqdm.auto import tqdm
 
 from foundation.data import eval_loader
 from foundation.model import Encoder
+
+log = logging.getLogger(__name__)
 
 
 @torch.no_grad()
@@ -90,9 +93,10 @@ class LoadedEncoder:
         self.model_dir = Path(model_dir)
         self.encoder = encoder_from_run(self.model_dir)
         described = input_overrides(self.encoder.adapter.name, dict(overrides or {}))
+        self.model_preprocessing = self.encoder.adapter.preprocessing()
+        self.described = described
         if described:  # re-read files as described; the weights and the model's preprocessing stay
-            adapter = type(self.encoder.adapter)({**self.encoder.adapter.preprocessing(), **described})
-            self.encoder.adapter = adapter
+            self.encoder.adapter = type(self.encoder.adapter)({**self.model_preprocessing, **described})
         weights = next((p for p in (self.model_dir / WEIGHTS, self.model_dir / "encoder" / WEIGHTS) if p.exists()), None)
         self.weights_sha256 = file_sha256(weights) if weights is not None else encoder_sha256(self.encoder)
         config = self.encoder.export_config()
@@ -104,7 +108,19 @@ class LoadedEncoder:
         return self.encoder.adapter
 
     def dataset(self, data: dict):
-        return self.adapter.dataset({"labels": None, **data}, train=False)
+        """``data`` (root/manifest) read as the export was trained, with the input descriptions; earth files' band
+        descriptions are checked against the declared bands and name a band subset (foundation.input_spec)."""
+        data = {"labels": None, **data}
+        if self.adapter.name == "earth" and self.model_preprocessing.get("bands"):
+            from foundation.input_spec import resolve_bands
+            from foundation.sources import find_sources
+
+            paths = [s.path for s in find_sources(data.get("root"), data.get("manifest"), extensions=(".tif", ".tiff"))]
+            bands = resolve_bands(paths, self.model_preprocessing["bands"], self.described.get("bands"))
+            if bands is not None and bands != self.adapter.config.get("bands"):
+                log.info("reading %s with the bands its band descriptions name: %s", data.get("root") or data.get("manifest"), bands)
+                self.encoder.adapter = type(self.adapter)({**self.model_preprocessing, **self.described, "bands": bands})
+        return self.adapter.dataset(data, train=False)
 
     def embed(self, items, batch_size: int = 16) -> Embeddings:
         import tempfile
@@ -117,8 +133,34 @@ class LoadedEncoder:
             manifest.write_text("path\n" + "".join(f"\"{p}\"\n" for p in paths))
             return self.embed_dataset(self.dataset({"manifest": str(manifest)}), batch_size)
 
+    def embed_recording(self, path: str | Path, window_seconds: float | None = None, batch_windows: int = 8) -> dict:
+        """A whole recording (speech), window by window in bounded memory: ``embedding`` [D] under the export's
+        pooling, ``windows`` [W, D] with ``starts``/``ends`` in seconds (modalities/speech/windows.py)."""
+        from foundation.errors import DomainfmError
+
+        if self.adapter.name != "speech":
+            raise DomainfmError(f"embed_recording is for speech; a {self.adapter.name} encoder embeds whole inputs with embed()")
+        from modalities.speech.windows import embed_windows
+
+        return {**embed_windows(self.encoder.to(self.device), path, self.pooling, window_seconds, batch_windows),
+                "weights_sha256": self.weights_sha256}
+
+    def feature_model(self, dataset):
+        """The adapter's feature model; for an earth band subset, the export's band views restricted to the bands
+        present (a view left equal to another is kept), so the embedding has the export's width whatever the bands."""
+        model_bands = self.model_preprocessing.get("bands") or []
+        bands = self.adapter.config.get("bands") or []
+        if self.adapter.name == "earth" and self.adapter.config.get("embed_views") == "resolution" and model_bands and bands != model_bands:
+            from modalities.earth.bands import canonical
+            from modalities.earth.views import BandViewEncoder, resolution_views
+
+            present = [canonical(b) for b in bands]
+            views = [[b for b in present if b in view] or present for view in resolution_views([canonical(b) for b in model_bands])]
+            return BandViewEncoder(self.encoder, present, views)
+        return self.encoder
+
     def embed_dataset(self, dataset, batch_size: int = 16, progress: bool = False) -> Embeddings:
-        out = embed_dataset(self.encoder, dataset, batch_size, device=self.device, progress=progress)
+        out = embed_dataset(self.feature_model(dataset), dataset, batch_size, device=self.device, progress=progress)
         if self.pooling not in out or isinstance(out[self.pooling], list):
             choices = [k for k, v in out.items() if k not in ("ids", "paths", "labels") and not isinstance(v, list)]
             from foundation.errors import DomainfmError

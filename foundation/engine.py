@@ -118,6 +118,11 @@ class TrainingTask:
     - ``held_out`` / ``monitor``: an optional fixed batch and ``monitor(model, teacher, held_out) ->
       {name: float}`` logged to TensorBoard every ``train.monitor_every`` steps (default: collapse
       signals of the teacher, or of ``model.encoder``).
+    - ``sampler``: optional ``sampler(world, rank, seed, batch_size)`` returning a batch sampler (lists
+      of dataset keys, with ``set_position``, ``batches_per_epoch``, ``dropped_per_epoch``) in place of
+      :class:`foundation.data.TrainSampler`: alignment draws ONE pair type per step on a shared schedule.
+    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups
+      (alignment: one learning rate per tower); default: :func:`param_groups`.
     - ``state``: JSON-able facts stored in every checkpoint's ``state.json`` (pretraining stores the
       adapter's fitted preprocessing, so a resumed run reads data exactly as the first one did).
     - ``finish(run_dir, model, teacher) -> dict | None``: called on the main process once the last step
@@ -140,6 +145,8 @@ class TrainingTask:
     held_out: Any = None
     monitor: Callable[[torch.nn.Module, torch.nn.Module | None, Any], dict] | None = None
     state: dict = field(default_factory=dict)
+    sampler: Callable[[int, int, int, int], Any] | None = None
+    param_groups: Callable[[torch.nn.Module, float, float], list[dict]] | None = None
 
 
 def default_monitor(model: torch.nn.Module, teacher: torch.nn.Module | None, held) -> dict[str, float]:
@@ -214,7 +221,8 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
 
     seed_everything(seed + rank)  # from here on, per-rank randomness
     steps = int(tr["steps"])
-    optimizer = torch.optim.AdamW(param_groups(model, tr["weight_decay"]), lr=tr["lr"], betas=tuple(tr["betas"]),
+    groups = task.param_groups(model, tr["weight_decay"], tr["lr"]) if task.param_groups else param_groups(model, tr["weight_decay"])
+    optimizer = torch.optim.AdamW(groups, lr=tr["lr"], betas=tuple(tr["betas"]),
                                   fused=device.type == "cuda" or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tr["warmup_steps"], steps, tr["min_lr"] / tr["lr"]))
     mask_gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
@@ -229,7 +237,8 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     raw = accelerator.unwrap_model(model)
 
     dataset = task.dataset
-    sampler = TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths)
+    sampler = (task.sampler(world, rank, seed, tr["batch_size"]) if task.sampler else
+               TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
         log.info("dropping %d of %d samples per epoch (world %d x batch %d)", sampler.dropped_per_epoch, len(dataset), world, tr["batch_size"])
     loader = train_loader(dataset, sampler, recipe["data"], task.collate)

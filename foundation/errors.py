@@ -12,12 +12,13 @@ class DomainfmError(Exception):
     """A problem the user can fix; ``str(err)`` is the one line the CLI prints."""
 
 
-class DataError(DomainfmError):
+class DataError(DomainfmError, ValueError):  # ValueError: what readers raised before, so callers catching it still do
     """A file or manifest row that cannot be used: names the file, the problem and the way out."""
 
-    def __init__(self, path: object, problem: str, fix: str | None = None) -> None:
+    def __init__(self, path: object, problem: str | None = None, fix: str | None = None) -> None:
+        # one argument is a whole message: how torch's DataLoader re-raises a worker's error in the main process
         self.path, self.problem, self.fix = str(path), problem, fix
-        super().__init__(f"{self.path}: {problem}" + (f" ({fix})" if fix else ""))
+        super().__init__(self.path if problem is None else f"{self.path}: {problem}" + (f" ({fix})" if fix else ""))
 
 
 class RunDirError(DomainfmError):

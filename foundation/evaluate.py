@@ -7,7 +7,7 @@ from sklearn.model_selection import train_test_split
 
 from foundation.embed import embed_dataset
 from foundation.model import Encoder
-from foundation.probes import ProbeError, compare_few_shot, format_interval, paired_difference
+from foundation.probes import ProbeError, check_classes, compare_few_shot, format_interval, paired_difference
 
 
 def random_twin(encoder: Encoder, seed: int = 0) -> Encoder:
@@ -43,15 +43,7 @@ def compare_features(feats: dict[str, dict], names: list[str] | None, ks: list[i
     labels = feats["pretrained"]["labels"]
     if (labels < 0).any():
         raise ProbeError("probing needs labels for every sample: set data.labels (folder, pattern:<regex>, column:<name>)")
-    classes, counts = np.unique(labels, return_counts=True)
-    def name(c):
-        return repr(names[c]) if names and 0 <= c < len(names) else repr(int(c))
-    if len(classes) < 2:
-        raise ProbeError(f"probing needs at least two classes; data.labels found only {', '.join(name(c) for c in classes)}"
-                         f" in {len(labels)} samples (check the data.labels rule)")
-    if counts.min() < 2:
-        raise ProbeError(f"class {name(classes[counts.argmin()])} has a single sample: each class needs one to train on and "
-                         "one to test on (label more samples, or leave that class out)")
+    classes, _ = check_classes(labels, names, min_per_class=2)
     idx = np.arange(len(labels))
     n_test = int(np.ceil(test_fraction * len(labels)))
     if not len(classes) <= n_test <= len(labels) - len(classes):

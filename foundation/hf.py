@@ -68,8 +68,21 @@ class DomainfmModel(PreTrainedModel):
         if bad:
             raise DomainfmError(f"{Path(pretrained_model_name_or_path) / 'model.safetensors'}: weights do not match config.json "
                                 f"({', '.join(f'{k}: {v[:5]}' for k, v in bad.items())}); export the run again")
+        restore_computed_buffers(model)
         model.eval()
         return (model, info) if want_info else model
+
+
+def restore_computed_buffers(model: DomainfmModel) -> None:
+    """Non-persistent buffers (the earth tokenizer's wavelength frequencies, the medical patch extent) are not in
+    model.safetensors; transformers builds the model on the meta device and leaves them unset, so they are
+    recomputed by building the encoder once more (the 0.3 difference an AutoModel check found on earth)."""
+    fresh = Encoder(model.adapter, **model.config.encoder)
+    saved = set(fresh.state_dict())
+    for name, buf in fresh.named_buffers():
+        if name not in saved:
+            owner, _, leaf = name.rpartition(".")
+            model.get_submodule(owner)._buffers[leaf] = buf.to(next(model.parameters()).device)
 
 
 AutoConfig.register(MODEL_TYPE, DomainfmConfig, exist_ok=True)

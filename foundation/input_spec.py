@@ -11,13 +11,14 @@ describe files (:data:`INPUT_KEYS`), never the model; anything else is refused w
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from foundation.errors import DomainfmError
 
 # input.<name> -> the adapter key it sets, per modality (only keys that describe files, not the model)
 INPUT_KEYS: dict[str, dict[str, str]] = {
-    "earth": {"bands": "bands", "units": "sar_units", "nodata": "nodata", "reflectance_scale": "reflectance_scale",
+    "earth": {"bands": "bands", "preset": "preset", "units": "sar_units", "nodata": "nodata", "reflectance_scale": "reflectance_scale",
               "reflectance_offset": "reflectance_offset", "layout": "layout"},
     "pointcloud": {"columns": "columns", "up_axis": "up_axis"},
     "speech": {"max_seconds": "max_seconds"},
@@ -56,8 +57,67 @@ def input_overrides(modality: str, overrides: dict[str, Any]) -> dict[str, Any]:
                 value = float(value)
             except (TypeError, ValueError) as err:
                 raise InputSpecError(f"{key}={value!r}: must be a number of seconds or null (whole recordings), e.g. input.max_seconds=600") from err
+        if target == "preset":  # a preset declares files: its bands, scaling and units replace the export's
+            from modalities.earth.bands import PRESETS
+
+            if value not in PRESETS:
+                raise InputSpecError(f"{key}={value}: unknown preset; known: {sorted(PRESETS)} (or describe the bands with input.bands=[...])")
+            out.update({k: v for k, v in PRESETS[value].items() if k in ("bands", "layout", "reflectance_scale", "reflectance_offset", "sar_units", "nodata")})
         out[target] = value
     return out
+
+
+def described_bands(path: str) -> list[str] | None:
+    """The band names a GeoTIFF's band descriptions give (canonical), or None when they do not name bands."""
+    from modalities.earth.bands import canonical
+    from modalities.earth.io import open_checked
+
+    with open_checked(path) as ds:
+        desc = list(ds.descriptions)
+    try:
+        return [canonical(d) for d in desc] if desc and all(desc) else None
+    except KeyError:
+        return None
+
+
+def resolve_bands(paths: list[str], model_bands: list[str], declared: list[str] | None) -> list[str] | None:
+    """The bands to read ``paths`` with at embed time, from the files' band descriptions and the declaration.
+
+    - descriptions that contradict ``declared`` (``input.bands``) fail, naming the file and both lists;
+    - without a declaration, descriptions naming the encoder's bands in another set or order are used when their
+      count differs from the encoder's (a band subset), and fail when it is the same (a contradiction, unless
+      described with ``input.bands``);
+    - bands the encoder was not trained with fail (it has no statistics for them).
+    Returns the band list for the dataset, or None to keep the adapter's.
+    """
+    from modalities.earth.bands import canonical
+
+    model_bands = [canonical(b) for b in model_bands]
+    declared = [canonical(b) for b in declared] if declared else None
+    found: dict[tuple, str] = {}
+    for path in paths:
+        if not str(path).lower().endswith((".tif", ".tiff")) or Path(path).is_dir():
+            continue
+        bands = described_bands(path)
+        if bands is None:
+            continue
+        if declared is not None and bands != declared:
+            raise InputSpecError(f"{path}: the file's band descriptions say {bands} but input.bands declares {declared}; "
+                                 f"describe the file as it is (input.bands=[{','.join(bands)}]) or fix its descriptions")
+        if declared is None and bands != model_bands and len(bands) == len(model_bands):
+            raise InputSpecError(f"{path}: the file's band descriptions say {bands} but the encoder declares {model_bands}; "
+                                 f"if the file is right, describe it with input.bands=[{','.join(bands)}]")
+        unknown = [b for b in bands if b not in model_bands]
+        if unknown:
+            raise InputSpecError(f"{path}: bands {unknown} (from the file's band descriptions) were not in the encoder's training "
+                                 f"bands {model_bands}; embed a subset of those (input.bands=[...])")
+        found.setdefault(tuple(bands), path)
+    if len(found) > 1:
+        (a, pa), (b, pb) = list(found.items())[:2]
+        raise InputSpecError(f"{pb}: bands {list(b)} differ from {pa}'s {list(a)}; embed files with one band set at a time")
+    if declared is None and found:
+        return list(next(iter(found)))
+    return None
 
 
 def input_spec(adapter) -> dict:

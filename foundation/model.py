@@ -185,7 +185,10 @@ def read_config(model_dir: str | Path) -> dict:
     cfg_path = model_dir / "config.json"
     if not cfg_path.exists():
         raise ExportError(f"{model_dir} is not an exported model: no config.json (export one with `domainfm export RUN_DIR {model_dir}`)")
-    config = json.loads(cfg_path.read_text())
+    try:
+        config = json.loads(cfg_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ExportError(f"{cfg_path}: not valid JSON ({err}); export the run again with `domainfm export RUN_DIR OUT_DIR`") from err
     if config.get("model_type") != MODEL_TYPE:
         raise ExportError(f"{cfg_path}: model_type {config.get('model_type')!r} is not {MODEL_TYPE!r}")
     if config.get("format_version") != FORMAT_VERSION:

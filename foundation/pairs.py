@@ -249,6 +249,8 @@ class PairScheduleSampler(Sampler):
     at the same step; resume needs only (epoch, batch), like :class:`foundation.data.TrainSampler`.
     """
 
+    yields_batches = True  # foundation.data.train_loader passes it as a batch sampler
+
     def __init__(self, rows_of: dict[str, list[int]], batch_size: int, world: int = 1, rank: int = 0, seed: int = 0) -> None:
         self.rows_of, self.batch_size, self.world, self.rank, self.seed = rows_of, batch_size, world, rank, seed
         self.per_type = {t: len(r) // (world * batch_size) for t, r in rows_of.items()}

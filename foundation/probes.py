@@ -170,6 +170,31 @@ def format_interval(r: dict, scale: float = 1.0, digits: int = 3) -> str:
     return "{0:+.{3}f} [{1:+.{3}f}, {2:+.{3}f}]".format(scale * r["diff"], scale * r["ci_low"], scale * r["ci_high"], digits)
 
 
+def _class_name(names: list[str] | None):
+    """How messages name a class: its name where ``names`` has one for the integer label, else the label itself."""
+    def name(c) -> str:
+        try:
+            i = int(c)
+        except (TypeError, ValueError):
+            return repr(c)
+        return repr(names[i]) if names and 0 <= i < len(names) else repr(i)
+    return name
+
+
+def check_classes(labels: np.ndarray, names: list[str] | None = None, min_per_class: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """The classes of ``labels`` and their counts; fewer than two classes (or a class under ``min_per_class``
+    samples) is refused naming the labels found, instead of sklearn's message from deep inside a fit."""
+    classes, counts = np.unique(np.asarray(labels), return_counts=True)
+    name = _class_name(names)
+    if len(classes) < 2:
+        raise ProbeError(f"probing needs at least two classes; data.labels found only {', '.join(name(c) for c in classes) or 'none'}"
+                         f" in {len(labels)} samples (check the data.labels rule)")
+    if counts.min() < min_per_class:
+        raise ProbeError(f"class {name(classes[counts.argmin()])} has {counts.min()} sample(s), fewer than the {min_per_class} "
+                         "needed (one to train on and one to test on): label more samples, or leave that class out")
+    return classes, counts
+
+
 def few_shot_splits(labels: np.ndarray, ks: list[int], seeds: int, names: list[str] | None = None) -> dict[int, list[np.ndarray]]:
     """``few_shot_indices`` for every (k, seed), refusing what would make the statistics lie.
 
@@ -179,12 +204,10 @@ def few_shot_splits(labels: np.ndarray, ks: list[int], seeds: int, names: list[s
     several times, printed ±0). A seed whose draw repeats an earlier seed's draws again, so every seed is its own split.
     """
     labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    def name(c):
-        return repr(names[c]) if names is not None and 0 <= int(c) < len(names) else repr(c.item() if hasattr(c, "item") else c)
-    if len(classes) < 2:
-        found = ", ".join(name(c) for c in classes) or "none"
-        raise ProbeError(f"probing needs at least two classes; the labels found: {found} (check data.labels)")
+    classes, counts = check_classes(labels, names)
+    name = _class_name(names)
+    if seeds < 1:
+        raise ProbeError(f"probe.seeds={seeds}: at least one seed is needed (two or more for an interval)")
     splits: dict[int, list[np.ndarray]] = {}
     for k in ks:
         if k < 1:

@@ -241,7 +241,7 @@ def validate(recipe: dict) -> dict:
 # Which objective-specific sections each objective reads (``engine.build_objective``). JEPA chooses its
 # own context and target blocks (``jepa.targets``, ``jepa.target_scale``, ``jepa.context_scale``), so
 # a ``masking:`` section would do nothing there.
-SECTIONS_USED = {"mae": ("masking", "mae"), "jepa": ("jepa",), "contrast": ("masking", "contrast")}
+SECTIONS_USED = {"mae": ("masking", "mae"), "jepa": ("jepa",), "contrast": ("masking", "contrast"), "align": ("align", "towers")}
 
 
 def modality_defaults(modality: Any) -> dict:

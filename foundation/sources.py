@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Iterable
 
 from foundation.errors import DataError
+from foundation.recipes import RecipeError
 
 
 @dataclass
@@ -53,14 +54,16 @@ def label_of(source_path: str, rule: str | None, row: dict | None = None) -> str
     if rule.startswith("pattern:"):
         m = re.search(rule[len("pattern:"):], Path(source_path).name)
         if not m:
-            raise ValueError(f"label pattern {rule[8:]!r} does not match file name {Path(source_path).name!r}")
+            raise DataError(source_path, f"data.labels pattern {rule[8:]!r} does not match the file name",
+                            "change the pattern so its first group captures the label from every file name")
         return m.group(1) if m.groups() else m.group(0)
     if rule.startswith("column:"):
         col = rule[len("column:"):]
         if row is None or col not in row:
-            raise ValueError(f"label column {col!r} missing for {source_path} (a manifest is needed for column labels)")
+            raise DataError(source_path, f"data.labels column {col!r} is missing for this file",
+                            "give data.manifest=FILE with that column (column labels need a manifest)")
         return str(row[col])
-    raise ValueError(f"unknown label rule {rule!r}: use folder, pattern:<regex>, column:<name> or dataset")
+    raise RecipeError(f"data.labels={rule!r} is not a label rule: use folder, pattern:<regex>, column:<name> or dataset")
 
 
 def find_sources(
@@ -78,7 +81,7 @@ def find_sources(
     if manifest:
         return [Source(r["path"], label_of(r["path"], labels, r), r) for r in read_manifest(manifest)]
     if not root:
-        raise ValueError("no data given: set data.root=DIR or data.manifest=FILE")
+        raise RecipeError("no data given: set data.root=DIR or data.manifest=FILE")
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data.root {root} does not exist (point data.root=DIR at a folder of the modality's files, or give data.manifest=FILE)")

@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
 from foundation.masking import sample_mask as core_sample_mask
+from foundation.recipes import check_settings
 from foundation.tokens import PatchBatch, SampleTokens
 
 log = logging.getLogger(__name__)
@@ -112,9 +113,7 @@ class Adapter(ABC):
     probe_poolings: ClassVar[tuple[str, ...]] = ("meanstd", "mid_meanstd", "max")
 
     def __init__(self, config: dict | None = None) -> None:
-        from foundation.recipes import check_settings  # one type check for recipes, overrides and exported configs
-
-        config = check_settings("adapter", self.defaults, dict(config or {}))
+        config = check_settings("adapter", self.defaults, dict(config or {}))  # the check recipes and overrides get
         self.config = {**copy.deepcopy(self.defaults), **config}
 
     # -- shapes the core needs to build a model ------------------------------------------------

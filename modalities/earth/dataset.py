@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
 from foundation.sources import class_index
 from foundation.tokens import SampleTokens
@@ -77,8 +78,9 @@ class EarthDataset(TokenDataset):
         if self.skipped:
             log.warning("earth: skipped %d input(s) under on_error=skip: %s", len(self.skipped), self.skipped[:3])
         if not self.chips:
-            raise ValueError(f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
-                             + (f", {len(self.skipped)} skipped ({self.skipped[0]})" if self.skipped else ""))
+            raise DataError("data", f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
+                            + (f", {len(self.skipped)} skipped ({self.skipped[0]})" if self.skipped else ""),
+                            "check data.root, or lower adapter.min_valid_fraction")
         labels = [self.scenes[c.scene].label for c in self.chips]
         self.targets, self.classes = class_index(labels)
 

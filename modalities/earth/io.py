@@ -20,6 +20,8 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window, from_bounds
 from rasterio.windows import bounds as window_bounds
 
+from foundation.errors import DomainfmError
+
 SUPPORTED_DTYPES = {"uint8", "uint16", "int16", "uint32", "int32", "float32", "float64"}
 
 
@@ -48,19 +50,23 @@ class Grid:
         return rasterio.windows.transform(window, self.affine)
 
 
+class EarthInputError(DomainfmError, ValueError):  # DomainfmError: the CLI prints it as one line
+    """A raster or scene that cannot be used as given; the message names the file, the problem and the fix."""
+
+
 def open_checked(path: str):
     """Open a raster, refusing what the adapter cannot read with a message naming the file."""
     try:
         ds = rasterio.open(path)
     except rasterio.errors.RasterioIOError as err:
-        raise ValueError(f"{path}: not a readable raster ({err})") from err
+        raise EarthInputError(f"{path}: not a readable raster ({err})") from err
     if ds.crs is None:
         ds.close()
-        raise ValueError(f"{path}: raster has no CRS; EO samples must be georeferenced (set one with gdal_edit.py -a_srs)")
+        raise EarthInputError(f"{path}: raster has no CRS; EO samples must be georeferenced (set one with gdal_edit.py -a_srs)")
     bad = set(ds.dtypes) - SUPPORTED_DTYPES
     if bad:
         ds.close()
-        raise ValueError(f"{path}: unsupported data type(s) {sorted(bad)}; supported: {sorted(SUPPORTED_DTYPES)}")
+        raise EarthInputError(f"{path}: unsupported data type(s) {sorted(bad)}; supported: {sorted(SUPPORTED_DTYPES)}")
     return ds
 
 
@@ -68,7 +74,7 @@ def check_band_count(part: RasterPart) -> None:
     """A stacked file must hold exactly the declared bands (EuroSAT's 13, a pair's 2...)."""
     with open_checked(part.path) as ds:
         if ds.count != len(part.bands):
-            raise ValueError(
+            raise EarthInputError(
                 f"{part.path}: file has {ds.count} band(s) but {len(part.bands)} were declared ({list(part.bands)}); "
                 "fix adapter.bands / adapter.preset for this dataset")
 

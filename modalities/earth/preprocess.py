@@ -13,7 +13,9 @@ import math
 
 import numpy as np
 
+from foundation.recipes import RecipeError
 from modalities.earth.bands import band
+from modalities.earth.io import EarthInputError
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +35,14 @@ def to_physical(data: np.ndarray, valid: np.ndarray, names: list[str], cfg: dict
     scale, offset = float(cfg["reflectance_scale"]), float(cfg["reflectance_offset"])
     sar_units = str(cfg["sar_units"]).lower()
     if sar_units not in ("db", "linear"):
-        raise ValueError(f"adapter.sar_units must be 'db' or 'linear', got {cfg['sar_units']!r}")
+        raise RecipeError(f"adapter.sar_units must be 'db' or 'linear', got {cfg['sar_units']!r}")
     for i, name in enumerate(names):
         b = band(name)
         v = valid[i]
         if b.is_sar:
             if sar_units == "linear":
                 if np.any(out[i][v] < 0):
-                    raise ValueError(
+                    raise EarthInputError(
                         f"{source}: band {name} was declared linear but holds negative values "
                         f"(min {out[i][v].min():.2f}): it looks like dB already; set adapter.sar_units=db")
                 valid[i] &= out[i] > 0

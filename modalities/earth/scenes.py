@@ -12,9 +12,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.recipes import RecipeError
 from foundation.sources import Source, find_sources
 from modalities.earth.bands import PRESETS, canonical
-from modalities.earth.io import RasterPart, check_band_count, open_checked
+from modalities.earth.io import EarthInputError, RasterPart, check_band_count, open_checked
 
 RASTER_EXTS = (".tif", ".tiff")
 BAND_FILE = re.compile(r"_(B\d{1,2}A?|B8A|VV|VH|HH|HV)\.tiff?$", re.IGNORECASE)
@@ -68,7 +69,7 @@ def bands_from_descriptions(path: str) -> list[str]:
             raise KeyError("missing")
         return [canonical(d) for d in desc]
     except KeyError as err:
-        raise ValueError(
+        raise EarthInputError(
             f"{path}: band names are not declared and the file's band descriptions {desc} do not name them; "
             "set adapter.bands (file order) or adapter.preset") from err
 
@@ -80,7 +81,7 @@ def scene_parts(path: str, bands: list[str] | None) -> list[RasterPart]:
         wanted = bands or sorted(files)
         missing = [b for b in wanted if b not in files]
         if missing:
-            raise ValueError(f"{path}: per-band folder has no file for band(s) {missing} (found {sorted(files)})")
+            raise EarthInputError(f"{path}: per-band folder has no file for band(s) {missing} (found {sorted(files)})")
         return [RasterPart(files[b], (b,)) for b in wanted]
     names = [canonical(b) for b in bands] if bands else bands_from_descriptions(path)
     part = RasterPart(path, tuple(names))
@@ -120,7 +121,7 @@ def companion_path(path: str, pair: str, pair_root: str | None, lookup: dict[str
         if other == Path(path).name or not Path(target).exists():
             raise FileNotFoundError(f"{path}: companion {target} (rule {pair!r}) does not exist")
         return str(target)
-    raise ValueError(f"adapter.pair must be 'bigearthnet' or 'regex:<find>=><replace>', got {pair!r}")
+    raise RecipeError(f"adapter.pair must be 'bigearthnet' or 'regex:<find>=><replace>', got {pair!r}")
 
 
 def cloud_path(path: str, rule: str | None) -> str | None:
@@ -140,7 +141,7 @@ def row_declaration(row: dict, path: str) -> dict:
     preset = (row or {}).get("preset")
     if preset:
         if preset not in PRESETS:
-            raise ValueError(f"{path}: unknown preset {preset!r} in the manifest; known: {sorted(PRESETS)}")
+            raise EarthInputError(f"{path}: unknown preset {preset!r} in the manifest; known: {sorted(PRESETS)}")
         decl.update({k: v for k, v in PRESETS[preset].items() if k != "layout"})
     bands = (row or {}).get("bands")
     if bands:

@@ -89,3 +89,44 @@ def test_usage_errors_exit_2_and_bugs_keep_their_traceback(capsys, monkeypatch):
     monkeypatch.setattr(cli, "cmd_recipes", bug)  # control: not a user-facing error, so not swallowed into one line
     with pytest.raises(KeyError):
         cli.main(["recipes"])
+
+
+def test_a_broken_export_names_the_file_and_the_way_out(capsys, tmp_path):
+    from foundation.model import Encoder
+
+    out = Encoder.build(adapter_from_config("grid", {}), {"width": 16, "depth": 1, "heads": 2}).save_pretrained(tmp_path / "exp")
+    assert Encoder.from_pretrained(out) is not None  # control: the intact export loads
+    (out / "model.safetensors").unlink()
+    code, _, err = run(capsys, "embed", str(out), str(tmp_path), "--out", str(tmp_path / "e.npz"))
+    assert code == 1 and f"{out / 'model.safetensors'}: weights file not found" in one_line(err) and "domainfm export RUN_DIR OUT_DIR" in err
+    (out / "config.json").write_text("{not json")
+    code, _, err = run(capsys, "embed", str(out), str(tmp_path), "--out", str(tmp_path / "e.npz"))
+    assert code == 1 and f"{out / 'config.json'}: not valid JSON" in one_line(err)
+
+
+def test_a_label_pattern_that_does_not_match_names_the_file(capsys, tmp_path):
+    from modalities.grid.adapter import GridAdapter
+
+    GridAdapter().synthetic(tmp_path / "data", 8, seed=0)
+    from foundation.sources import find_sources
+
+    assert find_sources(tmp_path / "data", labels="folder", extensions=[".npy"])  # control: the folder rule reads them
+    code, _, err = run(capsys, "pretrain", "grid-mae", f"data.root={tmp_path / 'data'}", "data.labels=pattern:^(zz)",
+                       f"run.dir={tmp_path / 'run'}", "--quiet")
+    line = one_line(err)
+    assert code == 1 and ".npy: data.labels pattern '^(zz)' does not match the file name" in line and "first group" in line
+
+
+def test_an_error_reraised_from_a_dataloader_worker_is_still_one_line():
+    """torch re-raises a worker's error as ``type(err)(message with the worker's traceback)``."""
+    from modalities.speech.io import AudioReadError
+
+    from foundation.errors import DataError
+
+    wrapped = ("Caught AudioReadError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+               '  File "x.py", line 1, in f\nmodalities.speech.io.AudioReadError: /d/1.wav: not a readable audio file')
+    assert cli.user_message(AudioReadError(wrapped)) == \
+        "/d/1.wav: not a readable audio file (fix or remove the file, or add data.on_error=skip to skip unreadable files)"
+    worker = DataError(wrapped.replace("AudioReadError", "DataError"))  # one argument: what torch passes back
+    assert cli.user_message(worker) == "/d/1.wav: not a readable audio file"
+    assert cli.user_message(DataError("/d/2.wav", "empty", "remove it")) == "/d/2.wav: empty (remove it)"  # control: the usual form

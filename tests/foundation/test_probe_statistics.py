@@ -64,7 +64,7 @@ def test_one_class_names_the_labels_found():
     labels = np.zeros(30, dtype=int)
     with pytest.raises(ProbeError, match="at least two classes; data.labels found only 'speech' in 30 samples"):
         report(labels, [1], names=["speech"])
-    with pytest.raises(ProbeError, match="class 'b' has a single sample"):
+    with pytest.raises(ProbeError, match="class 'b' has 1 sample\\(s\\), fewer than the 2 needed"):
         report(np.array([0] * 29 + [1]), [1], names=["a", "b"])
     assert report(two_classes(15), [1], names=["a", "b"])["classes"] == 2  # control: two classes probe
 

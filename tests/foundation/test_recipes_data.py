@@ -124,3 +124,10 @@ def test_a_section_the_objective_does_not_read_is_refused(name, override, messag
 def test_every_shipped_recipe_sets_only_sections_its_objective_reads():
     for name in recipe_names():
         load_recipe(name)  # raises RecipeError on a section that would do nothing
+
+
+def test_alignment_sections_are_refused_outside_alignment():
+    with pytest.raises(RecipeError, match="does not use align.dim"):
+        load_recipe("grid-mae", ["align.dim=32"])
+    with pytest.raises(RecipeError, match="objective 'align' does not use masking.ratio"):
+        load_recipe("align-speech-text", ["masking.ratio=0.5"])

@@ -11,6 +11,7 @@ from tests.integration.align_worker import KINDS, TEXTS, reference
 from tests.integration.test_distributed import torchrun
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.slow  # two processes: the slow tier
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from modalities.grid.synthetic import write_texture_dataset
 
@@ -28,6 +29,7 @@ def torchrun(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess
     return out
 
 
+@pytest.mark.slow  # two processes: the slow tier
 def test_two_process_jepa_keeps_ema_identical_and_shards_uneven_data(tmp_path):
     write_texture_dataset(tmp_path / "data", 45, seed=2, size=16)  # 45 is not divisible by 2 x 4
     torchrun(["-m", "foundation.cli", "pretrain", "grid-jepa", f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}",
@@ -43,6 +45,7 @@ def test_two_process_jepa_keeps_ema_identical_and_shards_uneven_data(tmp_path):
     assert (tmp_path / "run" / "encoder" / "model.safetensors").exists()
 
 
+@pytest.mark.slow  # two processes: the slow tier
 def test_fsdp2_sharded_teacher_is_updated_shard_by_shard(tmp_path):
     out = torchrun([str(HERE / "fsdp_ema_worker.py"), str(tmp_path)])
     for rank in (0, 1):
@@ -52,6 +55,7 @@ def test_fsdp2_sharded_teacher_is_updated_shard_by_shard(tmp_path):
         assert result["negative_control_error"] > 1e-3  # updating the full tensor on one rank only is caught
 
 
+@pytest.mark.slow  # two processes: the slow tier
 def test_two_process_embedding_equals_one_process_with_ragged_features(tmp_path):
     """Each rank embeds a slice; the gathered result (pooled and per-sample features) is what one
     process gets, in dataset order, on both ranks."""

@@ -16,11 +16,15 @@ def small_data(tmp_path_factory):
     return root
 
 
+# only the objective's own section: a section the objective does not read is refused (recipes.refuse_unused_sections)
+OBJECTIVE_KEYS = {"jepa": ["jepa.predictor_width=16", "jepa.predictor_depth=1", "jepa.predictor_heads=2"],
+                  "mae": ["mae.decoder_width=16", "mae.decoder_depth=1", "mae.decoder_heads=2"]}
+
+
 def recipe(data, run, objective="jepa"):
     return load_recipe(f"grid-{objective}", [
         f"data.root={data}", f"run.dir={run}", "data.num_workers=2", "model.width=32", "model.depth=2", "model.heads=2",
-        "jepa.predictor_width=16", "jepa.predictor_depth=1", "jepa.predictor_heads=2", "mae.decoder_width=16",
-        "mae.decoder_depth=1", "mae.decoder_heads=2", "train.batch_size=4", "train.accumulation=2", "train.steps=8",
+        *OBJECTIVE_KEYS[objective], "train.batch_size=4", "train.accumulation=2", "train.steps=8",
         "train.warmup_steps=2", "train.checkpoint_every=3", "train.log_every=1", "train.monitor_every=4",
     ])
 

@@ -15,6 +15,9 @@ from foundation.probes import few_shot_indices, linear_probe, paired_interval
 from foundation.recipes import load_recipe
 from modalities.earth.adapter import EarthAdapter
 
+# a reduced benchmark (one 320-step pretraining on real EuroSAT shared by every test here): the slow tier
+pytestmark = pytest.mark.slow
+
 TINY = ["model.width=64", "model.depth=2", "model.heads=4", "mae.decoder_width=64", "mae.decoder_depth=1", "train.lr=2e-3",
         "train.batch_size=32", "train.warmup_steps=10", "train.log_every=10", "train.checkpoint_every=1000"]
 

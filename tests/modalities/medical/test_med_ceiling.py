@@ -9,6 +9,7 @@ test_med_fewlabel_reduced.py; beating from scratch does not hold (modalities/med
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from foundation.model import Encoder
@@ -18,6 +19,7 @@ from modalities.medical.synthetic import write_cohort
 from modalities.medical.tasks import VolumeClassifier, predict_classes, train_classifier
 
 
+@pytest.mark.slow  # a reduced benchmark check: the slow tier
 def test_from_scratch_model_learns_the_cohort_class_with_enough_labels(tmp_path):
     data = write_cohort(tmp_path, 64, seed=11)
     cfg = MedicalAdapter({"patch": [8, 8, 8], "roi": [32, 32, 32], "sw_roi": [32, 32, 32], "cache": "memory",
