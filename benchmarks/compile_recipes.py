@@ -82,9 +82,10 @@ def main() -> None:
             r = rows[-1]
             print(f"{r['recipe']}: eager {r['eager_samples_per_s']} samples/s, compiled {r['compiled_samples_per_s']} "
                   f"({r['speedup']}x), recompiles {r['recompiles']}, max loss diff {r['max_abs_loss_diff']}", flush=True)
-    out = write_results("compile_recipes", {"benchmark": "compile_recipes", "settings": vars(a), "rows": rows,
-                                            "caveat": LOAD_CAVEAT + "; eager and compiled run one after the other"}, started,
-                        Path(a.out) if a.out else None)
+            # written after every recipe, so a run cut short by a time limit keeps what it measured
+            out = write_results("compile_recipes", {"benchmark": "compile_recipes", "settings": vars(a), "rows": rows,
+                                                    "caveat": LOAD_CAVEAT + "; eager and compiled run one after the other"}, started,
+                                Path(a.out) if a.out else None)
     print(f"wrote {out}")
 
 
