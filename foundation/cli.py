@@ -56,12 +56,14 @@ PREDICT_EPILOG = """examples:
   domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
 """
 
-EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...)
+EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
+  quality (label-free: RankMe, uniformity, alignment; no labels needed)
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
   domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
       finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
+  domainfm evaluate exported/grid data/ --task quality --baselines random   # label-free, no labels needed
 """
 
 
@@ -186,6 +188,11 @@ def cmd_evaluate(args) -> int:
     baselines = [b for b in (args.baselines or "").split(",") if b]
     out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
     result = json.loads(out.read_text())
+    if "signals" in result:
+        for a, sig in result["signals"].items():
+            print(f"{a}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sig.items()))
+        print(f"wrote {out} and {out.parent / 'report.md'}")
+        return 0
     key = result["metric"]
     for r in result["rows"]:
         print(f"k={r['k']:>3}  " + "  ".join(f"{a} {r[a][key]['mean']:.3f}±{r[a][key]['std']:.3f}" for a in result["arms"]))
@@ -237,7 +244,7 @@ def cmd_demo(args) -> int:
     extra = [f"data.{k}={v}" for k, v in spec.items() if k not in ("root", "manifest")]
     subprocess.run([sys.executable, "-m", "foundation.cli", "embed", str(out), data_arg, "--out", str(npz), "--quiet", *extra], check=True)
     fresh = np.load(npz)
-    here = embed_dataset(encoder, dataset)["mean"]
+    here = embed_dataset(encoder, dataset)[str(fresh["pooling"])]  # the pooling the export records for its modality
     gap = float(np.abs(fresh["embeddings"] - here).max())
     summary = json.loads((work / "run" / "summary.json").read_text())
     print("\n" + "=" * 72)
@@ -347,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model_dir", help="an exported encoder or a pretraining run directory")
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
-    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune")
+    s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune, "
+                   "quality (label-free: RankMe, uniformity, alignment of two augmented views)")
     s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
                    "(full training from random init, same budget), classical (linear probe on simple statistics)")
     s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")

@@ -120,6 +120,10 @@ class LoadedEncoder:
             if bands is not None and bands != self.adapter.config.get("bands"):
                 log.info("reading %s with the bands its band descriptions name: %s", data.get("root") or data.get("manifest"), bands)
                 self.encoder.adapter = type(self.adapter)({**self.model_preprocessing, **self.described, "bands": bands})
+        if self.adapter.name == "speech" and self.adapter.config.get("max_seconds"):
+            log.warning("speech clips longer than %ss are cropped to their centre %ss (the export's max_seconds); "
+                        "input.max_seconds=null embeds whole clips, load_encoder(...).embed_recording() long recordings by windows",
+                        self.adapter.config["max_seconds"], self.adapter.config["max_seconds"])
         return self.adapter.dataset(data, train=False)
 
     def embed(self, items, batch_size: int = 16) -> Embeddings:
@@ -144,6 +148,17 @@ class LoadedEncoder:
 
         return {**embed_windows(self.encoder.to(self.device), path, self.pooling, window_seconds, batch_windows),
                 "weights_sha256": self.weights_sha256}
+
+    def embed_raster(self, path: str | Path, out_tif: str | Path | None = None, batch_size: int = 16) -> dict:
+        """A whole GeoTIFF scene (earth) by tiles; ``out_tif`` receives a GeoTIFF of embeddings with the source CRS
+        and the source transform scaled by the stride (modalities/earth/raster.py)."""
+        from foundation.errors import DomainfmError
+
+        if self.adapter.name != "earth":
+            raise DomainfmError(f"embed_raster is for earth observation; a {self.adapter.name} encoder embeds whole inputs with embed()")
+        from modalities.earth.raster import embed_raster
+
+        return embed_raster(self, path, out_tif, batch_size)
 
     def feature_model(self, dataset):
         """The adapter's feature model; for an earth band subset, the export's band views restricted to the bands

@@ -122,10 +122,14 @@ class TrainingTask:
     - ``sampler``: optional ``sampler(world, rank, seed, batch_size)`` returning a batch sampler (lists
       of dataset keys, with ``set_position``, ``batches_per_epoch``, ``dropped_per_epoch``) in place of
       :class:`foundation.data.TrainSampler`: alignment draws ONE pair type per step on a shared schedule.
-    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups
-      (alignment: one learning rate per tower); default: :func:`param_groups`.
+    - ``param_groups``: optional ``param_groups(model, weight_decay, lr)`` giving the optimiser's groups, for
+      groups with their own learning rates (alignment: one per tower; fine-tuning: layer-wise decay); the
+      schedule scales every group alike. Default: :func:`param_groups`.
     - ``state``: JSON-able facts stored in every checkpoint's ``state.json`` (pretraining stores the
       adapter's fitted preprocessing, so a resumed run reads data exactly as the first one did).
+    - ``should_stop``: optional ``() -> bool``, asked on the main process right after ``monitor`` (which
+      can score a validation set); True ends training there, all ranks together, and ``finish`` runs
+      (fine-tuning's early stopping, only when a validation set is given).
     - ``finish(run_dir, model, teacher) -> dict | None``: called on the main process once the last step
       is done, to write the final artefacts (pretraining: ``encoder/``); what it returns is added to
       ``summary.json``, which the loop writes last (its presence marks a finished run).
@@ -148,6 +152,7 @@ class TrainingTask:
     state: dict = field(default_factory=dict)
     sampler: Callable[[int, int, int, int], Any] | None = None
     param_groups: Callable[[torch.nn.Module, float, float], list[dict]] | None = None
+    should_stop: Callable[[], bool] | None = None
 
 
 def compile_summary(tr: dict) -> dict:
@@ -297,7 +302,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     # every checkpoint), so a step never waits for the host. The guard remembers the first bad step,
     # its loss and the samples it saw, and raises naming them; no checkpoint is written after it.
     window_loss, window_n, t0, seen = torch.zeros((), device=device), 0, time.perf_counter(), 0
-    first_loss = None
+    first_loss, stopped, mean_loss, rate = None, False, float("nan"), 0.0
     bad = {"step": torch.full((), -1, dtype=torch.long, device=device), "loss": torch.zeros((), device=device),
            "grad": torch.zeros((), device=device)}
     window_ids: dict[int, list[str]] = {}
@@ -339,9 +344,8 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
         first_loss = step_loss if first_loss is None else first_loss
         window_loss, window_n = window_loss + step_loss, window_n + 1
         checkpoint_now = step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after
-        if step % tr["log_every"] == 0 or step == steps or checkpoint_now:
-            check_finite()
         if step % tr["log_every"] == 0 or step == steps:
+            check_finite()
             mean_loss = accelerator.reduce(window_loss / window_n, "mean").item()
             rate = seen / (time.perf_counter() - t0)
             if accelerator.is_main_process:
@@ -358,22 +362,27 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
             for k, v in monitor(raw, teacher, held).items():
                 writer.add_scalar(f"monitor/{k}", v, step)
             model.train()
+        if task.should_stop is not None and monitor is not None and (step % tr["monitor_every"] == 0 or step == steps):
+            flag = torch.tensor(float(accelerator.is_main_process and task.should_stop()), device=device)
+            stopped = accelerator.reduce(flag, "sum").item() > 0
         bar.update(1)
-        if checkpoint_now:
+        if checkpoint_now or stopped:
+            check_finite()  # never checkpoint weights from after a non-finite step
             save()
-        if stop_after is not None and step >= stop_after:
+        if stopped or (stop_after is not None and step >= stop_after):
             break
     bar.close()
     checksums = replica_checksums(accelerator, raw, teacher)
     if accelerator.is_main_process:
         metrics.close()
         writer.close()
-        if step == steps:
+        if step == steps or stopped:
             extra = task.finish(run_dir, raw, teacher) or {}
             summary = {"steps": step, "ema_updates": ema_updates, "first_loss": float(first_loss), "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
-                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, **compile_summary(tr), **extra}
+                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **compile_summary(tr),
+                       **extra}
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

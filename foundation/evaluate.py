@@ -181,11 +181,7 @@ def _split(dataset, labels: np.ndarray | None, groups_rule: str | None, test_fra
 
 
 def _pick(task: str, y: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.ndarray:
-    """k labels per class (classification), else k labelled samples, drawn from ``pool`` with ``seed``."""
-    from foundation.probes import few_shot_indices
-
-    if task == "classification":
-        return pool[few_shot_indices(y[pool], k, seed)]
+    """k labelled samples drawn from ``pool`` with ``seed`` (tasks without classes to draw k of)."""
     return np.sort(np.random.default_rng(seed).permutation(pool)[:k])
 
 
@@ -202,9 +198,13 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
     pool, test = _split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])
     names = list(arms)
     raw: dict = {a: {} for a in names}
+    if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
+        from foundation.probes import few_shot_splits
+
+        splits = few_shot_splits(y[pool], [int(k) for k in probe["k"]], int(probe["seeds"]), targets.names)
     for k in probe["k"]:
         for seed in range(int(probe["seeds"])):
-            pick = _pick(task, y, pool, int(k), seed)
+            pick = pool[splits[int(k)][seed]] if task == "classification" else _pick(task, y, pool, int(k), seed)
             for a, run in arms.items():
                 scores = run(pick, test, seed)
                 raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
@@ -220,7 +220,7 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
                 per = np.array([[r["per_class_accuracy"][c] for c in targets.names] for r in runs], float)
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
-                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs])
+                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], len(test))
         rows.append(row)
     return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(len(test)),
             "n_pool": int(len(pool)), "seeds": int(probe["seeds"]), "raw": raw}
@@ -322,6 +322,38 @@ def finetune_task(encoder: Encoder, dataset, spec: dict, baselines: list[str]) -
                                               lambda e: _finetune_arm(e, dataset, targets, cfg)), targets, dataset, spec)
 
 
+@register_task("quality")
+@torch.no_grad()
+def quality_task(encoder: Encoder, dataset, spec: dict, baselines: list[str]) -> dict:
+    """Label-free checks of the frozen embeddings (mean pooling): RankMe (effective rank; collapse makes
+    it small), uniformity (Wang & Isola: log E exp(-2|zi - zj|²) of normalised embeddings, lower is more
+    spread) and alignment (E |z - z'|² between two augmented views of one sample, lower is more
+    invariant). ``--baselines random`` adds the same for the random-init twin."""
+    from foundation.monitor import rankme
+
+    def signals(enc: Encoder) -> dict:
+        enc = enc.eval()
+        n = min(len(dataset), 512)
+        z = torch.from_numpy(embed_dataset(enc, torch.utils.data.Subset(dataset, range(n)))["mean"]).float()
+        zn = torch.nn.functional.normalize(z, dim=-1)
+        uniformity = float(torch.pdist(zn).pow(2).mul(-2).exp().mean().log()) if n > 1 else float("nan")
+        views = []
+        for seed in (1, 2):
+            rows = [enc.pooled(collate([dataset[(i, seed * 1_000_003 + i)] for i in range(s, min(n, s + 64))]))["mean"]
+                    for s in range(0, n, 64)]
+            views.append(torch.nn.functional.normalize(torch.cat(rows).float(), dim=-1))
+        return {"rankme": rankme(z), "rankme_max": int(min(z.shape)), "uniformity": uniformity,
+                "alignment": float((views[0] - views[1]).pow(2).sum(-1).mean()), "n": n}
+
+    from foundation.tokens import collate
+
+    out = {"task": "quality", "arms": ["model"], "signals": {"model": signals(encoder)}}
+    if "random" in baselines:
+        out["arms"].append("random_init")
+        out["signals"]["random_init"] = signals(random_twin(encoder))
+    return out
+
+
 def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], baselines: list[str], out: str | Path) -> Path:
     """``domainfm evaluate``: run a registered task, write result.json and report.md (+ PNGs) beside it."""
     import json
@@ -352,6 +384,15 @@ def evaluation_report(result: dict, out_dir: Path) -> Path:
     from foundation.probes import format_interval
     from foundation.report import plot_per_class
 
+    if "signals" in result:  # label-free checks: one table
+        names = list(next(iter(result["signals"].values())))
+        lines = [f"# Evaluation: {result.get('task_name', 'quality')} (label-free)", "", "| encoder | " + " | ".join(names) + " |",
+                 "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {a} | " + " | ".join(f"{v:.4g}" if isinstance(v, float) else str(v) for v in sig.values()) + " |"
+                  for a, sig in result["signals"].items()]
+        out = out_dir / "report.md"
+        out.write_text("\n".join(lines + [""]))
+        return out
     key, arms = result["metric"], result["arms"]
     lines = [f"# Evaluation: {result.get('task_name', '?')} ({result['task']})", "",
              f"{result['n_test']} test samples, {result['seeds']} paired seeds, k labels per class drawn from {result['n_pool']}.", "",

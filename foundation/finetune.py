@@ -332,94 +332,75 @@ def param_groups(model: nn.Module, method: str, lr: float, weight_decay: float, 
     return [{"params": ps, "lr": glr, "weight_decay": wd} for (glr, wd), ps in groups.items()]
 
 
-def _train_sampler_loader(view: LabelledView, batch_size: int, seed: int):
-    from foundation.data import TrainSampler, train_loader
+def training_recipe(cfg: dict, seed: int, run_dir: Path, n_train: int, lr: float) -> dict:
+    """The engine's ``train.*`` / ``run.*`` / ``data.*`` settings for one fine-tuning run."""
+    from foundation.recipes import DEFAULTS
 
-    sampler = TrainSampler(len(view), min(batch_size, len(view)), 1, 0, seed, lengths=view.lengths)
-    return sampler, train_loader(view, sampler, {})
+    steps = int(cfg["steps"])
+    train = {**DEFAULTS["train"], "steps": steps, "batch_size": min(int(cfg["batch_size"]), n_train), "lr": lr,
+             "min_lr": lr * float(cfg["min_lr_ratio"]), "warmup_steps": int(cfg["warmup_steps"]) or max(1, steps // 10),
+             "weight_decay": float(cfg["weight_decay"]), "betas": [0.9, 0.999], "accumulation": int(cfg["accumulation"]),
+             "precision": cfg["precision"], "clip": float(cfg["clip"]), "checkpoint_every": steps, "keep_checkpoints": 1,
+             "log_every": int(cfg["log_every"]), "monitor_every": int(cfg["eval_every"])}
+    return {"train": train, "run": {"dir": str(run_dir), "seed": seed}, "data": dict(DEFAULTS["data"]), "finetune": cfg}
 
 
 def fit(model: nn.Module, train_view: LabelledView, cfg: dict, seed: int = 0, val_view: LabelledView | None = None,
-        metrics_path: Path | None = None, score: Callable[[nn.Module, LabelledView], float] | None = None,
-        device: torch.device | None = None, progress: bool = False) -> dict:
-    """Train ``model`` (forward -> (loss, extras)) on ``train_view`` for ``cfg['steps']`` optimiser steps.
+        run_dir: Path | None = None, score: Callable[[nn.Module, LabelledView], float] | None = None,
+        progress: bool = False) -> dict:
+    """Train ``model`` (forward -> (loss, extras)) on ``train_view`` for ``cfg['steps']`` optimiser steps
+    through the one training loop (``foundation.engine.train``: warm-up + cosine, accumulation, mixed
+    precision, clipping, NaN guard, checkpoints and resume, metrics.csv, TensorBoard, progress bar).
 
-    Fixed budget by default; with ``val_view`` and ``cfg['patience']`` > 0, the trainable weights of the
-    best validation score (``score``) are kept and training stops after ``patience`` evaluations
-    without improvement. Writes ``metrics.csv`` (step, loss, lr, val_score) when ``metrics_path`` is set.
+    Fixed budget by default. With ``val_view`` and ``score``, the validation score is logged every
+    ``cfg['eval_every']`` steps (TensorBoard ``monitor/val_score``); with ``cfg['patience']`` > 0 as
+    well, training stops after that many evaluations without improvement and the trainable weights of
+    the best score are restored. ``run_dir`` None trains in a temporary directory (few-label sweeps).
     """
-    device = device or next(model.parameters()).device
-    steps, depth = int(cfg["steps"]), _encoder_of(model).config["depth"]
+    import tempfile
+
+    from foundation.engine import TrainingTask, train
+
     lr = float(cfg["lr"]) or METHOD_LR[cfg["method"]]
-    opt = torch.optim.AdamW(param_groups(model, cfg["method"], lr, cfg["weight_decay"], cfg["layer_decay"], depth), lr=lr)
-    warm = int(cfg["warmup_steps"]) or max(1, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warm, steps, cfg["min_lr_ratio"]))
-    sampler, loader = _train_sampler_loader(train_view, int(cfg["batch_size"]), seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    rows, best, best_state, bad, step, epoch = [], -math.inf, None, 0, 0, 0
-    torch.manual_seed(seed)
+    depth = _encoder_of(model).config["depth"]
+    early = val_view is not None and score is not None and int(cfg["patience"]) > 0
+    track = {"best": -math.inf, "bad": 0, "state": None, "scores": []}
 
-    def batches():
-        nonlocal epoch
-        while True:
-            sampler.set_position(epoch, 0)
-            yield from loader
-            epoch += 1
+    def monitor(m, teacher, held) -> dict:
+        s = score(m, val_view)
+        track["scores"].append(s)
+        if s > track["best"]:
+            track.update(best=s, bad=0)
+            if early:
+                track["state"] = {n: p.detach().clone() for n, p in m.named_parameters() if p.requires_grad}
+        else:
+            track["bad"] += 1
+        return {"val_score": s}
 
-    data, acc = batches(), int(cfg["accumulation"])
-    early = val_view is not None and int(cfg["patience"]) > 0 and score is not None
-    model.train()
-    window = []
-    from tqdm.auto import tqdm
+    def finish(run_dir, m, teacher) -> dict:
+        if track["state"] is not None:
+            with torch.no_grad():
+                for n, p in m.named_parameters():
+                    if n in track["state"]:
+                        p.copy_(track["state"][n])
+        return {"best_val_score": None if track["best"] == -math.inf else track["best"]}
 
-    for step in tqdm(range(1, steps + 1), disable=not progress, desc=f"finetune {cfg['method']}"):
-        total = 0.0
-        for _ in range(acc):
-            batch = next(data).to(device)
-            loss, _ = model(batch)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"fine-tuning: non-finite loss {float(loss)} at step {step}, samples {batch.ids[:8]}")
-            (loss / acc).backward()
-            total += loss.item() / acc
-        if cfg["clip"]:
-            torch.nn.utils.clip_grad_norm_(trainable, cfg["clip"])
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        window.append(total)
-        row = None
-        if step % int(cfg["log_every"]) == 0 or step == steps:
-            row = {"step": step, "loss": float(np.mean(window)), "lr": sched.get_last_lr()[-1], "val_score": ""}
-            window = []
-        if val_view is not None and score is not None and (step % int(cfg["eval_every"]) == 0 or step == steps):
-            s = score(model, val_view)
-            model.train()
-            row = row or {"step": step, "loss": float(np.mean(window or [total])), "lr": sched.get_last_lr()[-1]}
-            row["val_score"] = s
-            if s > best:
-                best, bad = s, 0
-                if early:
-                    best_state = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-            else:
-                bad += 1
-                if early and bad >= int(cfg["patience"]):
-                    rows.append(row)
-                    break
-        if row is not None:
-            rows.append(row)
-    if best_state is not None:
-        with torch.no_grad():
-            for n, p in model.named_parameters():
-                if n in best_state:
-                    p.copy_(best_state[n])
+    def build(resumed):
+        return TrainingTask(
+            name=f"finetune {cfg['method']}", model=model, dataset=train_view, finish=finish, lengths=train_view.lengths,
+            held_out=collate([val_view[0]]) if val_view is not None and score is not None else None,
+            monitor=monitor if val_view is not None and score is not None else None,
+            param_groups=lambda m, wd, lr_: param_groups(m, cfg["method"], lr_, wd, cfg["layer_decay"], depth),
+            should_stop=(lambda: track["bad"] >= int(cfg["patience"])) if early else None)
+
+    with tempfile.TemporaryDirectory(prefix="domainfm-finetune-") as tmp:
+        out = Path(run_dir) if run_dir is not None else Path(tmp)
+        train(training_recipe(cfg, seed, out, len(train_view), lr), build, progress=progress)
+        summary = json.loads((out / "summary.json").read_text())
     model.eval()
-    if metrics_path is not None:
-        with open(metrics_path, "w", newline="") as f:
-            w = csv.DictWriter(f, ["step", "loss", "lr", "val_score"])
-            w.writeheader()
-            w.writerows(rows)
-    return {"steps": step, "first_loss": rows[0]["loss"] if rows else None, "final_loss": rows[-1]["loss"] if rows else None,
-            "best_val_score": None if best == -math.inf else best, "early_stopped": bool(early and step < steps)}
+    return {"steps": summary["steps"], "first_loss": summary["first_loss"], "final_loss": summary["final_loss"],
+            "best_val_score": summary.get("best_val_score"), "early_stopped": bool(summary.get("stopped_early")),
+            "val_scores": track["scores"]}
 
 
 def _encoder_of(model: nn.Module) -> Encoder:
@@ -489,7 +470,7 @@ def build_model(encoder: Encoder, cfg: dict, targets: Targets, train_idx: np.nda
 
 
 def finetune_indices(encoder: Encoder, dataset, targets: Targets, train_idx: np.ndarray, cfg: dict, seed: int = 0,
-                     val_idx: np.ndarray | None = None, metrics_path: Path | None = None, progress: bool = False) -> Finetuned:
+                     val_idx: np.ndarray | None = None, run_dir: Path | None = None, progress: bool = False) -> Finetuned:
     """Fine-tune a copy of ``encoder`` on samples ``train_idx`` (the caller's encoder is not touched)."""
     torch.manual_seed(seed)
     enc = copy.deepcopy(encoder).float()
@@ -512,7 +493,7 @@ def finetune_indices(encoder: Encoder, dataset, targets: Targets, train_idx: np.
             out = predict_outputs(m, view, device=device)["scores"]
             return outputs_metric(targets.task, out, values[view.indices])
 
-        history = fit(trained, train_view, cfg, seed, val_view, metrics_path, score, device, progress)
+        history = fit(trained, train_view, cfg, seed, val_view, run_dir, score, progress)
         model = merge_lora(trained) if cfg["method"] == "lora" else trained
     model.eval()
     return Finetuned(model, targets.task, cfg["method"], targets.names, mean, std, history)
@@ -672,6 +653,13 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
     from foundation.evaluate import task_metrics
     from foundation.report import finetune_report
 
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from foundation.errors import DomainfmError
+
+        raise DomainfmError("domainfm finetune runs in one process (the trained model is collected on one rank): "
+                            "run it without torchrun/accelerate launch")
     spec = finetune_spec(data, overrides)
     cfg, seed, run_dir = spec["finetune"], int(spec["run"]["seed"]), Path(spec["run"]["dir"])
     encoder = load_encoder(model_dir)
@@ -683,9 +671,12 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
         train_idx, val_idx = group_split(groups, cfg["val_fraction"], seed, strata)
     else:
         train_idx, val_idx = np.arange(len(dataset)), np.array([], dtype=np.int64)
+    if (run_dir / "finetuned" / "finetuned.json").exists():
+        from foundation.errors import RunDirError
+
+        raise RunDirError(f"{run_dir} already holds a fine-tuned model (finetuned/): choose another run.dir, or delete it to retrain")
     run_dir.mkdir(parents=True, exist_ok=True)
-    ft = finetune_indices(encoder, dataset, targets, train_idx, cfg, seed, val_idx if len(val_idx) else None,
-                          run_dir / "metrics.csv", progress)
+    ft = finetune_indices(encoder, dataset, targets, train_idx, cfg, seed, val_idx if len(val_idx) else None, run_dir, progress)
     out = save_finetuned(ft, run_dir / "finetuned", extra={"finetune": cfg, "data": spec["data"], "seed": seed,
                                                              "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                                                              "source_model": str(Path(model_dir).resolve())})

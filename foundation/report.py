@@ -174,9 +174,12 @@ def finetune_report(finetuned_dir: str | Path, metrics_csv: str | Path | None = 
     metrics_csv = Path(metrics_csv) if metrics_csv else d.parent / "metrics.csv"
     if metrics_csv.exists() and metrics_csv.stat().st_size:
         m = read_metrics(metrics_csv)
-        if m and plot_curves(m, [("loss", "training loss"), ("lr", "learning rate"), ("val_score", "validation score")],
+        if m and plot_curves(m, [("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm")],
                              d / "learning_curves.png", "fine-tuning"):
             lines += ["![learning curves](learning_curves.png)", ""]
+    val = _monitor_scalars(metrics_csv.parent)
+    if "val_score" in val and plot_curves(val, [("val_score", "validation score")], d / "validation.png", "validation"):
+        lines += ["Validation score over steps (accuracy, per-label accuracy or R²):", "", "![validation](validation.png)", ""]
     if "confusion_matrix" in mets:
         plot_confusion(mets["confusion_matrix"], cfg["names"], d / "confusion_matrix.png", f"confusion matrix ({ev.get('split')})")
         lines += ["![confusion matrix](confusion_matrix.png)", ""]

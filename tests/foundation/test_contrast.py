@@ -45,7 +45,9 @@ def test_contrast_learns_to_match_the_views_of_each_sample():
 def test_contrast_recipe_trains_and_exports(tmp_path):
     from foundation.engine import pretrain
 
-    r = load_recipe("grid-mae", ["objective=contrast", "train.steps=3", "model.width=32", "model.depth=1", "model.heads=2",
+    grid_contrast = tmp_path / "grid-contrast.yaml"  # no shipped grid recipe trains contrast; grid-mae's mae: would be refused
+    grid_contrast.write_text("modality: grid\nobjective: contrast\nadapter: {channels: 1, patch: [4, 4]}\n")
+    r = load_recipe(str(grid_contrast), ["train.steps=3", "model.width=32", "model.depth=1", "model.heads=2",
                                  "train.batch_size=4", f"data.root={tmp_path / 'data'}", f"run.dir={tmp_path / 'run'}",
                                  "train.log_every=1", "data.num_workers=0"])
     GridAdapter(r["adapter"]).synthetic(tmp_path / "data", 8, seed=0)

@@ -144,3 +144,20 @@ def test_help_is_complete_with_examples(command, capsys):
         build_parser().parse_args([command, "--help"])
     text = capsys.readouterr().out
     assert "examples:" in text and f"domainfm {command}" in text.split("examples:")[1]
+
+
+def test_quality_is_label_free_and_sees_collapse(files):
+    """RankMe of a collapsed encoder (final norm zeroed: every sample embeds to the same vector) falls
+    to about 1; the random encoder's is well above it."""
+    from foundation.evaluate import quality_task
+    from foundation.model import Encoder
+
+    enc = Encoder.from_pretrained(files / "enc")
+    dataset = enc.adapter.dataset({"root": str(files / "data")}, train=True)
+    ok = quality_task(enc, dataset, {}, [])["signals"]["model"]
+    with torch.no_grad():
+        enc.trunk.norm.weight.zero_()
+    collapsed = quality_task(enc, dataset, {}, [])["signals"]["model"]
+    assert ok["rankme"] > 3 and collapsed["rankme"] < 1.5, (ok, collapsed)
+    assert main(["evaluate", str(files / "enc"), str(files / "data"), "--task", "quality", "--out", str(files / "q" / "r.json")]) == 0
+    assert "rankme" in (files / "q" / "report.md").read_text()
