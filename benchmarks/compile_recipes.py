@@ -34,6 +34,8 @@ def steady_rate(metrics: Path, batch: int) -> float:
     rows = list(csv.DictReader(metrics.open()))
     (s0, r0), (s1, r1) = [(int(r["step"]), float(r["samples_per_s"])) for r in (rows[0], rows[-1])]
     t0, t1 = s0 * batch / r0, s1 * batch / r1
+    if s1 <= s0 or t1 <= t0:  # a single logging window: fall back to the cumulative rate
+        return r1
     return (s1 - s0) * batch / (t1 - t0)
 
 
