@@ -28,4 +28,4 @@ def test_compiled_training_equals_eager_within_tolerance_and_counts_recompiles(t
     assert len(losses[True]) == 6
     torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-4)
     assert "compile" in summaries[True] and "compile" not in summaries[False]
-    assert summaries[True]["compile"]["graphs"] > 0
+    assert summaries[True]["compile"]["graphs"] > 0 and summaries[True]["compile"]["compiles"] >= 1
