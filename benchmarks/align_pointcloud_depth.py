@@ -64,6 +64,7 @@ def build(data: Path, work: Path, per_class: int, seed: int) -> dict[str, list[d
 
 
 def main() -> None:
+    from benchmarks.common import git_commit, machine
     from foundation.align_eval import retrieval
     from foundation.cli import main as cli
     from foundation.pairs import write_paired_manifest
@@ -100,7 +101,8 @@ def main() -> None:
             results.append({"zero_shot": ev["zero_shot"]["accuracy"], "chance": ev["zero_shot"]["chance"],
                             **{k: v for k, v in ev["pointcloud|text"].items() if "@1" in k}})
     summary = {"task": args.task, "per_class": args.per_class, "seeds": args.seeds, "results": results,
-               "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv)}
+               "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv),
+               "commit": git_commit(), "machine": machine()}
     if args.task == "bind":
         summary["zero_shot_minus_chance"] = paired_difference([r["zero_shot"] for r in results], [r["chance"] for r in results])
     Path(args.out + f"_{args.task}.json").parent.mkdir(parents=True, exist_ok=True)

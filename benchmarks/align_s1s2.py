@@ -83,6 +83,7 @@ def cca_retrieval(train: list[dict], held: list[dict], dims: int = 4) -> dict:
 
 
 def main() -> None:
+    from benchmarks.common import git_commit, machine
     from foundation.align_eval import retrieval
     from foundation.align_task import embed_rows, load_towers
     from foundation.cli import main as cli
@@ -125,7 +126,8 @@ def main() -> None:
                 res["transfer_s2_to_s1"] = {"accuracy": lp["accuracy"], "majority": float(max(yte.mean(), 1 - yte.mean())), "cut": cut}
         per_seed.append(res)
     keys = [f"{d} recall@{k}" for d in ("s1->s2", "s2->s1") for k in (1, 5)]
-    summary = {"per_seed": per_seed, "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv), "crops": args.crops,
+    summary = {"per_seed": per_seed, "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv),
+               "commit": git_commit(), "machine": machine(), "crops": args.crops,
                "mean": {m: {k: float(np.mean([r[m][k] for r in per_seed])) for k in keys} for m in ("aligned", "random", "cca")},
                "chance": {k: per_seed[0]["aligned"][k.replace("recall", "chance")] for k in keys},
                "aligned_minus_cca": {k: paired_difference([r["aligned"][k] for r in per_seed], [r["cca"][k] for r in per_seed]) for k in keys},

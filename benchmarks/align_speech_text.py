@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "fsdd" / "recordings"))
     p.add_argument("--encoder", default=None, help="pretrained speech encoder export (e.g. runs/speech-mae/encoder); omit for random only")
     p.add_argument("--folds", nargs="*", default=SPEAKERS)
+    p.add_argument("--towers", nargs="*", default=["random", "pretrained"], help="which speech towers to run")
     p.add_argument("--steps", type=int, default=400)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_align_speech_text")
@@ -127,7 +128,7 @@ def main() -> None:
     args = p.parse_args()
     t0 = time.perf_counter()
     all_clips = clips(Path(args.data))
-    towers = {"random": None} | ({"pretrained": args.encoder} if args.encoder else {})
+    towers = {t: i for t, i in ({"random": None} | ({"pretrained": args.encoder} if args.encoder else {})).items() if t in args.towers}
     results = {}
     for tag, init in towers.items():
         folds = [run_fold(args, held, init, tag, all_clips) for held in args.folds]

@@ -49,6 +49,11 @@ class _RegisterWithTransformers(importlib.abc.MetaPathFinder):
 
 
 if "transformers" in sys.modules:
-    importlib.import_module("foundation.hf")
+    try:
+        importlib.import_module("foundation.hf")
+    except ImportError:
+        # ``foundation`` is being imported from inside ``modalities.base`` (e.g. after ``import monai``, which loads
+        # transformers): foundation.hf needs the whole of modalities.base, so foundation.model registers it when it loads
+        pass
 elif not any(isinstance(f, _RegisterWithTransformers) for f in sys.meta_path):
     sys.meta_path.insert(0, _RegisterWithTransformers())

@@ -150,7 +150,7 @@ def merged_state(module: torch.nn.Module) -> dict:
     return {k.replace(".base_layer", ""): v for k, v in module.state_dict().items() if "lora_" not in k}
 
 
-def export_towers(model: AlignModel, out_dir: Path) -> Path:
+def export_towers(model: AlignModel, out_dir: Path, recipe: dict | None = None) -> Path:
     """``out_dir/<name>/``: the backbone (an encoder export, or a transformers model + tokenizer) with
     ``head.safetensors`` (its projection) and ``tower.json``; ``aligned.json`` lists the towers."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -175,7 +175,8 @@ def export_towers(model: AlignModel, out_dir: Path) -> Path:
         save_file({k: v.detach().contiguous().cpu() for k, v in tower.head.state_dict().items()}, str(d / "head.safetensors"))
         head_kind = "linear" if isinstance(tower.head, torch.nn.Linear) else "mlp"
         (d / "tower.json").write_text(json.dumps({**info, "dim": tower.head_dim(), "head": head_kind}, indent=2))
-    (out_dir / "aligned.json").write_text(json.dumps({"towers": list(model.towers)}, indent=2))
+    settings = {k: recipe[k] for k in ("align", "zero_shot")} if recipe else {}
+    (out_dir / "aligned.json").write_text(json.dumps({"towers": list(model.towers), **settings}, indent=2, default=str))
     return out_dir
 
 
@@ -248,6 +249,39 @@ def evaluate_aligned(recipe: dict, model: AlignModel, data: PairedDataset) -> di
     return res
 
 
+ALIGN_TASKS = ("zero-shot", "retrieval")
+
+
+def run_align_evaluate(model_dir: str | Path, data: str | Path, task: str, overrides: list[str], out: str | Path) -> Path:
+    """``domainfm evaluate ALIGNED_DIR MANIFEST --task zero-shot|retrieval``: the aligned towers on a paired
+    manifest; ``result.json`` holds ``accuracy`` (zero-shot) or ``recall@k`` per direction (retrieval).
+    ``zero_shot.prompt=...``/``zero_shot.classes=...`` and ``align.anchor=...`` override the run's settings."""
+    from foundation.recipes import DEFAULTS, TOWER_KEYS, apply_overrides
+
+    towers = load_towers(model_dir)
+    root = Path(model_dir) / "towers" if (Path(model_dir) / "towers" / "aligned.json").exists() else Path(model_dir)
+    saved = json.loads((root / "aligned.json").read_text())
+    recipe = {"align": {**DEFAULTS["align"], **saved.get("align", {})}, "zero_shot": {**DEFAULTS["zero_shot"], **saved.get("zero_shot", {})},
+              "data": dict(DEFAULTS["data"]), "towers": {n: {**TOWER_KEYS, "kind": "text" if isinstance(t, TextTower) else "encoder",
+                                                             "mode": "frozen"} for n, t in towers.items()}}
+    recipe = apply_overrides(recipe, list(overrides))
+    if task == "zero-shot" and not recipe["zero_shot"]["classes"]:
+        raise DomainfmError("--task zero-shot needs zero_shot.classes (label value -> class text), e.g. zero_shot.classes='{0: zero, 1: one}'")
+    recipe["align"]["pairs"] = None  # evaluate every pair the manifest holds
+    adapters = {n: t.encoder.adapter for n, t in towers.items() if isinstance(t, EncoderTower)}
+    data_set = paired_dataset(recipe, data, adapters, False, Path(out).parent / "pairs")
+    holder = AlignModel(towers, data_set.pair_types or ["|".join(list(towers)[:2])])
+    result = evaluate_aligned(recipe, holder, data_set)
+    if task == "zero-shot":
+        result = {"task_name": task, **result["zero_shot"], "data": result["data"]}
+    else:
+        result = {"task_name": task, **{k: v for k, v in result.items() if k != "zero_shot"}}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2, default=float))
+    return out
+
+
 # -- the task -----------------------------------------------------------------------------------------
 def align_task(recipe: dict, resumed: dict | None):
     from foundation.engine import TrainingTask
@@ -269,7 +303,7 @@ def align_task(recipe: dict, resumed: dict | None):
     log.info("paired data: %s", data.summary())
 
     def finish(run_dir: Path, model: AlignModel, teacher) -> dict:
-        export_towers(model, run_dir / "towers")
+        export_towers(model, run_dir / "towers", recipe)
         summary = {"data": data.summary()}
         if recipe["align"]["eval_manifest"]:
             eval_data = paired_dataset(recipe, recipe["align"]["eval_manifest"], adapters, False, run_dir / "pairs_eval")

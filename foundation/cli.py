@@ -57,7 +57,8 @@ PREDICT_EPILOG = """examples:
 """
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
-  quality (label-free: RankMe, uniformity, alignment; no labels needed)
+  quality (label-free: RankMe, uniformity, alignment; no labels needed);
+  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
@@ -110,6 +111,12 @@ def cmd_align(args) -> int:
     from foundation.engine import train
 
     run = train(recipe, lambda resumed: align_task(recipe, resumed), progress=not args.quiet)
+    summary_path = Path(run) / "summary.json"
+    if summary_path.exists():
+        summary = json.loads(summary_path.read_text())
+        d = summary.get("data", {})
+        print(f"paired data: {d.get('rows')} rows, pairs {d.get('pairs')}, {d.get('unpaired_rows')} unpaired; "
+              f"loss {summary.get('first_loss', float('nan')):.4f} -> {summary.get('final_loss', float('nan')):.4f}")
     print(f"run directory: {run}  (towers in {Path(run) / 'towers'})")
     return 0
 
@@ -157,6 +164,27 @@ def cmd_probe(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """Read every file of DATA with the real readers; write validation.json/.md; non-zero on bad files."""
+    from foundation.validate import validate_data, write_report
+
+    report = validate_data(args.target, args.data, args.overrides, workers=args.workers, against=args.against,
+                           progress=not args.quiet)
+    folder = write_report(report, args.out)
+    print(f"{report['modality']}: {report['files_found']} file(s), {report['files_failed']} failed, "
+          f"{report['samples_read']} of {report['samples']} sample(s) read")
+    if report.get("fatal"):
+        print(f"fatal: {report['fatal']}")
+    for f in report["failures"][:20]:
+        print(f"  {f['path']}: {f['reason']}")
+    if len(report["failures"]) > 20:
+        print(f"  ... and {len(report['failures']) - 20} more")
+    if report.get("leaked"):
+        print(f"{len(report['leaked'])} file content(s) also in {report['against']} (leakage)")
+    print(f"report: {folder / 'validation.md'}")
+    return 1 if report["errors"] and not args.allow_errors else 0
+
+
 def cmd_finetune(args) -> int:
     from foundation.finetune import run_finetune
 
@@ -188,6 +216,12 @@ def cmd_evaluate(args) -> int:
     baselines = [b for b in (args.baselines or "").split(",") if b]
     out = run_evaluate(args.model_dir, args.data, args.task, args.overrides, baselines, args.out)
     result = json.loads(out.read_text())
+    if args.task in ("zero-shot", "retrieval"):  # aligned towers: the headline numbers
+        print("  ".join(f"{k} {v:.3f}" for k, v in (result.items() if args.task == "zero-shot" else
+                        ((k, v) for pt in result.values() if isinstance(pt, dict) for k, v in pt.items()))
+                        if isinstance(v, float) and ("accuracy" in k or "recall@" in k)))
+        print(f"wrote {out}")
+        return 0
     if "signals" in result:
         for a, sig in result["signals"].items():
             print(f"{a}: " + "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in sig.items()))
@@ -313,6 +347,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", help="e.g. data.labels=folder probe.k=[1,5,10] probe.seeds=5")
     s.set_defaults(fn=cmd_probe)
 
+    s = sub.add_parser("validate", help="read every file with the real readers; report bad files and statistics",
+                       description="Read every file of DATA (a folder or manifest) with the readers and preprocessing of "
+                       "RECIPE_OR_MODEL_DIR (a recipe, an export or a run directory), in parallel workers. Writes validation.json "
+                       "and validation.md; exits 1 if any file fails, unless --allow-errors.")
+    s.add_argument("target", metavar="RECIPE_OR_MODEL_DIR")
+    s.add_argument("data", metavar="DATA")
+    s.add_argument("overrides", nargs="*", help="key=value overrides, e.g. data.labels=folder adapter.columns=kitti")
+    s.add_argument("--out", default=None, help="folder for validation.json/.md (default: the run directory, else DATA's parent)")
+    s.add_argument("--allow-errors", action="store_true", help="exit 0 even when files fail")
+    s.add_argument("--against", default=None, metavar="OTHER_DATA", help="report files whose content also appears in OTHER_DATA")
+    s.add_argument("--workers", type=int, default=None, help="reader processes (default: up to 4)")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(fn=cmd_validate)
+
     s = sub.add_parser("finetune", help="fine-tune an encoder on labelled files", formatter_class=argparse.RawDescriptionHelpFormatter,
                        description="Train a head (and, by method, the encoder) on DATA's labels; write run.dir/finetuned/ "
                        "(encoder/ and head.safetensors, finetuned.json with the task and label names, report.md with learning "
@@ -355,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.labels, data.groups, probe.k, probe.seeds, probe.test_fraction, finetune.*")
     s.add_argument("--task", default="probe", help="probe (default; linear probe on frozen features), knn, finetune, "
-                   "quality (label-free: RankMe, uniformity, alignment of two augmented views)")
+                   "quality (label-free: RankMe, uniformity, alignment of two augmented views); zero-shot, retrieval for aligned towers")
     s.add_argument("--baselines", default="", help="comma-separated, opt-in: random (same method, random init), scratch "
                    "(full training from random init, same budget), classical (linear probe on simple statistics)")
     s.add_argument("--out", default="evaluation/result.json", help="result JSON (report.md and PNGs go beside it)")

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from foundation import checkpoint
 from foundation.data import TrainSampler, train_loader
 from foundation.errors import DomainfmError
+from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
 from foundation.objectives.contrast import Contrast
@@ -200,9 +201,18 @@ def pretraining_task(recipe: dict, resumed: dict | None) -> TrainingTask:
 
 
 def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
-    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint."""
-    return train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
-                 restore_rng=restore_rng)
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint. A finished run
+    also gets report.md with PNG plots (``domainfm report RUN_DIR`` rebuilds it)."""
+    run_dir = train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
+                    restore_rng=restore_rng)
+    if (run_dir / "summary.json").exists() and AcceleratorState().is_main_process and not (run_dir / "report.md").exists():
+        from foundation.report import pretrain_report
+
+        try:  # a plotting problem must not fail a finished run: the logs are there to rebuild it from
+            pretrain_report(run_dir)
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s: report.md not written (%s); rebuild it with `domainfm report %s`", run_dir, err, run_dir)
+    return run_dir
 
 
 def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: bool = True, stop_after: int | None = None,
@@ -261,6 +271,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
     raw = accelerator.unwrap_model(model)
 
     dataset = task.dataset
+    show_data_summary(recipe.get("modality", ""), dataset, main=accelerator.is_main_process, quiet=not progress)
     sampler = (task.sampler(world, rank, seed, tr["batch_size"]) if task.sampler else
                TrainSampler(len(dataset), tr["batch_size"], world, rank, seed, lengths=task.lengths))
     if accelerator.is_main_process and sampler.dropped_per_epoch:
@@ -387,6 +398,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
                        "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **compile_summary(tr),
                        **extra}
+            summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()
     return run_dir

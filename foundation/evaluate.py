@@ -198,6 +198,7 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
     pool, test = _split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])
     names = list(arms)
     raw: dict = {a: {} for a in names}
+    correct: dict = {}  # one seed: per-sample correctness, for bootstrap intervals over the one test set
     if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
         from foundation.probes import few_shot_splits
 
@@ -208,6 +209,8 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
             for a, run in arms.items():
                 scores = run(pick, test, seed)
                 raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
+                if int(probe["seeds"]) == 1 and task == "classification":
+                    correct.setdefault(int(k), {})[a] = scores.argmax(1) == y[test]
     key = headline(task)
     rows = []
     for k in probe["k"]:
@@ -221,9 +224,22 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
                 row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], len(test))
+                if int(k) in correct:
+                    row[a]["bootstrap_vs_" + names[0]] = paired_bootstrap(correct[int(k)][names[0]], correct[int(k)][a])
         rows.append(row)
     return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(len(test)),
             "n_pool": int(len(pool)), "seeds": int(probe["seeds"]), "raw": raw}
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
+    """Accuracy difference of two methods scored on the same test samples (``a``, ``b``: per-sample
+    correctness) with a percentile interval from resampling the test set, for a single test set where
+    there are no seeds to pair over."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    idx = np.random.default_rng(seed).integers(0, len(a), (n, len(a)))
+    d = (a[idx] - b[idx]).mean(1)
+    lo, hi = np.quantile(d, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"diff": float((a - b).mean()), "ci_low": float(lo), "ci_high": float(hi), "beats": bool(lo > 0), "resamples": n}
 
 
 def _interval(x: np.ndarray, confidence: float = 0.95) -> dict:
@@ -362,6 +378,10 @@ def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], bas
     from foundation.errors import DomainfmError
     from foundation.finetune import adapter_data, finetune_spec, load_encoder
 
+    from foundation.align_task import ALIGN_TASKS, run_align_evaluate
+
+    if task in ALIGN_TASKS:  # aligned towers (domainfm align) on a paired manifest
+        return run_align_evaluate(model_dir, data, task, overrides, out)
     if task not in EVAL_TASKS:
         raise DomainfmError(f"--task {task!r} is not one of {', '.join(sorted(EVAL_TASKS))}")
     spec = finetune_spec(data, overrides)
@@ -400,7 +420,10 @@ def evaluation_report(result: dict, out_dir: Path) -> Path:
              "|---" * (1 + 2 * len(arms) - 1) + "|"]
     for r in result["rows"]:
         cells = [f"{r[a][key]['mean']:.3f} ± {r[a][key]['std']:.3f}" for a in arms]
-        diffs = [format_interval(r[a]["vs_" + arms[0]]) + (" beats" if r[a]["vs_" + arms[0]]["beats"] else "") for a in arms[1:]]
+        diffs = []
+        for a in arms[1:]:
+            d = r[a].get("bootstrap_vs_" + arms[0]) or r[a]["vs_" + arms[0]]
+            diffs.append(format_interval(d) + (" (bootstrap over test samples)" if "resamples" in d else "") + (" beats" if d["beats"] else ""))
         lines.append(f"| {r['k']} | " + " | ".join(cells + diffs) + " |")
     lines.append("")
     if result["task"] == "classification":

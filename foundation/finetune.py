@@ -403,6 +403,71 @@ def fit(model: nn.Module, train_view: LabelledView, cfg: dict, seed: int = 0, va
             "val_scores": track["scores"]}
 
 
+@dataclass
+class ArrayBatch:
+    """A batch of fixed feature rows and their classes, as the engine's loop moves and counts batches."""
+
+    x: Tensor
+    y: Tensor
+    ids: list
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device, non_blocking: bool = False) -> "ArrayBatch":
+        return ArrayBatch(self.x.to(device, non_blocking=non_blocking), self.y.to(device, non_blocking=non_blocking), self.ids)
+
+
+class _ArrayRows(torch.utils.data.Dataset):
+    def __init__(self, x: Tensor, y: Tensor) -> None:
+        self.x, self.y = x, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key
+        return self.x[i], self.y[i], str(i)
+
+
+def _collate_rows(rows) -> ArrayBatch:
+    return ArrayBatch(torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows]), [r[2] for r in rows])
+
+
+class _Classifier(nn.Module):
+    """(loss, extras) around a module that maps feature rows to logits."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, batch: ArrayBatch, *args, **kwargs):
+        return F.cross_entropy(self.module(batch.x), batch.y.long()), {}
+
+
+def fit_on_arrays(module: nn.Module, x: Tensor, y: Tensor, steps: int, lr: float, weight_decay: float = 0.0, seed: int = 0,
+                  batch_size: int | None = None, warmup_steps: int = 1, min_lr_ratio: float = 1.0) -> nn.Module:
+    """Train ``module`` (feature rows -> logits) with cross-entropy through the one engine loop: a probe on
+    fixed features (e.g. a per-layer weighted sum) needs no private loop. Full batches and a constant
+    learning rate by default (``warmup_steps`` / ``min_lr_ratio`` give warm-up and cosine decay)."""
+    import tempfile
+
+    from foundation.engine import TrainingTask, train
+    from foundation.recipes import DEFAULTS
+
+    wrapped = _Classifier(module)
+    recipe = {"train": {**DEFAULTS["train"], "steps": int(steps), "batch_size": int(batch_size or len(x)), "lr": lr, "min_lr": lr * min_lr_ratio,
+                        "warmup_steps": warmup_steps, "weight_decay": weight_decay, "betas": [0.9, 0.999],
+                        "checkpoint_every": int(steps), "keep_checkpoints": 1, "log_every": max(1, steps // 10)},
+              "run": {"seed": seed}, "data": dict(DEFAULTS["data"])}
+    with tempfile.TemporaryDirectory(prefix="domainfm-probe-") as tmp:
+        recipe["run"]["dir"] = tmp
+        train(recipe, lambda resumed: TrainingTask(name="probe", model=wrapped, dataset=_ArrayRows(x, y), collate=_collate_rows,
+                                                   finish=lambda *a: None), progress=False)
+    return module.eval()
+
+
 def _encoder_of(model: nn.Module) -> Encoder:
     m = model.get_base_model() if hasattr(model, "get_base_model") else model
     return m.encoder

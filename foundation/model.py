@@ -5,6 +5,7 @@ export, loaded strictly from safetensors (never unpickled).
 from __future__ import annotations
 
 import json
+import sys
 import os
 import shutil
 from dataclasses import dataclass
@@ -279,3 +280,7 @@ def model_card(config: dict) -> str:
         "    domainfm embed THIS_DIR DATA --out embeddings.npz\n\n"
         "or in Python: `Encoder.from_pretrained(THIS_DIR)`. The preprocessing is in `config.json` under `adapter`.\n"
     )
+
+
+if "transformers" in sys.modules and "foundation.hf" not in sys.modules:  # see foundation/__init__.py
+    import foundation.hf  # noqa: E402,F401  (registers exports with AutoConfig/AutoModel)

@@ -103,9 +103,15 @@ def _pad_stack(rows: list[Tensor], length: int, value: float | bool) -> Tensor:
 
 
 def collate(samples: list[SampleTokens]) -> PatchBatch:
-    """Pad samples of different token counts into one batch (padding=True past each sample's end)."""
+    """Pad samples of different token counts into one batch (padding=True past each sample's end).
+
+    ``None`` items are samples skipped at load time under ``data.on_error=skip`` (see
+    ``foundation.inputs``): they are left out, never replaced by another sample.
+    """
+    samples = [s for s in samples if s is not None]
     if not samples:
-        raise ValueError("cannot collate an empty list of samples")
+        raise ValueError("cannot collate an empty list of samples (under data.on_error=skip: every sample of this batch "
+                         "failed to load; run `domainfm validate` on the data)")
     n = max(s.patches.shape[0] for s in samples)
     bias = None
     if any(s.attn_bias is not None for s in samples):
@@ -140,12 +146,10 @@ def collate(samples: list[SampleTokens]) -> PatchBatch:
 
 
 def gather_tokens(x: Tensor, index: Tensor) -> Tensor:
-    """Gather rows ``index`` [B, M] from ``x`` [B, N, ...] along the token axis.
-
-    Advanced indexing, not ``torch.gather``: gather needs the index expanded to the output's full
-    shape, an int64 tensor twice the size of a float32 result (20 MB for one 3-d MAE batch of targets)."""
-    rows = torch.arange(x.shape[0], device=x.device).unsqueeze(1)
-    return x[rows, index]
+    """Gather rows ``index`` [B, M] from ``x`` [B, N, ...] along the token axis."""
+    shape = index.shape + x.shape[2:]
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(shape)
+    return torch.gather(x, 1, idx)
 
 
 def gather_bias(bias: Tensor, index: Tensor) -> Tensor:

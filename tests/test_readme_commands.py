@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DESIGN = ROOT.parent / "shared" / "DESIGN.md"
 # Verbs DESIGN's contract names that other branches are adding. The lead empties this list once they are merged;
 # from then on a quoted command with any of them must parse like the rest.
-PLANNED = {"validate"}
+PLANNED: set[str] = set()
 
 CALL = re.compile(r"(?:^|[\s`!$(])(?:domainfm|-m foundation\.cli)\s+([^`#\n]*)")
 

@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 from torch import nn
 
 from foundation.errors import DataError
+from foundation.inputs import InputPolicy
 from foundation.recipes import RecipeError
 from modalities.base import Adapter
 from modalities.earth.bands import PRESETS, canonical, s2_offset_for_baseline
@@ -110,17 +111,18 @@ class EarthAdapter(Adapter):
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, data: dict, train: bool) -> EarthDataset:
-        on_error = data.get("on_error", "raise")
-        scenes, skipped = find_scenes(data, self.config, on_error)
+        inputs = InputPolicy.from_data(data)
+        scenes = find_scenes(data, self.config, inputs)
         if not scenes:
-            raise DataError(data.get("root") or data.get("manifest"), f"no usable scenes; skipped: {skipped[:3]}", "point data.root at GeoTIFF tiles, or check adapter.include")
+            raise DataError(data.get("root") or data.get("manifest"), f"no usable scenes; skipped: {inputs.skipped_items()[:3]}", "point data.root at GeoTIFF tiles, or check adapter.include")
         if not self.config["bands"]:
             # Learn the band list from the first scene (descriptions / per-band files), then freeze it.
             self.config["bands"] = scenes[0].primary_bands
+            inputs.note(f"bands inferred from {scenes[0].path}: {' '.join(self.config['bands'])} (set adapter.bands or adapter.preset to declare them)", warn=False)
         for scene in scenes:
             if not set(scene.bands) & set(self.channels):
                 raise DataError(scene.path, f"bands {scene.bands} share none of the model's channels {self.channels}", "set adapter.bands to the file's bands in order")
-        return EarthDataset(scenes, self.config, train=train, on_error=on_error, skipped=skipped)
+        return EarthDataset(scenes, self.config, train=train, inputs=inputs)
 
     def fit(self, dataset: EarthDataset) -> None:
         """Stream per-band mean/std over (up to ``fit_max_chips``) training chips into the config."""

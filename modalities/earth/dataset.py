@@ -14,6 +14,7 @@ from rasterio.windows import Window
 
 from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
+from foundation.inputs import InputPolicy
 from foundation.sources import class_index
 from foundation.tokens import SampleTokens
 from modalities.base import TokenDataset
@@ -41,48 +42,54 @@ def read_cloud(path: str | None, grid: Grid, window: Window) -> np.ndarray | Non
 class EarthDataset(TokenDataset):
     """Chips of georeferenced scenes as :class:`SampleTokens` (one token per patch location)."""
 
-    def __init__(self, scenes: list[Scene], cfg: dict, train: bool = False, on_error: str = "raise",
-                 skipped: list[str] | None = None) -> None:
-        self.scenes, self.cfg, self.train, self.on_error = scenes, cfg, train, on_error
+    def __init__(self, scenes: list[Scene], cfg: dict, train: bool = False, inputs: InputPolicy | None = None) -> None:
+        self.inputs = inputs or InputPolicy()
+        self.scenes, self.cfg, self.train, self.on_error = scenes, cfg, train, self.inputs.on_error
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # per process (each worker its own)
         self.channels = list(cfg["bands"]) + (list(cfg["pair_bands"]) if cfg.get("pair") else [])
-        self.skipped = list(skipped or [])
         self.grids: list[Grid] = []
         self.chips: list[Chip] = []
         self.dropped_invalid = 0
         size, stride = int(cfg["chip_size"]), cfg.get("stride")
         keep_scenes = []
         for scene in scenes:
-            try:
-                grid = reference_grid(scene.parts)
-                windows = tile_windows(grid.height, grid.width, size, int(stride) if stride else None)
-                kept = []
-                for w in windows:
-                    frac = self._valid_fraction(scene, grid, w)
-                    if frac < float(cfg["min_valid_fraction"]) or frac == 0.0:
-                        self.dropped_invalid += 1
-                        continue
-                    kept.append(w)
-            except ValueError as err:
-                if on_error != "skip":
-                    raise
-                self.skipped.append(str(err))
+            # every chip's validity is read here, so a truncated or corrupt raster fails (or is skipped) now
+            got = self.inputs.load(scene.path, self._scene_windows, scene, size, stride, check=False)
+            if got is None:
                 continue
+            grid, kept, dropped = got
+            self.dropped_invalid += dropped
             idx = len(keep_scenes)
             keep_scenes.append(scene)
             self.grids.append(grid)
             self.chips += [Chip(idx, w) for w in kept]
         self.scenes = keep_scenes
         if self.dropped_invalid:
+            self.inputs.dropped[f"chip(s) with valid fraction < {cfg['min_valid_fraction']} (nodata/cloud)"] = self.dropped_invalid
             log.info("earth: dropped %d chip(s) with valid fraction < %s", self.dropped_invalid, cfg["min_valid_fraction"])
-        if self.skipped:
-            log.warning("earth: skipped %d input(s) under on_error=skip: %s", len(self.skipped), self.skipped[:3])
         if not self.chips:
+            skipped = self.inputs.skipped_items()
             raise DataError("data", f"no usable chips: {len(scenes)} scene(s), {self.dropped_invalid} chip(s) dropped as mostly invalid"
-                            + (f", {len(self.skipped)} skipped ({self.skipped[0]})" if self.skipped else ""),
+                            + (f", {len(skipped)} skipped ({skipped[0][0]}: {skipped[0][1]})" if skipped else ""),
                             "check data.root, or lower adapter.min_valid_fraction")
         labels = [self.scenes[c.scene].label for c in self.chips]
         self.targets, self.classes = class_index(labels)
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every scene skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    def _scene_windows(self, scene: Scene, size: int, stride) -> tuple[Grid, list[Window], int]:
+        grid = reference_grid(scene.parts)
+        kept, dropped = [], 0
+        for w in tile_windows(grid.height, grid.width, size, int(stride) if stride else None):
+            frac = self._valid_fraction(scene, grid, w)
+            if frac < float(self.cfg["min_valid_fraction"]) or frac == 0.0:
+                dropped += 1
+            else:
+                kept.append(w)
+        return grid, kept, dropped
 
     # -- reading ------------------------------------------------------------------------------
     def read(self, index: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -149,8 +156,13 @@ class EarthDataset(TokenDataset):
     def label(self, index: int) -> int | None:
         return None if self.targets is None else self.targets[index]
 
-    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
-        data, valid, names = self.read(index)
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
+        """Chip ``index``; None under ``data.on_error=skip`` if its scene fails to read (no stand-in)."""
+        path = self.scenes[self.chips[index].scene].path
+        got = self.inputs.load(path, self.read, index, check=False)
+        if got is None:
+            return None
+        data, valid, names = got
         x = torch.from_numpy(normalise(data, valid, names, self.cfg.get("stats")))
         ok = torch.from_numpy(valid)
         present = ok.flatten(1).any(1)

@@ -58,7 +58,7 @@ def open_checked(path: str):
     """Open a raster, refusing what the adapter cannot read with a message naming the file."""
     try:
         ds = rasterio.open(path)
-    except rasterio.errors.RasterioIOError as err:
+    except rasterio.errors.RasterioError as err:  # RasterioIOError and GDAL's CPLE_* errors alike
         raise EarthInputError(f"{path}: not a readable raster ({err})") from err
     if ds.crs is None:
         ds.close()

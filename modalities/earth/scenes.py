@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foundation.inputs import InputPolicy, precheck
 from foundation.recipes import RecipeError
 from foundation.sources import Source, find_sources
 from modalities.earth.bands import PRESETS, canonical
@@ -149,12 +150,13 @@ def row_declaration(row: dict, path: str) -> dict:
     return decl
 
 
-def find_scenes(data: dict, cfg: dict, on_error: str = "raise") -> tuple[list[Scene], list[str]]:
+def find_scenes(data: dict, cfg: dict, inputs: InputPolicy | None = None) -> list[Scene]:
     """All scenes under data.root / data.manifest with the adapter's band declarations.
 
-    Returns (scenes, skipped messages). Files matching the pair or cloud rule's *replacement* are
-    companions, not samples of their own.
+    A scene that cannot be used raises or is counted and skipped by ``inputs`` (``data.on_error``).
+    Files matching the pair or cloud rule's *replacement* are companions, not samples of their own.
     """
+    inputs = inputs or InputPolicy.from_data(data)
     sources: list[Source] = find_sources(data.get("root"), data.get("manifest"), data.get("labels"),
                                          extensions=RASTER_EXTS, is_sample_dir=is_band_folder)
     pair, pair_root = cfg.get("pair"), cfg.get("pair_root")
@@ -168,23 +170,27 @@ def find_scenes(data: dict, cfg: dict, on_error: str = "raise") -> tuple[list[Sc
         if rule:
             body = rule[len("regex:"):] if rule.startswith("regex:") else rule
             skip_names.append(re.compile(re.escape(body.split("=>", 1)[1])))
-    scenes, skipped = [], []
+
+    def scene(src: Source) -> Scene:
+        decl = row_declaration(src.extra, src.path)
+        parts = scene_parts(src.path, decl.get("bands", cfg.get("bands")))
+        n_primary = len(parts)
+        if pair:
+            other = companion_path(src.path, pair, pair_root, lookup)
+            parts += scene_parts(other, cfg.get("pair_bands"))
+        for part in parts:
+            precheck(part.path)
+        return Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path, decl)
+
+    scenes = []
     for src in sources:
         name = Path(src.path).name
         if any(r.search(name) for r in skip_names):
             continue
         if cfg.get("include") and not re.search(cfg["include"], name):
             continue
-        try:
-            decl = row_declaration(src.extra, src.path)
-            parts = scene_parts(src.path, decl.get("bands", cfg.get("bands")))
-            n_primary = len(parts)
-            if pair:
-                other = companion_path(src.path, pair, pair_root, lookup)
-                parts += scene_parts(other, cfg.get("pair_bands"))
-            scenes.append(Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path, decl))
-        except (ValueError, FileNotFoundError) as err:
-            if on_error != "skip":
-                raise
-            skipped.append(str(err))
-    return scenes, skipped
+        inputs.found += 1
+        got = inputs.load(src.path, scene, src)
+        if got is not None:
+            scenes.append(got)
+    return scenes

@@ -81,7 +81,7 @@ class GraphAdapter(Adapter):
         graphs = load_graphs(data, c["cache_dir"], c["smiles_column"])
         has_x = [getattr(g, "x", None) is not None for g in graphs.graphs]
         if not any(has_x) and not c["degree_features"]:
-            log.info("graphs in %s have no node features: using degree one-hots (adapter.degree_features=16)", graphs.source)
+            graphs.inputs.note(f"graphs in {graphs.source} have no node features: using degree one-hots (adapter.degree_features=16)")
             c["degree_features"] = 16
         if any(has_x) and not all(has_x):
             missing = graphs.names[has_x.index(False)]
@@ -92,6 +92,7 @@ class GraphAdapter(Adapter):
         if raw_width == 0:
             raise DataError(graphs.source, "graphs have zero-width node features", "set adapter.degree_features=16 for featureless graphs")
         ds = NodeTokenDataset(graphs, c) if c["task"] == "node" else GraphTokenDataset(graphs, c)
+        ds.inputs = graphs.inputs  # the data summary and summary.json read the bad-input counts here
         return ds
 
     def fit(self, dataset: TokenDataset) -> None:

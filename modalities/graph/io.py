@@ -22,6 +22,7 @@ from torch import Tensor
 from torch_geometric.data import Data
 
 from foundation.errors import DomainfmError
+from foundation.inputs import InputPolicy
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,7 @@ class GraphSet:
     classes: list[str] = field(default_factory=list)
     smiles: list[str] | None = None
     skipped: int = 0
+    inputs: InputPolicy = field(default_factory=InputPolicy)
 
 
 # --------------------------------------------------------------------------------------------
@@ -78,19 +80,13 @@ def check_graph(g: Data, name: str, feature_width: int | None = None) -> None:
         raise GraphInputError(f"graph {name}: {et.shape[0]} edge types for {ei.shape[1]} edges")
 
 
-def validate(graphs: Sequence[Data], names: Sequence[str], on_error: str = "raise") -> tuple[list[int], int]:
-    """Indices of usable graphs; under ``on_error: skip`` bad graphs are dropped, counted and logged."""
-    if on_error not in ("raise", "skip"):
-        raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
+def validate(graphs: Sequence[Data], names: Sequence[str], on_error: str | InputPolicy = "raise") -> tuple[list[int], int]:
+    """Indices of usable graphs; under ``on_error: skip`` bad graphs are dropped, counted once and logged."""
+    inputs = on_error if isinstance(on_error, InputPolicy) else InputPolicy(on_error)
     keep, skipped, width = [], 0, None
     for i, (g, name) in enumerate(zip(graphs, names)):
-        try:
-            check_graph(g, name, width)
-        except GraphInputError as err:
-            if on_error == "raise":
-                raise
+        if not inputs.ok(name, check_graph, g, name, width):
             skipped += 1
-            log.warning("skipping %s", err)
             continue
         if getattr(g, "x", None) is not None and width is None:
             width = g.x.shape[-1]
@@ -105,7 +101,7 @@ def validate(graphs: Sequence[Data], names: Sequence[str], on_error: str = "rais
 def _subset(gs: GraphSet, keep: list[int], skipped: int) -> GraphSet:
     pick = lambda seq: None if seq is None else [seq[i] for i in keep]  # noqa: E731
     return GraphSet([gs.graphs[i] for i in keep], [gs.names[i] for i in keep], gs.source,
-                    pick(gs.labels), gs.classes, pick(gs.smiles), gs.skipped + skipped)
+                    pick(gs.labels), gs.classes, pick(gs.smiles), gs.skipped + skipped, gs.inputs)
 
 
 def edge_types_from_attr(edge_attr: Tensor | None) -> Tensor | None:
@@ -130,7 +126,27 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("DOMAINFM_CACHE", Path.home() / ".cache" / "domainfm"))
 
 
-def read_tu(root: str | Path, cache_dir: str | Path | None = None) -> GraphSet:
+def check_tu_files(raw: Path, name: str, files: list[Path]) -> None:
+    """Header-free text files checked against each other: each ends with a newline (a file cut mid-line
+    does not), node-level files have one line per node (``graph_indicator``), edge-level files one per
+    edge (``A``), graph labels one per graph."""
+    lines = {}
+    for f in files:
+        data = f.read_bytes()
+        if data and not data.endswith(b"\n"):
+            raise GraphInputError(f"{f}: truncated (the last line has no newline; restore the file)")
+        lines[f.name[len(name) + 1:-4]] = data.count(b"\n")
+    nodes, edges = lines.get("graph_indicator", 0), lines.get("A", 0)
+    graphs = len(set((raw / f"{name}_graph_indicator.txt").read_text().split()))
+    expect = {"node_labels": nodes, "node_attributes": nodes, "edge_labels": edges, "edge_attributes": edges, "graph_labels": graphs}
+    for part, n in expect.items():
+        if part in lines and lines[part] != n:
+            raise GraphInputError(f"{raw / f'{name}_{part}.txt'}: {lines[part]} lines for {n} "
+                                  f"{'nodes' if n == nodes and 'node' in part else 'edges' if 'edge' in part else 'graphs'} "
+                                  "(a truncated or mismatched TU file; restore it)")
+
+
+def read_tu(root: str | Path, cache_dir: str | Path | None = None, inputs: InputPolicy | None = None) -> GraphSet:
     """A TU-format dataset folder ``<root>/<NAME>/raw/<NAME>_*.txt`` through ``TUDataset``.
 
     ``TUDataset`` writes ``processed/`` next to ``raw/``; the data folder may be read-only, so the raw
@@ -138,12 +154,33 @@ def read_tu(root: str | Path, cache_dir: str | Path | None = None) -> GraphSet:
     """
     from torch_geometric.datasets import TUDataset
 
+    class LocalTU(TUDataset):
+        """torch-geometric's TUDataset that never downloads: a folder missing a file is an error here,
+        not a silent download of the public dataset of the same name."""
+
+        def download(self) -> None:
+            raise GraphInputError(f"TU dataset {root}: files missing in raw/ (torch-geometric would download the public "
+                                  f"{name}); every TU folder needs {name}_A.txt and {name}_graph_indicator.txt")
+
+    inputs = inputs or InputPolicy()
     root = Path(root).resolve()
     name = root.name
     raw = root / "raw"
     files = sorted(raw.glob(f"{name}_*.txt"))
-    if not (raw / f"{name}_A.txt").exists():
-        raise FileNotFoundError(f"{raw}: no {name}_A.txt; a TU dataset folder is <root>/<NAME>/raw/<NAME>_A.txt ...")
+    for part in ("A", "graph_indicator"):
+        if not (raw / f"{name}_{part}.txt").exists():
+            raise GraphInputError(f"TU dataset {root}: no raw/{name}_{part}.txt; a TU dataset folder is "
+                                  f"<root>/<NAME>/raw/<NAME>_A.txt, <NAME>_graph_indicator.txt, ... (restore the file)")
+    for f in files:
+        if f.stat().st_size == 0:
+            raise GraphInputError(f"{f}: empty file (0 bytes) in a TU dataset folder (restore the file)")
+    check_tu_files(raw, name, files)
+    present = {f.name[len(name) + 1:-4] for f in files}
+    if not present & {"node_labels", "node_attributes"}:
+        inputs.note(f"TU dataset {root}: no {name}_node_labels.txt nor {name}_node_attributes.txt: nodes have no features, "
+                    "so degree one-hots are used (adapter.degree_features)")
+    if "graph_labels" not in present:
+        inputs.note(f"TU dataset {root}: no {name}_graph_labels.txt: graphs have no labels")
     key = hashlib.blake2b(
         "|".join(f"{f}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files).encode(), digest_size=8
     ).hexdigest()
@@ -158,7 +195,9 @@ def read_tu(root: str | Path, cache_dir: str | Path | None = None) -> GraphSet:
             except OSError:
                 shutil.copy2(f, dst)
     try:
-        ds = TUDataset(str(work), name, use_node_attr=True, use_edge_attr=True)
+        ds = LocalTU(str(work), name, use_node_attr=True, use_edge_attr=True)
+    except GraphInputError:
+        raise
     except Exception as err:  # torch-geometric's own parse errors do not name the folder
         raise GraphInputError(f"TU dataset {root}: could not be read ({err})") from err
     graphs, names, labels = [], [], []
@@ -174,7 +213,7 @@ def read_tu(root: str | Path, cache_dir: str | Path | None = None) -> GraphSet:
         graphs.append(g)
         names.append(f"{name}[{i}]")
     classes = [str(c) for c in range(max(labels) + 1)] if labels else []
-    return GraphSet(graphs, names, str(root), labels if len(labels) == len(graphs) else None, classes)
+    return GraphSet(graphs, names, str(root), labels if len(labels) == len(graphs) else None, classes, inputs=inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -322,31 +361,40 @@ def smiles_to_graph(smiles: str, name: str) -> Data:
 
 
 def read_smiles(path: str | Path, labels: str | None = None, on_error: str = "raise",
-                smiles_column: str = "smiles") -> GraphSet:
+                smiles_column: str = "smiles", inputs: InputPolicy | None = None) -> GraphSet:
     """A ``.smi`` file (SMILES first on each line) or a CSV with a ``smiles`` column.
 
     Invalid SMILES raise naming the line, or are counted and skipped under ``on_error: skip``.
     """
+    path = Path(path)
+    try:
+        return _read_smiles(path, labels, on_error, smiles_column, inputs)
+    except (UnicodeDecodeError, csv.Error) as err:
+        raise GraphInputError(f"{path}: not a readable text SMILES/CSV file ({type(err).__name__}: {err})") from err
+
+
+def _read_smiles(path: Path, labels: str | None, on_error: str, smiles_column: str, inputs: InputPolicy | None) -> GraphSet:
     from foundation.sources import class_index, label_of
 
-    path = Path(path)
     if path.suffix.lower() == ".csv":
         rows = _rows(path)
         if not rows or smiles_column not in rows[0]:
             raise GraphInputError(f"{path}: needs a {smiles_column!r} column")
+        for i, r in enumerate(rows):  # a cut-off last row (missing fields) or a row with extra fields
+            if None in r or any(v is None for v in r.values()):
+                raise GraphInputError(f"{path} line {i + 2}: {'more' if None in r else 'fewer'} fields than the header "
+                                      f"{list(rows[0].keys())} (truncated or malformed CSV)")
         items = [(r[smiles_column], f"{path.name} line {i + 2}", r) for i, r in enumerate(rows)]
     else:
         lines = path.read_text().splitlines()
         items = [(ln.split()[0], f"{path.name} line {i + 1}", {}) for i, ln in enumerate(lines) if ln.strip()]
+    inputs = inputs or InputPolicy(on_error)
+    inputs.found += len(items)
     graphs, names, smiles, raw_labels, skipped = [], [], [], [], 0
     for smi, name, row in items:
-        try:
-            g = smiles_to_graph(smi, name)
-        except GraphInputError as err:
-            if on_error != "skip":
-                raise
+        g = inputs.load(name, smiles_to_graph, smi, name, check=False)  # RDKit's errors become GraphInputError
+        if g is None:
             skipped += 1
-            log.warning("skipping %s", err)
             continue
         graphs.append(g)
         names.append(name)
@@ -355,7 +403,7 @@ def read_smiles(path: str | Path, labels: str | None = None, on_error: str = "ra
     if skipped:
         log.warning("skipped %d of %d molecules with invalid SMILES (data.on_error=skip)", skipped, len(items))
     lab, classes = class_index(raw_labels) if graphs else (None, [])
-    return GraphSet(graphs, names, str(path), lab, classes, smiles, skipped)
+    return GraphSet(graphs, names, str(path), lab, classes, smiles, skipped, inputs)
 
 
 # --------------------------------------------------------------------------------------------
@@ -406,12 +454,13 @@ def load_graphs(data: dict, cache_dir: str | None = None, smiles_column: str = "
     ``data.graphs`` (Python objects) > ``data.manifest`` (SMILES CSV) > ``data.root``: a TU folder, a
     folder with ``nodes.csv``/``edges.csv``, a ``.smi``/``.csv`` SMILES file, or a ``.pt`` list of ``Data``.
     """
-    on_error = data.get("on_error") or "raise"
+    inputs = InputPolicy.from_data(data)
+    on_error = inputs.on_error
     labels = data.get("labels")
     if data.get("graphs") is not None:
         gs = from_objects(data["graphs"], data.get("graph_labels"))
     elif data.get("manifest"):
-        gs = read_smiles(data["manifest"], labels, on_error, smiles_column)
+        gs = read_smiles(data["manifest"], labels, on_error, smiles_column, inputs)
     else:
         root = data.get("root")
         if not root:
@@ -420,23 +469,39 @@ def load_graphs(data: dict, cache_dir: str | None = None, smiles_column: str = "
         if not p.exists():
             raise FileNotFoundError(f"data.root {p} does not exist")
         if p.is_dir() and is_tu_folder(p):
-            gs = read_tu(p, cache_dir)
+            gs = read_tu(p, cache_dir, inputs)
         elif p.is_dir() and is_csv_folder(p):
             gs = read_csv_folder(p)
         elif p.is_dir():
             subs = [s for s in sorted(p.iterdir()) if s.is_dir() and is_tu_folder(s)]
             if len(subs) == 1:
-                gs = read_tu(subs[0], cache_dir)
+                gs = read_tu(subs[0], cache_dir, inputs)
             else:
                 raise FileNotFoundError(
                     f"data.root {p}: not a TU dataset folder (<NAME>/raw/<NAME>_A.txt) nor a folder with "
                     f"nodes.csv and edges.csv" + (f"; it holds several TU datasets {[s.name for s in subs]}, pick one" if subs else "")
                 )
         elif p.suffix.lower() in (".smi", ".smiles", ".csv"):
-            gs = read_smiles(p, labels, on_error, smiles_column)
+            gs = read_smiles(p, labels, on_error, smiles_column, inputs)
         elif p.suffix.lower() == ".pt":
-            gs = from_objects(torch.load(p, weights_only=False), source=p.name)
+            gs = from_objects(load_pt(p), source=p.name)
         else:
             raise GraphInputError(f"data.root {p}: unknown graph format (TU folder, nodes/edges CSV folder, .smi, .csv, .pt)")
-    keep, skipped = validate(gs.graphs, gs.names, on_error)
+    gs.inputs = inputs
+    if not inputs.found:
+        inputs.found = len(gs.graphs)
+    keep, skipped = validate(gs.graphs, gs.names, inputs)
     return _subset(gs, keep, skipped) if len(keep) < len(gs.graphs) else gs
+
+
+def load_pt(path: Path) -> Any:
+    """A ``.pt`` list of torch-geometric ``Data`` through the weights-only unpickler (PyG registers its
+    ``Data`` classes as safe); anything else in the file is refused, never unpickled."""
+    import torch_geometric.data  # noqa: F401  (registers Data & co. with torch's safe globals)
+
+    try:
+        return torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as err:
+        raise GraphInputError(f"{path}: cannot be loaded safely ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                              "save a list of torch_geometric.data.Data or plain tensors, or convert to a TU folder or "
+                              "nodes.csv/edges.csv") from err

@@ -60,7 +60,7 @@ class MedicalAdapter(Adapter):
         "seg_column": "seg",
         "patient_column": "patient",
         # caching of the deterministic preprocessing
-        "cache": "disk",  # "disk" (PersistentDataset), "memory" (CacheDataset) or "none"
+        "cache": "disk",  # "disk" (safetensors + JSON, no pickles), "memory" (CacheDataset) or "none"
         "cache_dir": None,  # default $DOMAINFM_CACHE or ~/.cache/domainfm
     }
 

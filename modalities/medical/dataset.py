@@ -12,14 +12,17 @@ import json
 import logging
 import os
 import re
+from enum import Enum
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
-from monai.data import CacheDataset, Dataset, PersistentDataset
+from monai.data import CacheDataset, Dataset
 
 from foundation.grid import normalized_targets, patchify
+from foundation.inputs import InputPolicy
 from foundation.sources import Source, class_index, find_sources
 from foundation.tokens import SampleTokens
 from modalities.base import TokenDataset
@@ -83,28 +86,20 @@ class MedicalDataset(TokenDataset):
     def __init__(self, cfg: dict[str, Any], data: dict, train: bool, with_seg: bool = False) -> None:
         quiet_monai_warnings()
         self.cfg, self.train, self.with_seg = cfg, train, with_seg
-        self.on_error = data.get("on_error", "raise")
-        if self.on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', not {self.on_error!r}")
-        self.skipped: list[tuple[str, str]] = []
+        self.inputs = InputPolicy.from_data(data)
+        self.on_error = self.inputs.on_error
         self.manifest_dir = Path(data["manifest"]).parent if data.get("manifest") else None
-        self.load_skips = 0
         items, sources = [], []
-        for src in list_sources(data):
+        found = list_sources(data)
+        self.inputs.found = len(found)
+        for src in found:
             item = self._item(src)
-            try:
-                for key in [k for k in item if k.startswith(IMAGE) or k == SEG]:
-                    check_source(item[key])
-            except MedicalInputError as err:
-                if self.on_error == "raise":
-                    raise
-                self.skipped.append((src.path, str(err)))
-                log.warning("skipping %s", err)
+            keys = [k for k in item if k.startswith(IMAGE) or k == SEG]
+            if self.inputs.load(src.path, lambda: [check_source(item[k]) for k in keys], check=False) is None:
                 continue
             items.append(item)
             sources.append(src)
-        if self.skipped:
-            log.warning("medical dataset: skipped %d of %d sources (data.on_error=skip)", len(self.skipped), len(self.skipped) + len(items))
+        self._header_skips = len(self.inputs.skipped)
         if not items:
             raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
         self.items, self.sources = items, sources
@@ -148,9 +143,8 @@ class MedicalDataset(TokenDataset):
             folder = base / hashlib.sha1(key.encode()).hexdigest()[:16]
             folder.mkdir(parents=True, exist_ok=True)
             # MetaTensors keep affine and the applied operations (needed to write masks back in the source
-            # space); their metadata holds numpy values, which torch's weights-only loader refuses, so cached
-            # files are unpickled in full: cache_dir must be a folder only this user writes to.
-            return PersistentDataset(self.items, transform, cache_dir=folder, track_meta=True, weights_only=False)
+            # space): voxels go to safetensors, metadata to tagged JSON; nothing is unpickled.
+            return SafeDiskCache(self.items, transform, folder)
         raise ValueError(f"medical adapter: cache must be 'disk', 'memory' or 'none', not {kind!r}")
 
     # -- TokenDataset ------------------------------------------------------------------------------
@@ -160,26 +154,41 @@ class MedicalDataset(TokenDataset):
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index // self.k]
 
-    def volume(self, index: int) -> dict:
-        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source."""
-        tries = len(self.items) if self.on_error == "skip" else 1
-        for t in range(tries):
-            i = (index + t) % len(self.items)
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(source, reason) of every source skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    @property
+    def load_skips(self) -> int:
+        """Sources that passed the header checks but failed when their voxels were read."""
+        return len(self.inputs.skipped) - self._header_skips
+
+    def volume(self, index: int) -> dict | None:
+        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source.
+
+        Under ``data.on_error=skip`` a volume that fails is counted once, never read again, and comes
+        back as None (no other volume stands in for it).
+        """
+        src = self.items[index]["source"]
+
+        def read():
             try:
-                return self.volumes[i]
+                return self.volumes[index]
             except Exception as err:  # MONAI wraps reader errors in RuntimeError
                 cause = root_cause(err)
-                msg = str(cause) if isinstance(cause, MedicalInputError) else f"{self.items[i]['source']}: cannot load ({cause})"
-                if self.on_error == "raise":
-                    raise MedicalInputError(msg) from err
-                self.load_skips += 1
-                log.warning("skipping %s (%d skipped at load time)", msg, self.load_skips)
-        raise MedicalInputError("every volume failed to load")
+                if isinstance(cause, MedicalInputError):
+                    raise cause from err
+                raise MedicalInputError(f"{src}: cannot load ({type(cause).__name__}: {cause})") from err
 
-    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+        return self.inputs.load(src, read, check=False)
+
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
         vi, j = divmod(index, self.k)
         d = self.volume(vi)
-        src = d["source"]  # under on_error=skip, another volume may stand in
+        if d is None:  # skipped under data.on_error=skip
+            return None
+        src = d["source"]
         if rng is not None:
             self.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
             d = self.crops(d)[j]
@@ -190,6 +199,109 @@ class MedicalDataset(TokenDataset):
             ident = src
         label = None if self.labels is None else self.labels[self._index[src]]
         return to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
+
+
+class SafeDiskCache(torch.utils.data.Dataset):
+    """MONAI's PersistentDataset without pickles: each item's deterministic output is cached as
+    ``<hash>.safetensors`` (tensors) plus ``<hash>.json`` (metadata, applied operations, other values)
+    under ``folder``; the hash covers the item (source paths and modification times), so an edited
+    file is preprocessed again. Values JSON cannot hold (numpy arrays, tensors, MONAI enums) are tagged."""
+
+    def __init__(self, items: list[dict], transform, folder: Path) -> None:
+        self.items, self.transform, self.folder = items, transform, Path(folder)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _base(self, item: dict) -> Path:
+        return self.folder / hashlib.sha1(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
+
+    def __getitem__(self, index: int) -> dict:
+        item = self.items[index]
+        base = self._base(item)
+        if base.with_suffix(".json").exists():
+            try:
+                return _decode_cached(base)
+            except (OSError, ValueError, KeyError):
+                pass  # a damaged cache entry is rebuilt from the source
+        out = self.transform(dict(item))
+        _encode_cached(base, out)
+        return out
+
+
+def _encode_cached(base: Path, out: dict) -> None:
+    from monai.data import MetaTensor
+    from safetensors.torch import save_file
+
+    tensors: dict[str, torch.Tensor] = {}
+
+    def enc(v):
+        if isinstance(v, MetaTensor):
+            name = f"t{len(tensors)}"
+            tensors[name] = v.as_tensor().contiguous()
+            return {"__metatensor__": name, "meta": enc(dict(v.meta)), "ops": enc(list(v.applied_operations))}
+        if isinstance(v, torch.Tensor):
+            return {"__tensor__": v.detach().cpu().tolist(), "dtype": str(v.dtype).removeprefix("torch.")}
+        if isinstance(v, np.ndarray):
+            return {"__ndarray__": v.tolist(), "dtype": v.dtype.str}
+        if isinstance(v, np.generic):
+            return {"__ndarray__": v.item(), "dtype": v.dtype.str, "scalar": True}
+        if isinstance(v, Enum):
+            return {"__enum__": f"{type(v).__module__}:{type(v).__qualname__}", "value": v.value}
+        if isinstance(v, dict):
+            return {"__dict__": [[enc(k), enc(x)] for k, x in v.items()]}
+        if isinstance(v, tuple):
+            return {"__tuple__": [enc(x) for x in v]}
+        if isinstance(v, list):
+            return [enc(x) for x in v]
+        if v is None or isinstance(v, (str, int, float, bool)):
+            return v
+        raise TypeError(f"cannot cache a {type(v).__name__}")
+
+    try:
+        meta = enc(out)
+    except TypeError as err:
+        log.warning("medical disk cache: not caching %s (%s)", out.get("source"), err)
+        return
+    tmp = base.with_suffix(f".{os.getpid()}.tmp")
+    save_file(tensors, str(tmp))
+    os.replace(tmp, base.with_suffix(".safetensors"))
+    tmp.write_text(json.dumps(meta))
+    os.replace(tmp, base.with_suffix(".json"))  # written last: a complete entry has both files
+
+
+def _decode_cached(base: Path) -> dict:
+    import importlib
+
+    from monai.data import MetaTensor
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(base.with_suffix(".safetensors")))
+
+    def dec(v):
+        if isinstance(v, list):
+            return [dec(x) for x in v]
+        if not isinstance(v, dict):
+            return v
+        if "__metatensor__" in v:
+            return MetaTensor(tensors[v["__metatensor__"]], meta=dec(v["meta"]), applied_operations=dec(v["ops"]))
+        if "__tensor__" in v:
+            return torch.tensor(v["__tensor__"], dtype=getattr(torch, v["dtype"]))
+        if "__ndarray__" in v:
+            arr = np.asarray(v["__ndarray__"], dtype=np.dtype(v["dtype"]))
+            return arr[()] if v.get("scalar") else arr
+        if "__enum__" in v:
+            module, name = v["__enum__"].split(":")
+            if not module.startswith("monai."):
+                raise ValueError(f"unexpected enum {v['__enum__']} in the cache")
+            return getattr(importlib.import_module(module), name)(v["value"])
+        if "__tuple__" in v:
+            return tuple(dec(x) for x in v["__tuple__"])
+        if "__dict__" in v:
+            return {dec(k): dec(x) for k, x in v["__dict__"]}
+        raise ValueError(f"unknown cache entry {sorted(v)}")
+
+    return dec(json.loads(base.with_suffix(".json").read_text()))
 
 
 def to_tokens(image, valid, cfg: dict, ident: str, path: str, label: int | None) -> SampleTokens:

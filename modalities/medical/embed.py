@@ -95,8 +95,8 @@ class StudyReferences(torch.utils.data.Dataset):
     """The studies of an evaluation ``MedicalDataset`` as one placeholder token each, carrying the
     study's id, path and label: all ``SlidingWindowEncoder`` needs from the loader, so a whole study
     is not tokenised and collated only to be fetched again and its tokens thrown away. Only under
-    ``on_error=skip`` is the volume read here (a cache hit), so that a stand-in study is named exactly
-    as ``MedicalDataset.sample`` names it; otherwise the source is the item's own, and a file that
+    ``on_error=skip`` is the volume read here (a cache hit), so that a study that cannot be read is left
+    out (and counted) instead of failing the batch; otherwise the source is the item's own, and a file that
     cannot be read fails in ``SlidingWindowEncoder.pooled`` with the same error."""
 
     def __init__(self, dataset) -> None:
@@ -107,7 +107,9 @@ class StudyReferences(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> SampleTokens:
         ds = self.dataset
-        src = ds.volume(i)["source"] if ds.on_error == "skip" else ds.items[i]["source"]
+        if ds.on_error == "skip" and ds.volume(i) is None:
+            return None  # skipped and counted; the collate leaves it out
+        src = ds.items[i]["source"]
         label = None if ds.labels is None else ds.labels[ds._index[src]]
         one = torch.zeros(1, 1)
         return SampleTokens(patches=one, coords=torch.zeros(1, 3), targets=one, target_valid=torch.ones(1, 1, dtype=torch.bool),

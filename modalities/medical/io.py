@@ -9,8 +9,10 @@ size or orientation is an error that names the folder and the slice.
 """
 from __future__ import annotations
 
+import gzip
 import logging
 import warnings
+import zlib
 from pathlib import Path
 
 import nibabel as nib
@@ -20,6 +22,7 @@ from monai.data import NibabelReader, PydicomReader
 from monai.utils import MetaKeys
 
 from foundation.errors import DomainfmError
+from foundation.inputs import precheck
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +148,7 @@ def check_source(path: str | Path) -> None:
         if not files:
             raise MedicalInputError(f"{path}: empty folder, expected a DICOM series")
         for f in files:
+            precheck(f)
             try:
                 ds = pydicom.dcmread(str(f), stop_before_pixels=True)
             except Exception as err:
@@ -155,10 +159,12 @@ def check_source(path: str | Path) -> None:
             raise MedicalInputError(f"{path}: a DICOM series of one slice is 2-d, a 3-d volume was expected")
         return
     if path.name.lower().endswith(NIFTI_EXTENSIONS):
+        precheck(path)
         try:
             img = nib.load(str(path))
         except Exception as err:
             raise MedicalInputError(f"{path}: not a readable NIfTI file ({err})") from err
+        check_nifti_size(path, img)
         shape = img.shape
         spatial = [s for s in shape[:3]]
         if len(shape) < 3 or min(spatial) < 2:
@@ -167,6 +173,39 @@ def check_source(path: str | Path) -> None:
             raise MedicalInputError(f"{path}: image of shape {tuple(shape)} is not a 3-d volume (with at most a few channels)")
         return
     raise MedicalInputError(f"{path}: unknown medical image format (expected .nii, .nii.gz, a DICOM file or a DICOM series folder)")
+
+
+def check_nifti_size(path: Path, img) -> None:
+    """Header against body, without decompressing: the voxels the header declares must fit in the file.
+
+    ``.nii``: offset + voxels x bytes per voxel against the file size. ``.nii.gz``: the same against the
+    uncompressed size gzip stores in its last 4 bytes (modulo 2**32; a cut-off file ends in random
+    compressed bytes instead, so it almost never matches).
+    """
+    header = img.header
+    try:
+        need = int(header.get_data_offset()) + int(np.prod(header.get_data_shape(), dtype=np.int64)) * int(header.get_data_dtype().itemsize)
+    except Exception as err:  # a header whose dims or datatype nibabel cannot interpret
+        raise MedicalInputError(f"{path}: NIfTI header is unusable ({err})") from err
+    size = path.stat().st_size
+    if path.name.lower().endswith(".gz"):
+        with open(path, "rb") as fh:
+            fh.seek(-4, 2)
+            stored = int.from_bytes(fh.read(4), "little")
+        if stored != need % 2**32:  # or a multi-member gzip (bgzip): decompress to be sure
+            total = 0
+            try:
+                with gzip.open(path, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        total += len(chunk)
+            except (OSError, EOFError, zlib.error) as err:
+                raise MedicalInputError(f"{path}: truncated or corrupt NIfTI (gzip stream: {err}; re-export or re-download the file)") from err
+            if total < need:
+                raise MedicalInputError(f"{path}: truncated NIfTI: the header declares {need} bytes, the gzip stream "
+                                        f"holds {total} (re-export or re-download the file)")
+    elif size < need:
+        raise MedicalInputError(f"{path}: truncated NIfTI: the header declares {need} bytes, the file holds {size} "
+                                "(re-export or re-download the file)")
 
 
 def quiet_monai_warnings() -> None:

@@ -18,6 +18,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 
+from foundation.inputs import InputPolicy
 from foundation.sources import Source, class_index, find_sources
 from foundation.tokens import SampleTokens
 from modalities.base import TokenDataset
@@ -34,34 +35,29 @@ class PointCloudDataset(TokenDataset):
 
     def __init__(self, sources: list[Source], config: dict, train: bool = True, on_error: str = "raise",
                  cache_size: int = 4096) -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be raise or skip, got {on_error!r}")
-        self.cfg, self.train, self.on_error = config, train, on_error
+        self.inputs = InputPolicy(on_error)
+        self.cfg, self.train, self.on_error = config, train, self.inputs.on_error
         self.features = list(config.get("features") or [])
         self._cache: OrderedDict[str, PointCloud] = OrderedDict()
         self._cache_size = cache_size if config.get("cache", True) else 0
-        self.skipped: list[tuple[str, str]] = []
+        self.inputs.found = len(sources)
         labels, self.classes = class_index([s.label for s in sources])
         self.items: list[tuple[Source, int | None, tuple[float, float] | None]] = []
         for i, src in enumerate(sources):
             lab = labels[i] if labels is not None else None
-            try:
-                if config.get("block_size"):
-                    for origin in self._blocks(src.path):
-                        self.items.append((src, lab, origin))
-                else:
-                    if on_error == "skip":
-                        self._checked(src.path, None)
-                    self.items.append((src, lab, None))
-            except PointCloudError as err:
-                if on_error == "raise":
-                    raise
-                self.skipped.append((src.path, str(err)))
-        if self.skipped:
-            log.warning("skipped %d of %d point-cloud files (data.on_error=skip); first: %s",
-                        len(self.skipped), len(sources), self.skipped[0][1])
+            if config.get("block_size"):
+                origins = self.inputs.load(src.path, self._blocks, src.path)
+                self.items += [(src, lab, origin) for origin in origins or []]
+            elif not self.inputs.skip or self.inputs.load(src.path, self._checked, src.path, None) is not None:
+                self.items.append((src, lab, None))  # under raise, a bad file fails when first read
         if not self.items:
-            raise PointCloudError(f"no usable point clouds ({len(self.skipped)} skipped)")
+            raise PointCloudError(f"no usable point clouds ({len(self.inputs.skipped)} skipped" +
+                                  (f"; first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ")"))
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
 
     # -- reading -----------------------------------------------------------------------------------
     def _load(self, path: str) -> PointCloud:
@@ -140,9 +136,13 @@ class PointCloudDataset(TokenDataset):
                 feats[:, normal_cols] = normals
         return xyz, feats, cloud, chosen
 
-    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
+        """Sample ``index``; None under ``data.on_error=skip`` if its file fails (no other sample instead)."""
         src, lab, _ = self.items[index]
-        xyz, feats, _, _ = self.points(index, rng)
+        got = self.inputs.load(src.path, self.points, index, rng, check=False)
+        if got is None:
+            return None
+        xyz, feats, _, _ = got
         tokens = tokens_from_points(xyz, feats, int(self.cfg["groups"]), int(self.cfg["group_size"]),
                                     rng if (rng is not None and self.train) else None)
         return SampleTokens(**tokens, id=self.sample_id(index), path=src.path, label=lab)

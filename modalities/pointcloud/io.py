@@ -142,6 +142,10 @@ def read_ply(path: str | Path) -> PointCloud:
         rows = [ln for ln in lines[skip: skip + count]]
         if len(rows) < count:
             raise PointCloudError(f"{path}: header says {count} vertices, file has {len(rows)} lines")
+        total = sum(e[1] for e in elements)
+        if len([ln for ln in lines if ln.strip()]) > total:
+            raise PointCloudError(f"{path}: PLY header declares {total} element lines ({count} vertices), the body holds more "
+                                  "(fix the header's element counts or re-export the file)")
         try:
             data = np.array([r.split()[: len(cols)] for r in rows], dtype=np.float64)
         except ValueError as err:
@@ -156,6 +160,12 @@ def read_ply(path: str | Path) -> PointCloud:
         dtype = np.dtype([(p[0], order + _PLY_TYPES[p[1]]) for p in props])
         if len(raw) - offset < count * dtype.itemsize:
             raise PointCloudError(f"{path}: truncated PLY body ({len(raw) - offset} bytes for {count} vertices of {dtype.itemsize})")
+        if not any(len(p) > 2 for e in elements[vi + 1:] for p in e[2]):  # fixed-size records: the body size is known
+            end_all = offset + count * dtype.itemsize + sum(e[1] * np.dtype([(p[0], order + _PLY_TYPES[p[1]]) for p in e[2]]).itemsize
+                                                           for e in elements[vi + 1:])
+            if len(raw) - end_all >= dtype.itemsize:
+                raise PointCloudError(f"{path}: PLY header declares {count} vertices, the binary body holds "
+                                      f"{(len(raw) - offset) // dtype.itemsize} (fix the header or re-export the file)")
         rec = np.frombuffer(raw, dtype=dtype, count=count, offset=offset)
         data = np.stack([rec[c].astype(np.float64) for c in cols], 1)
     return _from_columns(data, cols, path, labels_column="label" if "label" in cols else None)
@@ -257,8 +267,9 @@ def read_pcd(path: str | Path) -> PointCloud:
         try:
             flat = np.array(body.decode("ascii", "replace").split(), dtype=np.float64)
             per = sum(counts)
-            if flat.size < n * per:
-                raise PointCloudError(f"{path}: PCD says {n} points, ascii body holds {flat.size // per}")
+            if flat.size != n * per:
+                raise PointCloudError(f"{path}: PCD header says {n} points, the ascii body holds {flat.size / per:g} "
+                                      "(fix the header's POINTS/WIDTH/HEIGHT or re-export the file)")
             vals = flat[: n * per].reshape(n, per)
         except ValueError as err:
             raise PointCloudError(f"{path}: malformed ascii PCD body ({err})") from err
@@ -270,6 +281,9 @@ def read_pcd(path: str | Path) -> PointCloud:
     elif mode == "binary":
         if len(body) < n * dtype.itemsize:
             raise PointCloudError(f"{path}: truncated PCD body ({len(body)} bytes, {n} points x {dtype.itemsize} expected)")
+        if len(body) - n * dtype.itemsize >= dtype.itemsize:  # at least one whole extra point: the header undercounts
+            raise PointCloudError(f"{path}: PCD header says {n} points, the binary body holds {len(body) // dtype.itemsize} "
+                                  "(fix the header's POINTS/WIDTH/HEIGHT or re-export the file)")
         rec = np.frombuffer(body, dtype=dtype, count=n)
     elif mode == "binary_compressed":
         if len(body) < 8:
@@ -325,6 +339,29 @@ def write_pcd(path: str | Path, xyz: np.ndarray, features: dict[str, np.ndarray]
 
 
 # -- LAS / LAZ ---------------------------------------------------------------------------------------
+def check_las_header(path: str | Path) -> None:
+    """Header against body before laspy allocates anything: a header claiming more points than the file
+    can hold (truncated file, or a corrupt count) is refused, naming the file. LAZ is compressed, so
+    only an absurd claim (over 64x the file size) is refused there."""
+    raw = Path(path).read_bytes()[:375] if Path(path).stat().st_size >= 227 else Path(path).read_bytes()
+    if len(raw) < 227 or raw[:4] != b"LASF":
+        raise PointCloudError(f"{path}: not a LAS/LAZ file (no LASF signature or a header shorter than 227 bytes)")
+    major, minor = raw[24], raw[25]
+    offset = int.from_bytes(raw[96:100], "little")
+    fmt, length = raw[104] & 0x3F, int.from_bytes(raw[105:107], "little")
+    count = int.from_bytes(raw[107:111], "little")
+    if (major, minor) >= (1, 4) and len(raw) >= 255:
+        count = max(count, int.from_bytes(raw[247:255], "little"))
+    size = Path(path).stat().st_size
+    need = offset + count * length
+    compressed = str(path).lower().endswith(".laz") or bool(raw[104] & 0x80)
+    if length == 0 or fmt > 10:
+        raise PointCloudError(f"{path}: LAS header has point format {fmt} with records of {length} bytes")
+    if (not compressed and need > size) or (compressed and count * length > 64 * size + 4096):
+        raise PointCloudError(f"{path}: LAS header declares {count} points of {length} bytes, the file holds {size} bytes "
+                              "(truncated or corrupt; re-export the file)")
+
+
 _LAS_FEATURES = ("intensity", "return_number", "number_of_returns", "red", "green", "blue", "nir", "gps_time")
 
 
@@ -332,6 +369,7 @@ def read_las(path: str | Path) -> PointCloud:
     """LAS/LAZ via laspy (LAZ through the lazrs backend); classification becomes per-point labels."""
     import laspy
 
+    check_las_header(path)
     try:
         las = laspy.read(str(path))
     except Exception as err:  # laspy raises several types for bad files
@@ -390,6 +428,8 @@ def read_npy(path: str | Path, columns=None) -> PointCloud:
         labels = obj["labels"] if "labels" in keys and key != "labels" else None
     else:
         data = obj
+    if not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating) or data.dtype == bool):
+        raise PointCloudError(f"{path}: array of dtype {data.dtype} is not real numbers (expected float or int point rows)")
     data = np.asarray(data, np.float64)
     if data.ndim != 2 or data.shape[0] == 0:
         raise PointCloudError(f"{path}: expected a non-empty [N, C>=3] array, got shape {data.shape}")
@@ -461,6 +501,9 @@ def read_off_mesh(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
             idx = [int(v) for v in vals[i + 1: i + 1 + k]]
             tris += [(idx[0], idx[j], idx[j + 1]) for j in range(1, k - 1)]
             i += 1 + k
+        if i != len(vals):
+            raise PointCloudError(f"{path}: OFF header declares {nv} vertices and {nf} faces, the body holds "
+                                  f"{len(vals) - i} more values (header/body mismatch; re-export the file)")
     except (ValueError, IndexError) as err:
         raise PointCloudError(f"{path}: malformed OFF body ({err})") from err
     if nv == 0 or not tris:

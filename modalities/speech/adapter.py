@@ -104,12 +104,10 @@ class SpeechAdapter(Adapter):
         total, sq, count = 0.0, 0.0, 0
         try:
             for i in take:
-                try:
-                    spec = dataset.spectrogram(dataset.crop(dataset.waveform(i), None)).double()
-                except Exception:
-                    if dataset.on_error == "raise":
-                        raise
+                wave = dataset.inputs.load(dataset.segments[i].path, dataset.waveform, i, check=False)
+                if wave is None:  # skipped (and counted) under data.on_error=skip
                     continue
+                spec = dataset.spectrogram(dataset.crop(wave, None)).double()
                 total = total + spec.sum(0)
                 sq = sq + (spec**2).sum(0)
                 count += spec.shape[0]

@@ -16,6 +16,7 @@ from torch import Tensor
 
 from foundation.errors import DataError
 from foundation.grid import normalized_targets, patchify
+from foundation.inputs import InputPolicy
 from foundation.sources import Source, class_index
 from foundation.tokens import SampleTokens
 from modalities.base import TokenDataset
@@ -108,34 +109,35 @@ class SpeechDataset(TokenDataset):
     """
 
     def __init__(self, sources: list[Source], config: dict, train: bool, on_error: str = "raise") -> None:
-        if on_error not in ("raise", "skip"):
-            raise ValueError(f"data.on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.config, self.train, self.on_error = config, train, on_error
+        self.inputs = InputPolicy(on_error)
+        self.config, self.train, self.on_error = config, train, self.inputs.on_error
         self.pipeline = SpeechPipeline(config)
-        self.skipped: list[tuple[str, str]] = []
+        self.inputs.found = len(sources)
         segments: list[Segment] = []
         for src in sources:
-            try:
-                info = audio_info(src.path)
-                if info.frames == 0:
-                    raise AudioReadError(f"{src.path}: contains no audio samples")
-            except AudioReadError as err:
-                if on_error == "raise":
-                    raise
-                self.skipped.append((src.path, str(err)))
+            info = self.inputs.load(src.path, checked_info, src.path)
+            if info is None:
                 continue
             start, end = _seconds(src.extra.get("start")), _seconds(src.extra.get("end"))
             whole = info.frames / info.sample_rate
             seconds = max(0.0, min(whole, end if end is not None else whole) - (start or 0.0))
             segments.append(Segment(src.path, start, end, src.label, info.sample_rate, seconds))
-        if self.skipped:
-            log.warning("speech: skipped %d unreadable file(s) (data.on_error=skip); first: %s", len(self.skipped), self.skipped[0][1])
         if not segments:
             raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
                             + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
+        self._header_skips = len(self.inputs.skipped)
         self.labels, self.classes = class_index([s.label for s in segments])
-        self.read_failures = 0
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every file skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    @property
+    def read_failures(self) -> int:
+        """Files that passed the header check but failed when their samples were read."""
+        return len(self.inputs.skipped) - self._header_skips
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -174,15 +176,19 @@ class SpeechDataset(TokenDataset):
     def tokens(self, spec: Tensor):
         return self.pipeline.tokens(spec)
 
-    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens:
+    def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
+        """Sample ``index``; None under ``data.on_error=skip`` when its file is bad (never another sample)."""
         seg = self.segments[index]
-        try:
-            wave = self.waveform(index)
-        except AudioReadError as err:
-            if self.on_error == "raise":
-                raise
-            self.read_failures += 1
-            log.warning("speech: skipping %s (%s); %d read failure(s) so far", seg.path, err, self.read_failures)
-            return self.sample((index + 1) % len(self), rng)
+        wave = self.inputs.load(seg.path, self.waveform, index, check=False)
+        if wave is None:
+            return None
         sid = seg.path if seg.start is None and seg.end is None else f"{seg.path}@{seg.start or 0:g}-{'end' if seg.end is None else format(seg.end, 'g')}"
         return self.pipeline.to_sample(wave, rng, id=sid, path=seg.path, label=self.label(index))
+
+
+def checked_info(path: str):
+    """Header information of a file that holds audio (refuses a header with zero frames)."""
+    info = audio_info(path)
+    if info.frames == 0:
+        raise AudioReadError(f"{path}: contains no audio samples")
+    return info

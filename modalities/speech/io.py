@@ -52,8 +52,28 @@ def _check_wav_complete(path: Path) -> None:
                     raise AudioReadError(
                         f"{path}: truncated WAV: header declares {length} bytes of audio, the file holds {size - pos - 8}"
                     )
+                end = pos + 8 + length + (length & 1)
+                if length != 0xFFFFFFFF and size - end >= 8:  # what follows must be whole chunks (LIST, id3...)
+                    f.seek(end)
+                    nxt = f.read(8)
+                    nid, nlen = nxt[:4], struct.unpack(endian + "I", nxt[4:8])[0]
+                    if not all(32 <= b < 127 for b in nid) or end + 8 + nlen > size:
+                        raise AudioReadError(f"{path}: WAV header declares {length} bytes of audio but {size - end} more bytes "
+                                             "follow that are not a chunk (header/body mismatch; re-export the file)")
                 return
             pos += 8 + length + (length & 1)
+
+
+def _check_ogg_complete(path: Path) -> None:
+    """libsndfile reads a cut-off Ogg stream up to its last whole page without complaint; a complete
+    stream's last page carries the end-of-stream flag (header type bit 0x04)."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(max(0, size - 65536))
+        tail = f.read()
+    last = tail.rfind(b"OggS")
+    if last < 0 or last + 6 > len(tail) or not tail[last + 5] & 0x04:
+        raise AudioReadError(f"{path}: truncated Ogg stream (its last page is not marked end-of-stream; re-export the file)")
 
 
 def audio_info(path: str | Path) -> AudioInfo:
@@ -69,6 +89,8 @@ def audio_info(path: str | Path) -> AudioInfo:
         raise AudioReadError(f"{path}: not a readable audio file ({err})") from err
     if path.suffix.lower() == ".wav":
         _check_wav_complete(path)
+    if path.suffix.lower() in (".ogg", ".oga", ".opus"):
+        _check_ogg_complete(path)
     return AudioInfo(str(path), int(info.samplerate), int(info.frames), int(info.channels))
 
 

@@ -186,7 +186,8 @@ class LayerWeightedProbe(nn.Module):
 
 
 def fit_layer_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 300, weight_decay: float = 1e-3, seed: int = 0) -> LayerWeightedProbe:
-    """Full-batch Adam on standardised [N, L, D] features (statistics from ``x`` itself, stored)."""
+    """Full-batch AdamW on standardised [N, L, D] features (statistics from ``x`` itself, stored), trained by
+    the core loop (``foundation.finetune.fit_on_arrays``)."""
     g = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x, dtype=torch.float32)
     mu, sd = xt.mean(0, keepdim=True), xt.std(0, keepdim=True).clamp(min=1e-6) if len(xt) > 1 else torch.ones_like(xt[:1])
@@ -196,13 +197,11 @@ def fit_layer_probe(x: np.ndarray, y: np.ndarray, classes: int, steps: int = 300
         probe.head.bias.zero_()
     probe.register_buffer("mu", mu)
     probe.register_buffer("sd", sd)
-    opt = torch.optim.Adam(probe.parameters(), lr=1e-2, weight_decay=weight_decay)
-    yt = torch.as_tensor(y, dtype=torch.long)
-    for _ in range(steps):
-        opt.zero_grad()
-        F.cross_entropy(probe((xt - mu) / sd), yt).backward()
-        opt.step()
-    return probe.eval()
+    from foundation.finetune import fit_on_arrays
+
+    # full-batch AdamW at a constant rate, through the one training loop (foundation.engine)
+    return fit_on_arrays(probe, (xt - mu) / sd, torch.as_tensor(y, dtype=torch.long), steps, lr=1e-2, weight_decay=weight_decay,
+                         seed=seed)
 
 
 @torch.no_grad()

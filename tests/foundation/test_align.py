@@ -149,3 +149,40 @@ def test_emergent_retrieval_between_two_views_never_paired():
     assert before["a->c recall@5"] < 5 * after["a->c chance@5"]
     for d in ("a->c", "c->a"):
         assert after[f"{d} recall@1"] > 10 * chance and after[f"{d} recall@5"] > 0.3, after
+
+
+def test_lora_tower_targets_trunk_blocks_only_and_exports_merged(tmp_path):
+    from foundation.align_task import export_towers, load_towers
+    from foundation.model import Encoder
+    from foundation.tokens import collate
+    from foundation.towers import EncoderTower
+    from modalities.grid.adapter import GridAdapter
+
+    torch.manual_seed(0)
+    adapter = GridAdapter({"patch": [4, 4]})
+    tower = EncoderTower("image", Encoder(adapter, 32, 2, 2), 16, mode="lora")
+    lora = [n for n, p in tower.named_parameters() if p.requires_grad and not n.startswith("head.")]
+    assert lora and all("lora_" in n and ".trunk.blocks." in n for n in lora)  # never the tokenizer or positions
+    with torch.no_grad():
+        for n, p in tower.named_parameters():
+            if "lora_B" in n:
+                p.normal_()  # a trained adapter (B starts at zero)
+    x = collate([adapter.to_patches(torch.randn(1, 12, 12), id=str(i)) for i in range(3)])
+    want = tower.eval()(x)
+    model = AlignModel({"image": tower, "other": EncoderTower("other", Encoder(adapter, 32, 1, 2), 16)}, ["image|other"])
+    export_towers(model, tmp_path / "towers")
+    got = load_towers(tmp_path)["image"](x)  # plain encoder, strict load, LoRA merged into its weights
+    assert torch.allclose(want, got, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["align-speech-text", "align-speech-text-gpu", "align-s1s2", "align-pointcloud-depth", "bind-text"])
+def test_align_recipes_resolve_and_refuse_unknown_tower_keys(name):
+    from foundation.recipes import RecipeError, load_recipe
+
+    r = load_recipe(name, ["towers." + next(iter(load_recipe(name)["towers"])) + ".lr=0.001"])
+    assert r["objective"] == "align" and len(r["towers"]) >= 2
+    assert all(t["mode"] in ("frozen", "train", "lora") for t in r["towers"].values())
+    if r["align"]["anchor"]:
+        assert all(r["align"]["anchor"] in p.split("|") for p in r["align"]["pairs"])  # every pair goes through the anchor
+    with pytest.raises(RecipeError):
+        load_recipe(name, ["towers." + next(iter(r["towers"])) + ".lrr=0.001"])

@@ -166,3 +166,13 @@ def test_class_weights_balance_a_rare_class():
     t = Targets("classification", np.array([0] * 90 + [1] * 10), ["common", "rare"])
     w = class_weights(t, np.arange(100))
     assert torch.allclose(w * torch.tensor([90.0, 10.0]), torch.full((2,), 50.0))
+
+
+def test_paired_bootstrap_sees_a_real_gap_and_not_a_null_one():
+    from foundation.evaluate import paired_bootstrap
+
+    rng = np.random.default_rng(0)
+    a = rng.random(200) < 0.9
+    b = rng.random(200) < 0.6
+    assert paired_bootstrap(a, b)["beats"]
+    assert not paired_bootstrap(a, a.copy())["beats"]  # negative control: the same method scores no gap

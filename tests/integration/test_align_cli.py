@@ -52,12 +52,20 @@ def data(tmp_path_factory):
     return root, train, test
 
 
-def test_align_cli_learns_exports_and_reloads(tmp_path, data):
+@pytest.fixture(scope="module")
+def aligned_run(data, tmp_path_factory):
     torch.set_num_threads(1)
     root, train, test = data
-    run = tmp_path / "run"
-    assert main(["align", str(recipe(tmp_path, "train")), f"data.manifest={train}", f"align.eval_manifest={test}",
+    tmp = tmp_path_factory.mktemp("aligned")
+    run = tmp / "run"
+    assert main(["align", str(recipe(tmp, "train")), f"data.manifest={train}", f"align.eval_manifest={test}",
                  f"run.dir={run}", "--quiet"]) == 0
+    return run
+
+
+def test_align_cli_learns_exports_and_reloads(tmp_path, data, aligned_run):
+    root, train, test = data
+    run = aligned_run
     ev = json.loads((run / "align_eval.json").read_text())
     assert ev["zero_shot"]["accuracy"] > 0.6 and ev["zero_shot"]["chance"] == 0.25, ev["zero_shot"]
     r = ev["image|text"]
@@ -90,3 +98,15 @@ def test_frozen_tower_features_are_cached_across_runs(tmp_path, data):
     assert len(cached) >= 4 * 16 - 16 and all(k.endswith(".npy") for k in cached)
     assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'b'}", *common]) == 0
     assert list(cache.glob("image-*.safetensors")) == files  # same weights + preprocessing: the same cache file
+
+
+def test_evaluate_zero_shot_and_retrieval_on_an_aligned_run(tmp_path, data, aligned_run):
+    root, train, test = data
+    run = aligned_run
+    assert main(["evaluate", str(run), str(test), "--task", "zero-shot", "--out", str(tmp_path / "zs.json")]) == 0
+    zs = json.loads((tmp_path / "zs.json").read_text())
+    assert zs["accuracy"] == pytest.approx(json.loads((run / "align_eval.json").read_text())["zero_shot"]["accuracy"])
+    assert zs["accuracy"] > 0.6 and zs["chance"] == 0.25
+    assert main(["evaluate", str(run), str(test), "--task", "retrieval", "--out", str(tmp_path / "r.json")]) == 0
+    r = json.loads((tmp_path / "r.json").read_text())["image|text"]
+    assert r["image->text recall@1"] > r["image->text chance@1"] + 0.3

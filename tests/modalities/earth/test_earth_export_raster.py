@@ -27,7 +27,7 @@ def test_a_scene_becomes_a_georeferenced_raster_of_embeddings(tmp_path):
         assert emb.transform == src.transform * Affine.scale(64)
         assert (emb.height, emb.width) == (8, 8) and emb.count == res["embeddings"].shape[0]
         # the top-left of pixel (0, 1) is the top-left of the chip at column 64, in map coordinates
-        assert emb.transform * (1, 0) == src.transform * (64, 0)
+        assert emb.transform @ (1, 0) == src.transform @ (64, 0)
         grid = emb.read()
         assert emb.tags()["weights_sha256"] == enc.weights_sha256
     chips = enc.embed_dataset(enc.dataset({"root": str(scene)}))

@@ -86,15 +86,23 @@ def test_bad_input_raise_or_counted_skip(tmp_path, small_cfg):
     with pytest.raises(MedicalInputError, match="flat.nii.gz"):
         MedicalDataset(small_cfg(), {"root": str(tmp_path)}, train=False)
     ds = MedicalDataset(small_cfg(), {"root": str(tmp_path), "on_error": "skip"}, train=False)
-    assert [p.split("/")[-1] for p, _ in ds.skipped] == ["flat.nii.gz"] and len(ds) == 2
-    # the truncated file passes the header check; it fails when read, named, or skipped and counted
-    names = [s.path.split("/")[-1] for s in ds.sources]
-    bad = names.index("truncated.nii.gz")
-    assert ds[bad].path.endswith("good.nii.gz") and ds.load_skips == 1
+    # the truncated file fails the header-against-body check before anything is cached
+    assert sorted(p.split("/")[-1] for p, _ in ds.skipped) == ["flat.nii.gz", "truncated.nii.gz"] and len(ds) == 1
     (tmp_path / "flat.nii.gz").unlink()
-    strict = MedicalDataset(small_cfg(), {"root": str(tmp_path)}, train=False)
     with pytest.raises(MedicalInputError, match="truncated.nii.gz"):
-        strict[[s.path.split("/")[-1] for s in strict.sources].index("truncated.nii.gz")]
+        MedicalDataset(small_cfg(), {"root": str(tmp_path)}, train=False)
+
+
+def test_load_time_failure_is_counted_once_and_not_replaced(tmp_path, small_cfg):
+    """A volume whose header passes but whose voxels fail is None under skip (no stand-in), counted once."""
+    write(tmp_path / "good.nii.gz", blob(0))
+    write(tmp_path / "bad.nii.gz", blob(1))
+    ds = MedicalDataset(small_cfg(cache="none"), {"root": str(tmp_path), "on_error": "skip"}, train=False)
+    bad = [s.path.split("/")[-1] for s in ds.sources].index("bad.nii.gz")
+    (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b" + b"0" * 100)  # corrupted after the dataset was built
+    assert ds[bad] is None and ds[bad] is None and ds.load_skips == 1 and len(ds.skipped) == 1
+    assert ds[1 - bad].path.endswith("good.nii.gz")
+
 
 
 def test_manifest_with_seg_patient_and_extra_channel(tmp_path, small_cfg):

@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+
+from foundation.errors import DomainfmError
 import soundfile as sf
 import torch
 
@@ -142,11 +144,11 @@ def test_bad_files_raise_by_default_and_are_counted_under_skip(tmp_path, caplog)
     (tmp_path / "broken.wav").write_text("not audio")
     (tmp_path / "empty.flac").write_bytes(b"")
     a = adapter_from_config("speech", {})
-    with pytest.raises(AudioReadError, match="broken.wav|empty.flac"):
+    with pytest.raises(DomainfmError, match="broken.wav|empty.flac"):
         a.dataset({"root": str(tmp_path)}, train=True)
     with caplog.at_level("WARNING"):
         ds = a.dataset({"root": str(tmp_path), "on_error": "skip"}, train=True)
-    assert len(ds) == 2 and len(ds.skipped) == 2 and "skipped 2" in caplog.text
+    assert len(ds) == 2 and len(ds.skipped) == 2 and "broken.wav" in caplog.text and "empty.flac" in caplog.text
 
 
 def test_manifest_with_segments_and_labels(tmp_path):
