@@ -121,7 +121,8 @@ def render() -> str:
     loader_section(out, missing)
     gpu_section(out, missing)
     if missing:
-        out += ["", "Still to be measured (no results file yet; the GPU ones need a GPU):", ""] + [f"- {m}" for m in missing]
+        out += ["", "Still to be measured (no results file yet; the GPU ones need a GPU, and the timm comparison needs "
+                "`pip install -e .[bench]`):", ""] + [f"- {m}" for m in missing]
     return "\n".join(out) + "\n"
 
 
