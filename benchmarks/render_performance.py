@@ -101,8 +101,8 @@ def gpu_section(out: list[str], missing: list[str]) -> None:
         out += table(["recipe", "steps", "eager samples/s", "compiled samples/s", "speed-up", "dynamo compiles", "max loss difference"],
                      [[x["recipe"], x["steps"], x["eager_samples_per_s"], x["compiled_samples_per_s"], f"{x['speedup']:.2f}x",
                        x.get("compiles", x.get("recompiles")), x["max_abs_loss_diff"]] for x in r["rows"]])
-        out += ["", "Losses are logged to 6 decimals. Short runs include compilation in their rates; recipes whose token "
-                "counts vary per batch (speech) keep compiling at first, so `train.compile` pays only over long runs."]
+        out += ["", "Losses are logged to 6 decimals. Rates exclude the first logging window (where compilation happens); "
+                "eager and compiled runs follow each other rather than alternate, on a loaded machine, so these speed-ups are rough."]
 
 
 def render() -> str:
