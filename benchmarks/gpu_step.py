@@ -87,7 +87,7 @@ class Bench:
         return m.to(self.device)
 
     def step_fn(self, kind: str, model, n: int):
-        from foundation.masking import visible_tokens
+        from foundation.masking import Visible
         from foundation.objectives.jepa import ema_update
 
         a, dev = self.a, self.device
@@ -99,8 +99,10 @@ class Bench:
         else:
             b = self.batch(n, a.image)
             if kind == "encoder@49":
-                hidden = torch.rand(b.padding.shape, generator=torch.Generator().manual_seed(0)).argsort(1).to(dev) < b.padding.shape[1] * 3 // 4
-                keep = visible_tokens(hidden, b.padding)
+                # exactly a quarter of the tokens, unpadded (visible_tokens would round a GPU count up to a multiple of 16)
+                n_tok = b.padding.shape[1]
+                index = torch.rand(n, n_tok, generator=torch.Generator().manual_seed(0)).argsort(1)[:, : n_tok // 4].sort(1).values.to(dev)
+                keep = Visible(index, torch.zeros_like(index, dtype=torch.bool), has_padding=False)
                 forward = lambda: model(b, keep=keep).tokens.float().square().mean()  # noqa: E731
             elif kind == "encoder@196":
                 forward = lambda: model(b).tokens.float().square().mean()  # noqa: E731

@@ -37,6 +37,7 @@ from foundation.objectives.contrast import Contrast
 from foundation.objectives.jepa import JEPA, ema_update, momentum_at
 from foundation.objectives.mae import MAE
 from foundation.tokens import collate
+from foundation.trunk import compile_trunks, set_activation_checkpointing
 from modalities.base import adapter_from_config
 
 log = logging.getLogger("domainfm")
@@ -157,6 +158,17 @@ class TrainingTask:
     should_stop: Callable[[], bool] | None = None
 
 
+def compile_summary(tr: dict) -> dict:
+    """With ``train.compile``: how often dynamo compiled (one per distinct block shape, plus one per
+    recompile when token counts change) and how many graphs it made, so a run shows whether shapes
+    settled. Counted since :func:`train` compiled the model (it clears dynamo's counters)."""
+    if not tr.get("compile"):
+        return {}
+    from torch._dynamo.utils import counters
+
+    return {"compile": {"compiles": int(counters["frames"].get("ok", 0)), "graphs": int(counters["stats"].get("unique_graphs", 0))}}
+
+
 def default_monitor(model: torch.nn.Module, teacher: torch.nn.Module | None, held) -> dict[str, float]:
     """Collapse signals (embedding spread, RankMe) of the teacher, or of the student's encoder."""
     return collapse_signals(teacher if teacher is not None else model.encoder, held)
@@ -271,8 +283,15 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
     seed_everything(seed + rank)  # from here on, per-rank randomness
     steps = int(tr["steps"])
     groups = task.param_groups(model, tr["weight_decay"], tr["lr"]) if task.param_groups else param_groups(model, tr["weight_decay"])
-    optimizer = torch.optim.AdamW(groups, lr=tr["lr"], betas=tuple(tr["betas"]),
-                                  fused=device.type == "cuda" or None)
+    if tr.get("activation_checkpointing"):
+        set_activation_checkpointing(model)
+    if tr.get("compile"):
+        from torch._dynamo.utils import counters
+
+        counters.clear()
+        compile_trunks(model)
+    # fused AdamW: one kernel per step on GPU, and 3x faster than the per-parameter loop on CPU
+    optimizer = torch.optim.AdamW(groups, lr=tr["lr"], betas=tuple(tr["betas"]), fused=device.type in ("cuda", "cpu") or None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(tr["warmup_steps"], steps, tr["min_lr"] / tr["lr"]))
     mask_gen = torch.Generator(device=device).manual_seed(seed * 7919 + rank)
     step, epoch, next_batch, ema_updates = 0, 0, 0, 0
@@ -358,33 +377,57 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
     first_loss, stopped, mean_loss, rate = None, False, float("nan"), 0.0
     skipped, window_skipped = int(state.get("skipped_steps", 0)) if state else 0, 0
     scaled = accelerator.scaler is not None  # fp16: the grad scaler skips overflowing steps itself
+    # The NaN/inf guard lives on the device and is read every log_every steps and before every checkpoint, so a
+    # step never waits for the host. It remembers this rank's first bad step, its loss and gradient norm; the
+    # check is collective, so every rank raises the same line naming the first bad step of any rank.
+    bad = {"step": torch.full((), -1, dtype=torch.long, device=device), "loss": torch.zeros((), device=device),
+           "grad": torch.zeros((), device=device)}
+    window_ids: dict[int, list[str]] = {}
+
+    def check_finite() -> None:
+        """Raise TrainingDiverged, on every rank alike, if any rank saw a non-finite step since the last check."""
+        mine = torch.stack([bad["step"].float(), bad["loss"].float(), bad["grad"].float()]).unsqueeze(0)
+        every = accelerator.gather(mine) if world > 1 else mine  # [world, 3]; one host sync per check
+        hit = every[:, 0] >= 0
+        if hit.any():
+            at = int(every[hit, 0].min())
+            ranks = [r for r in range(world) if int(every[r, 0]) == at]
+            losses, grads = [float(every[r, 1]) for r in ranks], [float(every[r, 2]) for r in ranks]
+            if int(bad["step"]) >= 0:  # the samples differ per rank, so each rank logs its own
+                log.error("rank %d: non-finite loss %s / gradient norm %s at step %d, samples %s", rank, float(bad["loss"]),
+                          float(bad["grad"]), int(bad["step"]), window_ids.get(int(bad["step"]), [])[:8])
+            if not all(math.isfinite(v) for v in losses):
+                what = f"non-finite loss on rank {', '.join(str(r) for r, v in zip(ranks, losses) if not math.isfinite(v))}"
+            else:
+                what = f"non-finite gradient norm {grads[0]}"
+            raise TrainingDiverged(f"training diverged at step {at}: {what}; last good checkpoint: {last_good}")
+        window_ids.clear()
+
     model.train()
     while step < steps:
-        step_loss, bad_loss = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.bool)
+        step_loss = torch.zeros((), device=device)
         for micro in range(acc):
             batch = next(data).to(device, non_blocking=True)
             sync = micro == acc - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                 loss, _ = model(batch, mask_gen, teacher=teacher) if teacher is not None else model(batch, mask_gen)
-            bad_loss |= ~torch.isfinite(loss.detach())
             accelerator.backward(loss / acc)
-            step_loss += loss.detach().float() / acc
+            step_loss = step_loss + loss.detach().float() / acc
             seen += batch.size * world
+            window_ids.setdefault(step, []).extend(getattr(batch, "ids", [])[:8])
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr["clip"]) if tr["clip"] else torch.tensor(0.0)
-        # one collective check per step (the step's only host sync): which ranks saw a non-finite loss, and whether
-        # the (already all-reduced, hence identical) gradient norm is non-finite without a scaler to skip the step
-        flags = torch.zeros(world + 1, device=device)
-        flags[rank] = bad_loss.float()
-        flags[world] = float(not scaled) * (~torch.isfinite(torch.as_tensor(grad_norm, device=device))).float()
-        flags = accelerator.reduce(flags, "sum") if world > 1 else flags
-        if flags.any():
-            ranks = [r for r in range(world) if flags[r] > 0]
-            if bad_loss:
-                log.error("rank %d: non-finite loss at step %d, samples %s", rank, step, batch.ids[:8])
-            what = f"non-finite loss on rank {', '.join(map(str, ranks))}" if ranks else "non-finite gradient norm"
-            raise TrainingDiverged(f"training diverged at step {step}: {what}; last good checkpoint: {last_good}")
+        grad_norm = torch.as_tensor(grad_norm, device=device).detach().float()
+        # with a grad scaler an overflowing gradient is the scaler's to skip, not divergence
+        grad_ok = torch.isfinite(grad_norm) | torch.tensor(scaled, device=device)
+        first_bad = (bad["step"] < 0) & ~(torch.isfinite(step_loss) & grad_ok)
+        bad["step"] = torch.where(first_bad, step, bad["step"])
+        bad["loss"] = torch.where(first_bad, step_loss, bad["loss"])
+        bad["grad"] = torch.where(first_bad, grad_norm, bad["grad"])
+        scale_before = accelerator.scaler.get_scale() if scaled else None
         optimizer.step()
-        stepped = not (scaled and optimizer.step_was_skipped)
+        # a skipped step lowers the scale (read from the scaler: a fused AdamW skips inside its own kernel, which
+        # Accelerate's step_was_skipped does not see); fp16 only, so bf16/fp32 steps stay free of host syncs
+        stepped = not scaled or accelerator.scaler.get_scale() >= scale_before
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         momentum = None
@@ -396,7 +439,9 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
         step += 1
         first_loss = float(step_loss) if first_loss is None else first_loss
         window_loss, window_n = window_loss + step_loss, window_n + 1
+        checkpoint_now = step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after
         if step % tr["log_every"] == 0 or step == steps:
+            check_finite()
             if window_skipped:
                 log.warning("fp16: the grad scaler skipped %d of the last %d steps (gradient overflow; %d in all)", window_skipped, window_n, skipped)
                 window_skipped = 0
@@ -421,7 +466,8 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
             flag = torch.tensor(float(accelerator.is_main_process and task.should_stop()), device=device)
             stopped = accelerator.reduce(flag, "sum").item() > 0
         bar.update(1)
-        if step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after or stopped:
+        if checkpoint_now or stopped:
+            check_finite()  # never checkpoint weights from after a non-finite step
             last_good = save()
         if stopped or (stop_after is not None and step >= stop_after):
             break
@@ -435,7 +481,8 @@ def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, 
             summary = {"steps": step, "train_steps": steps, "ema_updates": ema_updates, "skipped_steps": skipped, "first_loss": first_loss, "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
-                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **extra}
+                       "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **compile_summary(tr),
+                       **extra}
             summary |= finish_inputs(dataset, run_dir)  # skipped.txt + bad-input counts
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     accelerator.wait_for_everyone()

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from foundation.masking import visible_tokens
+from foundation.masking import Visible, visible_tokens
 from foundation.model import Encoder, with_register_bias
 from foundation.positions import make_positions
-from foundation.tokens import PatchBatch
+from foundation.tokens import PatchBatch, gather_tokens
 from foundation.trunk import Transformer
 
 
@@ -43,7 +43,8 @@ class MAE(nn.Module):
         keep = visible_tokens(hidden, batch.padding)
         return self.encoder(batch, keep=keep), keep
 
-    def forward_decoder(self, batch: PatchBatch, enc, keep) -> Tensor:
+    def forward_decoder(self, batch: PatchBatch, enc, keep, select: Visible | None = None) -> Tensor:
+        """Predictions for every token, or for the tokens ``select`` gathers (the head runs on those only)."""
         b, n = batch.padding.shape
         latent = self.decoder_embed(enc.tokens)
         if keep is None:  # mask tokens went through the encoder: the decoder reads its output at every position
@@ -56,12 +57,19 @@ class MAE(nn.Module):
         x = x + self.decoder_positions(batch.coords).to(x.dtype)
         x = torch.cat([self.decoder_embed(enc.register).unsqueeze(1), x], 1)
         pad = torch.cat([batch.padding.new_zeros(b, 1), batch.padding], 1) if batch.has_padding else None
-        x = self.decoder(x, pad, with_register_bias(batch.attn_bias, self.adapter.attn_bias_buckets))
-        return self.head(x[:, 1:])
+        x = self.decoder(x, pad, with_register_bias(batch.attn_bias, self.adapter.attn_bias_buckets))[:, 1:]
+        return self.head(x if select is None else gather_tokens(x, select.index))
 
     def forward(self, batch: PatchBatch, generator: torch.Generator | None = None) -> tuple[Tensor, dict]:
         hidden = self.adapter.sample_mask(batch, self.masking, generator)
         enc, keep = self.forward_encoder(batch, hidden)
+        if not self.visible_weight:  # only hidden tokens are scored: predict those alone (a quarter less head output,
+            # loss and gradient at ratio 0.75, where 3-d patches make these the step's largest tensors)
+            sel = visible_tokens(~hidden, batch.padding)
+            pred = self.forward_decoder(batch, enc, keep, sel).float()
+            targets, valid = gather_tokens(batch.targets, sel.index), gather_tokens(batch.target_valid, sel.index)
+            loss = self.adapter.reconstruction_loss(pred, targets, valid, ~sel.padding)
+            return loss, {"visible_tokens": int((~enc.padding).sum()), "masked_tokens": int(hidden.sum())}
         pred = self.forward_decoder(batch, enc, keep).float()
         loss = self.adapter.reconstruction_loss(pred, batch.targets, batch.target_valid, hidden)
         if self.visible_weight:
