@@ -98,7 +98,7 @@ def run_fold(args, test_speaker: str, files: list[Path], work: Path) -> dict:
         if (fold_dir / obj).exists() and not args.resume:
             shutil.rmtree(fold_dir / obj)  # a stale run would be resumed by the engine, not retrained
         t0 = time.perf_counter()
-        run_dir = pretrain(recipe, progress=args.progress)
+        run_dir = pretrain(recipe, progress=args.progress, reuse_finished=args.resume)
         enc = Encoder.from_pretrained(run_dir / "encoder")
         summary = json.loads((run_dir / "summary.json").read_text())
         pretrain_info[obj] = {"wall_s": time.perf_counter() - t0, "first_loss": summary["first_loss"], "final_loss": summary["final_loss"],

@@ -91,6 +91,9 @@ def tower_adapters(recipe: dict, resumed: dict | None) -> dict:
 
 
 def paired_dataset(recipe: dict, manifest, adapters: dict, train: bool, work_dir: Path) -> PairedDataset:
+    if recipe["data"].get("on_error", "raise") != "raise":
+        raise DomainfmError("data.on_error=skip is not supported (a skipped row would leave processes with unequal "
+                            "batches for the gathered loss); fix or remove the manifest row the error names")
     specs = {n: ({"kind": "text"} if s["kind"] == "text" else {"kind": "encoder", "adapter": adapters[n], "frozen": s["mode"] == "frozen"})
              for n, s in recipe["towers"].items()}
     return PairedDataset(manifest, specs, recipe["align"]["pairs"], recipe["align"]["positives"], train, recipe["data"], work_dir)

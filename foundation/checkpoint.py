@@ -1,11 +1,17 @@
 """Atomic, resumable checkpoints: write everything into ``step-N.tmp``, then rename.
 
 A crash mid-write leaves the previous checkpoint untouched. Weights go to safetensors; optimiser
-and RNG states are plain tensors and lists loaded with ``weights_only=True``.
+and RNG states are plain tensors and lists loaded with ``weights_only=True``. Each checkpoint's
+``state.json`` carries a ``format`` version; one written by a newer format is refused with a message.
+Resuming picks the newest checkpoint whose files all load (:func:`newest_intact`); a truncated or
+corrupt newer one is reported by path and skipped. Before writing, free disk space is checked
+against the size of the previous checkpoint; a failed write removes its ``.tmp`` and says which
+intact checkpoint remains.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import shutil
@@ -14,6 +20,17 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
+
+from foundation.errors import RunDirError
+
+log = logging.getLogger("domainfm")
+
+FORMAT = 1  # bump when the layout of a checkpoint changes; older formats need a reader here
+SPACE_MARGIN = 1.2  # free space required, as a multiple of the expected checkpoint size
+
+
+class CheckpointError(RunDirError):
+    """A checkpoint that cannot be written or read; the message names it and the intact one left."""
 
 
 def _tensors(module: torch.nn.Module) -> dict:
@@ -55,7 +72,7 @@ def write_shared(tmp: Path, model: torch.nn.Module, optimizer, scheduler, teache
     if teacher is not None:
         save_file(_tensors(teacher), str(tmp / "teacher.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    (tmp / "state.json").write_text(json.dumps({"format": FORMAT, **state}, indent=2))
 
 
 def write_rank_rng(tmp: Path, rank: int, mask_generator: torch.Generator) -> None:
@@ -74,6 +91,62 @@ def commit(run_dir: Path, tmp: Path, keep: int) -> Path:
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def expected_bytes(run_dir: Path, modules: list[torch.nn.Module | None]) -> int:
+    """The size of the newest committed checkpoint, or (first save) 3x the parameters' bytes (weights + Adam moments)."""
+    done = committed(run_dir)
+    if done:
+        return sum(f.stat().st_size for f in done[-1].iterdir() if f.is_file())
+    return sum(3 * p.numel() * p.element_size() for m in modules if m is not None for p in m.parameters())
+
+
+def check_space(run_dir: Path, need: int) -> None:
+    free = shutil.disk_usage(run_dir).free
+    if free < need * SPACE_MARGIN:
+        intact = committed(run_dir)
+        raise CheckpointError(f"not enough disk space for a checkpoint in {run_dir / 'checkpoints'}: {free / 2**20:.0f} MB free, "
+                              f"about {need * SPACE_MARGIN / 2**20:.0f} MB needed; free some space (or lower train.keep_checkpoints) "
+                              f"and rerun to resume from {intact[-1] if intact else 'the start'}")
+
+
+def committed(run_dir: Path) -> list[Path]:
+    """Committed checkpoint folders, oldest first (``.tmp`` folders are unfinished writes)."""
+    return sorted(p for p in (run_dir / "checkpoints").glob("step-*") if p.is_dir() and not p.name.endswith(".tmp"))
+
+
+def read_state(ckpt: Path) -> dict:
+    state = json.loads((ckpt / "state.json").read_text())
+    version = state.get("format", 1)  # checkpoints written before versioning have format 1's layout
+    if version > FORMAT:
+        raise CheckpointError(f"{ckpt} has checkpoint format {version}, this domainfm reads format {FORMAT} at most; "
+                              "upgrade domainfm or choose another run.dir")
+    return state
+
+
+def verify(ckpt: Path) -> None:
+    """Load every file of a checkpoint (raises if one is missing, truncated or corrupt)."""
+    state = read_state(ckpt)
+    for name in ("model.safetensors", "teacher.safetensors"):
+        if name == "model.safetensors" or (ckpt / name).exists():
+            load_file(str(ckpt / name))
+    torch.load(ckpt / "optimizer.pt", weights_only=True)
+    for rank in range(int(state.get("world", 1))):
+        load_rank_rng(ckpt, rank)
+
+
+def newest_intact(run_dir: Path, world: int | None = None) -> Path | None:
+    """The newest checkpoint whose files all load; newer broken ones are reported by path and skipped."""
+    for ckpt in reversed(committed(run_dir)):
+        try:
+            verify(ckpt)
+            return ckpt
+        except CheckpointError:
+            raise
+        except Exception as err:  # noqa: BLE001 - whatever the reader says, the folder cannot be resumed from
+            log.warning("checkpoint %s is unreadable (%s: %s); trying the previous one", ckpt, type(err).__name__,
+                        str(err).splitlines()[0][:200] if str(err) else "")
+    return None
 
 
 def latest(run_dir: Path) -> Path | None:

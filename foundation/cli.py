@@ -265,7 +265,7 @@ def cmd_demo(args) -> int:
     overrides = [f"data.{k}={v}" for k, v in spec.items()] + [f"run.dir={work / 'run'}"] + list(args.overrides)
     recipe = load_recipe(recipe_name, overrides)
     print(f"[2/5] pretraining {recipe_name} for {recipe['train']['steps']} steps")
-    pretrain(recipe, progress=True)
+    pretrain(recipe, progress=True, reuse_finished=True)  # rerunning the demo in its folder reuses a finished run of this recipe
     print("[3/5] exporting the encoder")
     out = export_run(work / "run", work / "exported")
     encoder = Encoder.from_pretrained(out)

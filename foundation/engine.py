@@ -15,19 +15,21 @@ import logging
 import math
 import random
 import resource
+import shutil
 import time
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from accelerate import Accelerator
 from accelerate.state import AcceleratorState
+from accelerate.utils import InitProcessGroupKwargs, broadcast_object_list, gather_object
 from tqdm.auto import tqdm
 
-from foundation import checkpoint
+from foundation import checkpoint, rundir
 from foundation.data import TrainSampler, train_loader
-from foundation.errors import DomainfmError
+from foundation.errors import DomainfmError, RunDirError
 from foundation.inputs import finish_inputs, show_data_summary
 from foundation.model import Encoder
 from foundation.monitor import collapse_signals
@@ -42,7 +44,7 @@ log = logging.getLogger("domainfm")
 
 
 class TrainingDiverged(DomainfmError, RuntimeError):  # DomainfmError: the CLI prints it as one line
-    """A non-finite loss or gradient; the last good checkpoint is kept."""
+    """A non-finite loss or gradient (on any rank: every rank raises the same message); the last good checkpoint is kept."""
 
 
 def build_objective(recipe: dict, encoder: Encoder) -> torch.nn.Module:
@@ -200,11 +202,12 @@ def pretraining_task(recipe: dict, resumed: dict | None) -> TrainingTask:
         state={"adapter": adapter.preprocessing()})
 
 
-def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True) -> Path:
-    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint. A finished run
-    also gets report.md with PNG plots (``domainfm report RUN_DIR`` rebuilds it)."""
+def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None, restore_rng: bool = True,
+             reuse_finished: bool = False) -> Path:
+    """Pretrain the recipe's encoder; resume from ``run.dir`` if it holds a checkpoint (see :func:`train`). A
+    finished run also gets report.md with PNG plots (``domainfm report RUN_DIR`` rebuilds it)."""
     run_dir = train(recipe, lambda resumed: pretraining_task(recipe, resumed), progress=progress, stop_after=stop_after,
-                    restore_rng=restore_rng)
+                    restore_rng=restore_rng, reuse_finished=reuse_finished)
     if (run_dir / "summary.json").exists() and AcceleratorState().is_main_process and not (run_dir / "report.md").exists():
         from foundation.report import pretrain_report
 
@@ -216,12 +219,15 @@ def pretrain(recipe: dict, progress: bool = True, stop_after: int | None = None,
 
 
 def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: bool = True, stop_after: int | None = None,
-          restore_rng: bool = True) -> Path:
+          restore_rng: bool = True, reuse_finished: bool = False) -> Path:
     """Train the task that ``build`` returns under the recipe's ``train.*`` and ``run.*`` settings.
 
-    Resumes from ``run.dir`` if it holds a checkpoint. ``stop_after`` ends the run after that many
-    optimiser steps (after checkpointing), as a crash would; ``restore_rng=False`` exists only as the
-    negative control of the resume test. Returns the run directory.
+    ``run.dir`` is opened by :func:`foundation.rundir.open_run`: locked, resumed from its newest intact
+    checkpoint (announced), or refused (finished, another model, another world or batch size).
+    ``reuse_finished=True`` returns a finished run with the same model as it is, for demos and benchmarks
+    that mean to reuse one. ``stop_after`` ends the run after that many optimiser steps (after
+    checkpointing), as a crash would; ``restore_rng=False`` exists only as the negative control of the
+    resume test. Returns the run directory.
     """
     tr, seed = recipe["train"], int(recipe["run"]["seed"])
     run_dir = Path(recipe["run"]["dir"])
@@ -229,18 +235,46 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
         # a second run in one process (notebook, tests) with another precision: Accelerate keeps its
         # settings in a process-wide singleton, so clear them (the distributed setup is kept)
         AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(mixed_precision=tr["precision"], cpu=not torch.cuda.is_available())
-    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
-    seed_everything(seed)  # the same initial weights on every rank (the EMA teacher is copied from them)
-    if accelerator.is_main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
-    resume_from = checkpoint.latest(run_dir)
-    state = json.loads((resume_from / "state.json").read_text()) if resume_from else None
-    if state is not None and state["step"] >= int(tr["steps"]) and (run_dir / "summary.json").exists():
-        log.info("%s already finished its %d steps: nothing to resume", run_dir, state["step"])
-        return run_dir  # rerunning a finished run (e.g. a benchmark with --resume) must not retrain or crash
+    # a short process-group timeout: a rank that hangs must not keep its peers waiting gloo/NCCL's 30 minutes
+    # (only the first Accelerator of a process sets the process group up)
+    timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=float(tr.get("timeout_s", 300))))
+    accelerator = Accelerator(mixed_precision=tr["precision"], cpu=not torch.cuda.is_available(), kwargs_handlers=[timeout])
+    if tr["precision"] == "fp16" and accelerator.scaler is None and accelerator.device.type == "cpu":
+        # Accelerate silently runs fp16 in fp32 on a CPU; run what the recipe says: fp16 autocast with a grad scaler
+        accelerator.native_amp, accelerator.scaler = True, torch.amp.GradScaler("cpu")
+    lock = rundir.RunLock(run_dir)
+    try:
+        return _train(recipe, build, accelerator, lock, progress, stop_after, restore_rng, reuse_finished)
+    finally:
+        lock.release()
 
+
+def _open(run_dir: Path, recipe: dict, accelerator: Accelerator, lock: rundir.RunLock, reuse_finished: bool) -> rundir.Opened:
+    """The main process opens the run directory; every rank gets its decision, or raises its refusal."""
+    outcome: rundir.Opened | str | None = None
+    if accelerator.is_main_process:
+        try:
+            outcome = rundir.open_run(run_dir, recipe, accelerator.num_processes, lock, reuse_finished)
+        except RunDirError as err:
+            outcome = str(err)
+    if accelerator.num_processes > 1:
+        outcome = broadcast_object_list([outcome])[0]
+    if isinstance(outcome, str):
+        raise RunDirError(outcome)
+    return outcome
+
+
+def _train(recipe: dict, build, accelerator: Accelerator, lock: rundir.RunLock, progress: bool, stop_after: int | None,
+           restore_rng: bool, reuse_finished: bool) -> Path:
+    tr, seed = recipe["train"], int(recipe["run"]["seed"])
+    run_dir = Path(recipe["run"]["dir"])
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    opened = _open(run_dir, recipe, accelerator, lock, reuse_finished)
+    if opened.reuse:
+        return run_dir
+    resume_from = Path(opened.resume_from) if opened.resume_from else None
+    state = checkpoint.read_state(resume_from) if resume_from else None
+    seed_everything(seed)  # the same initial weights on every rank (the EMA teacher is copied from them)
     task = build(state)
     model, teacher = task.model, task.teacher
     if teacher is not None:
@@ -267,6 +301,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
         if restore_rng:
             checkpoint.restore_rng(checkpoint.load_rank_rng(resume_from, rank), mask_gen)
         log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_from, step, epoch, next_batch)
+    last_good = resume_from
     model, optimizer = accelerator.prepare(model, optimizer)
     raw = accelerator.unwrap_model(model)
 
@@ -289,23 +324,48 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
                 yield batch
             epoch, next_batch = epoch + 1, 0
 
-    def save() -> None:
-        tmp = checkpoint.begin(run_dir, step) if accelerator.is_main_process else run_dir / "checkpoints" / f"step-{step:07d}.tmp"
-        accelerator.wait_for_everyone()
+    def collectively(problem: str | None) -> None:
+        """Every rank raises the first rank's problem, so none is left waiting in a collective."""
+        problems = gather_object([problem]) if world > 1 else [problem]
+        first = next((p for p in problems if p), None)
+        if first:
+            raise checkpoint.CheckpointError(first)
+
+    def save() -> Path:
+        tmp, problem = run_dir / "checkpoints" / f"step-{step:07d}.tmp", None
         if accelerator.is_main_process:
-            info = {"step": step, "epoch": epoch, "next_batch": next_batch, "ema_updates": ema_updates, **task.state, "world": world}
-            checkpoint.write_shared(tmp, raw, optimizer, scheduler, teacher, info)
-        checkpoint.write_rank_rng(tmp, rank, mask_gen)
+            try:
+                checkpoint.check_space(run_dir, checkpoint.expected_bytes(run_dir, [raw, teacher]))
+                checkpoint.begin(run_dir, step)
+            except (OSError, checkpoint.CheckpointError) as err:
+                problem = str(err)
+        collectively(problem)
+        try:
+            if accelerator.is_main_process:
+                info = {"step": step, "epoch": epoch, "next_batch": next_batch, "ema_updates": ema_updates, **task.state,
+                        "world": world, "batch_size": int(tr["batch_size"]), "skipped_steps": skipped}
+                checkpoint.write_shared(tmp, raw, optimizer, scheduler, teacher, info)
+            checkpoint.write_rank_rng(tmp, rank, mask_gen)
+        except Exception as err:  # noqa: BLE001 - a full disk or file-size limit surfaces as OSError, SafetensorError or RuntimeError
+            problem = (f"could not write checkpoint {tmp} ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                       f"the last intact checkpoint is {last_good or 'none'}: free space and rerun to resume from it")
+        if problem and accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        collectively(problem)
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             checkpoint.commit(run_dir, tmp, tr["keep_checkpoints"])
+        return tmp.with_suffix("")
 
     writer = metrics = None
     if accelerator.is_main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tensorboard"))
+        writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=step if resume_from is not None else None)
         new = not (run_dir / "metrics.csv").exists() or resume_from is None
+        if not new:  # rows logged after the checkpoint we resume from are logged again: drop them
+            rows = (run_dir / "metrics.csv").read_text().splitlines(keepends=True)
+            (run_dir / "metrics.csv").write_text("".join(rows[:1] + [r for r in rows[1:] if int(r.split(",", 1)[0]) <= step]))
         metrics = open(run_dir / "metrics.csv", "w" if new else "a", newline="")
         csv_out = csv.writer(metrics)
         if new:
@@ -313,54 +373,52 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
 
     bar = tqdm(total=steps, initial=step, disable=not (progress and accelerator.is_main_process), desc=task.name)
     data, acc = batches(), int(tr["accumulation"])
-    # Loss sums and the NaN/inf guard live on the device and are read every log_every steps (and before
-    # every checkpoint), so a step never waits for the host. The guard remembers the first bad step,
-    # its loss and the samples it saw, and raises naming them; no checkpoint is written after it.
     window_loss, window_n, t0, seen = torch.zeros((), device=device), 0, time.perf_counter(), 0
     first_loss, stopped, mean_loss, rate = None, False, float("nan"), 0.0
-    bad = {"step": torch.full((), -1, dtype=torch.long, device=device), "loss": torch.zeros((), device=device),
-           "grad": torch.zeros((), device=device)}
-    window_ids: dict[int, list[str]] = {}
-
-    def check_finite() -> None:
-        """Raise TrainingDiverged naming the first non-finite step since the last check (one host sync)."""
-        at = int(bad["step"])
-        if at >= 0:
-            loss_v, grad_v = float(bad["loss"]), float(bad["grad"])
-            what = f"non-finite loss {loss_v}" if not math.isfinite(loss_v) else f"non-finite gradient norm {grad_v}"
-            raise TrainingDiverged(f"{what} at step {at}, samples {window_ids.get(at, [])[:8]}; last good checkpoint: {checkpoint.latest(run_dir)}")
-        window_ids.clear()
+    skipped, window_skipped = int(state.get("skipped_steps", 0)) if state else 0, 0
+    scaled = accelerator.scaler is not None  # fp16: the grad scaler skips overflowing steps itself
     model.train()
     while step < steps:
-        step_loss = torch.zeros((), device=device)
+        step_loss, bad_loss = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.bool)
         for micro in range(acc):
             batch = next(data).to(device, non_blocking=True)
             sync = micro == acc - 1
             with (contextlib.nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
                 loss, _ = model(batch, mask_gen, teacher=teacher) if teacher is not None else model(batch, mask_gen)
+            bad_loss |= ~torch.isfinite(loss.detach())
             accelerator.backward(loss / acc)
-            step_loss = step_loss + loss.detach().float() / acc
+            step_loss += loss.detach().float() / acc
             seen += batch.size * world
-            window_ids.setdefault(step, []).extend(getattr(batch, "ids", [])[:8])
         grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr["clip"]) if tr["clip"] else torch.tensor(0.0)
-        grad_norm = torch.as_tensor(grad_norm, device=device).detach().float()
-        first_bad = (bad["step"] < 0) & ~(torch.isfinite(step_loss) & torch.isfinite(grad_norm))
-        bad["step"] = torch.where(first_bad, step, bad["step"])
-        bad["loss"] = torch.where(first_bad, step_loss, bad["loss"])
-        bad["grad"] = torch.where(first_bad, grad_norm, bad["grad"])
+        # one collective check per step (the step's only host sync): which ranks saw a non-finite loss, and whether
+        # the (already all-reduced, hence identical) gradient norm is non-finite without a scaler to skip the step
+        flags = torch.zeros(world + 1, device=device)
+        flags[rank] = bad_loss.float()
+        flags[world] = float(not scaled) * (~torch.isfinite(torch.as_tensor(grad_norm, device=device))).float()
+        flags = accelerator.reduce(flags, "sum") if world > 1 else flags
+        if flags.any():
+            ranks = [r for r in range(world) if flags[r] > 0]
+            if bad_loss:
+                log.error("rank %d: non-finite loss at step %d, samples %s", rank, step, batch.ids[:8])
+            what = f"non-finite loss on rank {', '.join(map(str, ranks))}" if ranks else "non-finite gradient norm"
+            raise TrainingDiverged(f"training diverged at step {step}: {what}; last good checkpoint: {last_good}")
         optimizer.step()
+        stepped = not (scaled and optimizer.step_was_skipped)
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         momentum = None
-        if teacher is not None and task.update_teacher is not None:  # exactly once per real optimiser step
+        if not stepped:
+            skipped, window_skipped = skipped + 1, window_skipped + 1
+        elif teacher is not None and task.update_teacher is not None:  # exactly once per real optimiser step
             momentum = task.update_teacher(teacher, raw, step, steps)
             ema_updates += 1
         step += 1
-        first_loss = step_loss if first_loss is None else first_loss
+        first_loss = float(step_loss) if first_loss is None else first_loss
         window_loss, window_n = window_loss + step_loss, window_n + 1
-        checkpoint_now = step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after
         if step % tr["log_every"] == 0 or step == steps:
-            check_finite()
+            if window_skipped:
+                log.warning("fp16: the grad scaler skipped %d of the last %d steps (gradient overflow; %d in all)", window_skipped, window_n, skipped)
+                window_skipped = 0
             mean_loss = accelerator.reduce(window_loss / window_n, "mean").item()
             rate = seen / (time.perf_counter() - t0)
             if accelerator.is_main_process:
@@ -369,7 +427,8 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
                 csv_out.writerow([step, epoch, f"{mean_loss:.6f}", f"{lr:.3e}", f"{float(grad_norm):.4f}", f"{rate:.1f}", f"{mem:.0f}",
                                   "" if momentum is None else f"{momentum:.6f}"])
                 metrics.flush()
-                for k, v in {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_s": rate, "peak_mem_mb": mem}.items():
+                for k, v in {"loss": mean_loss, "lr": lr, "grad_norm": float(grad_norm), "samples_per_s": rate, "peak_mem_mb": mem,
+                             "skipped_steps": skipped}.items():
                     writer.add_scalar(f"train/{k}", v, step)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", sps=f"{rate:.0f}")
             window_loss, window_n = torch.zeros((), device=device), 0
@@ -381,9 +440,8 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
             flag = torch.tensor(float(accelerator.is_main_process and task.should_stop()), device=device)
             stopped = accelerator.reduce(flag, "sum").item() > 0
         bar.update(1)
-        if checkpoint_now or stopped:
-            check_finite()  # never checkpoint weights from after a non-finite step
-            save()
+        if step % tr["checkpoint_every"] == 0 or step == steps or step == stop_after or stopped:
+            last_good = save()
         if stopped or (stop_after is not None and step >= stop_after):
             break
     bar.close()
@@ -393,7 +451,7 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
         writer.close()
         if step == steps or stopped:
             extra = task.finish(run_dir, raw, teacher) or {}
-            summary = {"steps": step, "ema_updates": ema_updates, "first_loss": float(first_loss), "final_loss": mean_loss,
+            summary = {"steps": step, "train_steps": steps, "ema_updates": ema_updates, "skipped_steps": skipped, "first_loss": first_loss, "final_loss": mean_loss,
                        "samples_per_s": rate, "peak_mem_mb": peak_memory_mb(device), "world": world,
                        "dropped_per_epoch": sampler.dropped_per_epoch, "samples_per_epoch": sampler.batches_per_epoch * world * tr["batch_size"],
                        "wall_s": time.perf_counter() - t0, "replica_checksums": checksums, "stopped_early": stopped, **compile_summary(tr),

@@ -28,7 +28,7 @@ DEFAULTS: dict[str, Any] = {
     "contrast": {"proj_dim": 128, "temperature": 0.1},
     "train": {"steps": 600, "batch_size": 32, "lr": 1.5e-3, "min_lr": 1e-5, "warmup_steps": 50, "weight_decay": 0.05,
               "betas": [0.9, 0.95], "accumulation": 1, "precision": "no", "clip": 1.0, "checkpoint_every": 200,
-              "log_every": 10, "monitor_every": 100, "keep_checkpoints": 2,
+              "log_every": 10, "monitor_every": 100, "keep_checkpoints": 2, "timeout_s": 300,
               # speed options (numerics unchanged): recompute block activations in backward (3-d volumes), torch.compile the blocks
               "activation_checkpointing": False, "compile": False},
     "run": {"dir": "runs/default", "seed": 0},

@@ -5,6 +5,7 @@ from safetensors.torch import load_file
 
 from foundation import checkpoint
 from foundation.engine import pretrain
+from foundation.errors import RunDirError
 from foundation.recipes import load_recipe
 from modalities.grid.synthetic import write_texture_dataset
 
@@ -66,9 +67,11 @@ def test_checkpoints_are_atomic_and_pruned(small_data, tmp_path):
     assert checkpoint.latest(tmp_path / "run").name == "step-0000008"
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 9
     assert list((tmp_path / "run" / "tensorboard").iterdir())
-    # rerunning the finished run returns it untouched: no retraining, no crash, same encoder
+    # rerunning the finished run is refused; asking to reuse it returns it untouched: no retraining, same encoder
     summary, weights = (tmp_path / "run" / "summary.json").read_text(), final_state(tmp_path / "run")
-    assert pretrain(recipe(small_data, tmp_path / "run", "mae"), progress=False) == tmp_path / "run"
+    with pytest.raises(RunDirError, match="is a finished run"):
+        pretrain(recipe(small_data, tmp_path / "run", "mae"), progress=False)
+    assert pretrain(recipe(small_data, tmp_path / "run", "mae"), progress=False, reuse_finished=True) == tmp_path / "run"
     assert (tmp_path / "run" / "summary.json").read_text() == summary and max_gap(final_state(tmp_path / "run"), weights) == 0
     assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") == 9
 
@@ -88,12 +91,12 @@ def test_non_finite_loss_stops_with_step_and_samples_named(small_data, tmp_path,
     r = recipe(small_data, tmp_path / "nan", "mae")
     pretrain(r, progress=False, stop_after=3)
     MAE.poison_now = True
-    with pytest.raises(engine.TrainingDiverged, match=r"non-finite loss nan at step 3.*last good checkpoint: .*step-0000003"):
+    with pytest.raises(engine.TrainingDiverged, match=r"diverged at step 3: non-finite loss on rank 0; last good checkpoint: .*step-0000003"):
         pretrain(r, progress=False)
     assert checkpoint.latest(tmp_path / "nan").name == "step-0000003"
 
 
-def test_jepa_exports_the_ema_teacher_and_bf16_autocast_trains(small_data, tmp_path):
+def test_jepa_exports_the_ema_teacher_and_bf16_autocast_trains(small_data, tmp_path, monkeypatch):
     pretrain(recipe(small_data, tmp_path / "jepa", "jepa"), progress=False)
     teacher = load_file(str(checkpoint.latest(tmp_path / "jepa") / "teacher.safetensors"))
     exported = load_file(str(tmp_path / "jepa" / "encoder" / "model.safetensors"))
@@ -102,9 +105,24 @@ def test_jepa_exports_the_ema_teacher_and_bf16_autocast_trains(small_data, tmp_p
     assert exported.keys() == teacher.keys() and all(float((exported[k] - teacher[k]).abs().max()) == 0 for k in teacher)
     assert max(float((student[k] - teacher[k]).abs().max()) for k in teacher) > 0  # the teacher, not the student
 
+    import json
+    import math
+
+    import torch
+
+    from foundation.objectives.mae import MAE
+
+    original, seen = MAE.forward, set()
+
+    def recording(self, batch, generator=None):
+        seen.add(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else torch.float32)
+        return original(self, batch, generator)
+
+    monkeypatch.setattr(MAE, "forward", recording)
     r = recipe(small_data, tmp_path / "bf16", "mae")
     r["train"]["precision"] = "bf16"
     pretrain(r, progress=False)
-    import json
     summary = json.loads((tmp_path / "bf16" / "summary.json").read_text())
-    assert summary["steps"] == 8 and summary["final_loss"] == summary["final_loss"]  # finite, not NaN
+    assert seen == {torch.bfloat16}  # every training forward ran under bf16 autocast
+    assert summary["steps"] == 8 and math.isfinite(summary["final_loss"])
+    assert summary["final_loss"] < summary["first_loss"] - 0.02, summary  # and it trained
