@@ -114,8 +114,8 @@ def render() -> str:
                     "`tests/foundation/test_step_speed.py`): batches without padding run attention with no mask (flash kernels "
                     "allowed); `train.activation_checkpointing=true` recomputes block activations in the backward pass (3-d volumes); "
                     "`train.compile=true` compiles every Transformer block with `torch.compile` (dynamo compiles are counted in "
-                    "`summary.json`); AdamW is fused on CPU and GPU; the loss and the NaN/inf guard stay on the device between "
-                    "`train.log_every` checks; speech clips are batched by length."], []
+                    "`summary.json`); AdamW is fused on CPU and GPU; loss sums stay on the device until `train.log_every` (the NaN/inf guard "
+                    "still reads one flag per step); speech clips are batched by length."], []
     monai_section(out, missing)
     dropping_section(out, missing)
     loader_section(out, missing)
