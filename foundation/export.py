@@ -40,7 +40,7 @@ RECOMMENDED_POOLING = {
     "speech": ("mid_meanstd", "issue 37: speech-mae probed with 10 labels per digit on unseen speakers, 0.521 vs 0.378 for mean"),
     "pointcloud": ("meanstd", "issue 37: point-cloud encoder probe, 0.689 vs 0.555 for mean"),
     "earth": ("mid_meanstd", "issue 37: earth-mae on unseen EuroSAT chips, 0.760 vs 0.607 for mean"),
-    "medical": ("meanstd", "modalities/medical/README.md pilots: mean+std 0.85 / 0.73 (all labels / 10 per class), max 0.82 / 0.77"),
+    "medical": ("meanstd", "modalities/medical/README.md, pooling comparison: mean+std 0.85 / 0.73 (all labels / 10 per class), max 0.82 / 0.77"),
     "graph": ("meanstd", "no measured comparison (graph benchmarks choose pooling by inner CV); mean+std is what graph heads use"),
     "grid": ("mean", "synthetic demo modality; no benchmark"),
 }
