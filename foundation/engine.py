@@ -13,6 +13,7 @@ from typing import Any, Callable, Sequence
 import json
 import logging
 import math
+import os
 import random
 import resource
 import shutil
@@ -243,10 +244,18 @@ def train(recipe: dict, build: Callable[[dict | None], TrainingTask], progress: 
         # Accelerate silently runs fp16 in fp32 on a CPU; run what the recipe says: fp16 autocast with a grad scaler
         accelerator.native_amp, accelerator.scaler = True, torch.amp.GradScaler("cpu")
     lock = rundir.RunLock(run_dir)
+    # every rank's bad-input policy appends to one ledger in the run directory, so the skipped.txt that the main
+    # process writes lists a file that failed on any rank, once, and a resumed run never rereads it
+    own_ledger = "DOMAINFM_INPUTS_LEDGER" not in os.environ
+    if own_ledger:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        os.environ["DOMAINFM_INPUTS_LEDGER"] = str(run_dir.resolve() / "inputs-ledger.tsv")
     try:
         return _train(recipe, build, accelerator, lock, progress, stop_after, restore_rng, reuse_finished)
     finally:
         lock.release()
+        if own_ledger:
+            os.environ.pop("DOMAINFM_INPUTS_LEDGER", None)
 
 
 def _open(run_dir: Path, recipe: dict, accelerator: Accelerator, lock: rundir.RunLock, reuse_finished: bool) -> rundir.Opened:
