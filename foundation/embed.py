@@ -120,9 +120,8 @@ class LoadedEncoder:
             if bands is not None and bands != self.adapter.config.get("bands"):
                 log.info("reading %s with the bands its band descriptions name: %s", data.get("root") or data.get("manifest"), bands)
                 self.encoder.adapter = type(self.adapter)({**self.model_preprocessing, **self.described, "bands": bands})
-        if self.adapter.name == "speech" and self.adapter.config.get("max_seconds"):
-            log.warning("speech clips longer than %ss are cropped to their centre %ss (the export's max_seconds); "
-                        "input.max_seconds=null embeds whole clips, load_encoder(...).embed_recording() long recordings by windows",
+        if self.adapter.name == "speech" and "max_seconds" in self.described and self.adapter.config.get("max_seconds"):
+            log.warning("speech clips longer than %ss are cropped to their centre %ss, as input.max_seconds asks",
                         self.adapter.config["max_seconds"], self.adapter.config["max_seconds"])
         return self.adapter.dataset(data, train=False)
 
@@ -181,7 +180,34 @@ class LoadedEncoder:
             from foundation.errors import DomainfmError
 
             raise DomainfmError(f"unknown pooling {self.pooling!r}; choose from {choices} (--pooling NAME)")
-        return Embeddings(out[self.pooling].astype(np.float32), list(out["ids"]), list(out["paths"]), self.pooling, self.weights_sha256)
+        emb = Embeddings(out[self.pooling].astype(np.float32), list(out["ids"]), list(out["paths"]), self.pooling, self.weights_sha256)
+        return self.whole_recordings(dataset, emb)
+
+    def whole_recordings(self, dataset, emb: Embeddings) -> Embeddings:
+        """Speech: a recording longer than the export's ``max_seconds`` (the window it was trained on) is embedded
+        whole, window by window (modalities/speech/windows.py), instead of by the evaluation view's centre crop,
+        which made a 10-minute recording its middle 2 s. Cropping happens only when asked (``input.max_seconds``)."""
+        max_s = self.adapter.config.get("max_seconds")
+        if self.adapter.name != "speech" or not max_s or "max_seconds" in self.described:
+            return emb
+        long = {str(seg.path) for seg in getattr(dataset, "segments", [])
+                if seg.seconds > max_s + 1e-6 and seg.start is None and seg.end is None}
+        rows = [i for i, p in enumerate(emb.paths) if str(p) in long]
+        if not rows:
+            return emb
+        from modalities.speech.windows import embed_windows
+
+        encoder = self.encoder.to(self.device)
+        for i in rows:
+            try:
+                emb.embeddings[i] = embed_windows(encoder, emb.paths[i], self.pooling)["embedding"]
+            except ValueError as err:  # a pooling with no whole-recording form
+                from foundation.errors import DomainfmError
+
+                raise DomainfmError(f"{emb.paths[i]}: {err}; or crop on purpose with input.max_seconds={max_s}") from err
+        log.info("%d recording(s) longer than %ss embedded whole, by %ss windows (input.max_seconds=%s crops them instead)",
+                 len(rows), max_s, max_s, max_s)
+        return emb
 
 
 def stored_pooling(model_dir: Path) -> str | None:
