@@ -29,6 +29,9 @@ def to_physical(data: np.ndarray, valid: np.ndarray, names: list[str], cfg: dict
     SAR declared ``linear`` is converted to dB; declared ``db`` is left alone, so it is never
     converted twice. Linear backscatter cannot be negative: finding negative values under a
     ``linear`` declaration means the data are already in dB, and we refuse rather than guess.
+    The other way round, backscatter in dB is mostly negative (a scene's median is near -10 dB), so
+    a ``db`` band whose values are all non-negative with a median below 1 is linear power: refused too,
+    since reading it as dB would embed silently wrong values.
     """
     out = data.astype(np.float32, copy=True)
     valid = valid.copy()
@@ -47,6 +50,11 @@ def to_physical(data: np.ndarray, valid: np.ndarray, names: list[str], cfg: dict
                         f"(min {out[i][v].min():.2f}): it looks like dB already; set adapter.sar_units=db")
                 valid[i] &= out[i] > 0
                 out[i] = 10.0 * np.log10(np.where(valid[i], out[i], 1.0))
+            elif v.sum() >= 16 and np.all(out[i][v] >= 0) and np.median(out[i][v]) < 1.0:
+                raise EarthInputError(
+                    f"{source}: band {name} was declared in dB but holds only non-negative values with median "
+                    f"{np.median(out[i][v]):.3f}: it looks like linear power; set adapter.sar_units=linear "
+                    f"(input.units=linear when embedding)")
         else:
             out[i] = (out[i] + offset) * scale
     out[~valid] = 0.0

@@ -101,6 +101,10 @@ def test_units_are_applied_once_as_declared(tmp_path, sen1floods11):
     np.testing.assert_allclose(as_lin, db, atol=1e-3)  # declared linear: converted to dB exactly once
     with pytest.raises(ValueError, match="declared linear but holds negative values"):
         EarthAdapter({"bands": ["VV", "VH"], "sar_units": "linear"}).dataset({"root": str(tmp_path / "db")}, False).read(0)
+    # the other contradiction: linear power declared as dB is refused, naming the way out (the same file declared
+    # linear, above, is the control that reads)
+    with pytest.raises(ValueError, match=r"declared in dB but holds only non-negative values.*adapter.sar_units=linear"):
+        EarthAdapter({"bands": ["VV", "VH"], "sar_units": "db"}).dataset({"root": str(tmp_path / "lin")}, False).read(0)
     # Sentinel-2 L2A from baseline 04.00: reflectance = (DN - 1000) / 10000.
     dn = np.full((1, 64, 64), 2500, np.uint16)
     write_raster(tmp_path / "l2a" / "x.tif", dn)
