@@ -51,13 +51,19 @@ class SplitInvalid(MapTransform):
 
 
 class Check3d(MapTransform):
-    """Refuse 2-d images (a single slice) where a 3-d volume is expected, naming the file."""
+    """Refuse 2-d images (a single slice) where a 3-d volume is expected, and a file holding several channels
+    (a 4-d NIfTI), naming the file: each file is one channel, extra channels come from manifest columns
+    (``adapter.channel_columns``), so a multi-channel file would otherwise be cut into the wrong patches."""
 
     def __call__(self, data: dict) -> dict:
         for key in self.key_iterator(data):
             shape = tuple(data[key].shape)
             if len(shape) != 4 or min(shape[1:]) < 2:
                 raise MedicalInputError(f"{data.get('source', '?')}: {key} of shape {shape[1:]} is not a 3-d volume")
+            if shape[0] != 1:
+                raise MedicalInputError(f"{data.get('source', '?')}: {key} holds {shape[0]} channels, and each file is one channel "
+                                        f"here; give each channel its own file as a manifest column (adapter.channels, "
+                                        f"adapter.channel_columns)")
         return data
 
 

@@ -132,3 +132,18 @@ def test_bad_files_name_the_file(tmp_path, small_cfg):
     for bad, why in [(flat, "flat.nii.gz.*2-d"), (junk, "junk.nii.*not a readable NIfTI")]:
         with pytest.raises(MedicalInputError, match=why):
             check_source(bad)
+
+
+def test_a_multichannel_file_is_refused_naming_the_channels(tmp_path, small_cfg):
+    """A 4-d NIfTI with two channels read by a one-channel-per-file encoder would be cut into the wrong patches;
+    it is refused naming the file. Control: the same volume as one channel reads."""
+    vol = np.random.default_rng(0).random((20, 20, 20, 2)).astype(np.float32)
+    two, one = tmp_path / "two.nii.gz", tmp_path / "one.nii.gz"
+    nib.save(nib.Nifti1Image(vol, np.eye(4)), str(two))
+    nib.save(nib.Nifti1Image(vol[..., 0], np.eye(4)), str(one))
+    t = deterministic_transforms(small_cfg(crop_foreground=False))
+    assert t({"image": str(one), "source": str(one)})["image"].shape[0] == 1
+    with pytest.raises(RuntimeError) as caught:  # MONAI wraps transform errors; the dataset unwraps ours
+        t({"image": str(two), "source": str(two)})
+    cause = caught.value.__cause__
+    assert isinstance(cause, MedicalInputError) and "two.nii.gz: image holds 2 channels" in str(cause)
