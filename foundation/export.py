@@ -265,14 +265,28 @@ def export_encoder(encoder: Encoder, out_dir: str | Path, batch: PatchBatch, inf
 
 def export_run(run_dir: str | Path, out_dir: str | Path, data: str | None = None, license: str | None = None,
                pooling: str | None = None) -> Path:
+    """Export a run's encoder, checked (ONNX, torch.export, golden vectors, card). A fine-tuning run (or its
+    ``finetuned/`` folder) exports the same way, with its head beside the encoder (``head.safetensors``, loaded
+    strictly) and ``finetuned.json``, so ``domainfm predict`` runs on the export as on the run."""
     run_dir = Path(run_dir)
-    encoder = encoder_from_run(run_dir)
+    finetuned = next((d for d in (run_dir / "finetuned", run_dir) if (d / "finetuned.json").exists()), None)
+    modules = None
+    if finetuned is not None:
+        from foundation.finetune import load_finetuned
+
+        ft = load_finetuned(finetuned)
+        encoder, modules = ft.model.encoder, {"head": ft.model.head}
+    else:
+        encoder = encoder_from_run(run_dir)
     info = run_info(run_dir)
     if license:
         info["license"] = license
     spec = {"root": data} if data else info.get("data")
     batch, source = check_samples(encoder, spec)
-    return export_encoder(encoder, out_dir, batch, info, pooling=pooling, check_source=source)
+    out = export_encoder(encoder, out_dir, batch, info, modules=modules, pooling=pooling, check_source=source)
+    if finetuned is not None:
+        (Path(out) / "finetuned.json").write_text((finetuned / "finetuned.json").read_text())
+    return out
 
 
 def data_summary(data: dict, adapter) -> dict:

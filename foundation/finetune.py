@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from foundation.engine import TrainingDiverged, warmup_cosine
-from foundation.model import Encoder
+from foundation.model import Encoder, load_strict
 from foundation.tokens import PatchBatch, SampleTokens, collate
 from foundation.trunk import AttentivePool, masked_mean_std
 
@@ -604,9 +604,10 @@ def load_finetuned(model_dir: str | Path, map_location: str = "cpu") -> Finetune
     cfg = json.loads(path.read_text())
     if cfg.get("format_version") != FINETUNED_FORMAT:
         raise ValueError(f"{path}: format_version {cfg.get('format_version')} cannot be read by this domainfm (reads {FINETUNED_FORMAT})")
-    encoder = Encoder.from_pretrained(model_dir / "encoder", map_location)
+    # run.dir/finetuned/ keeps the encoder in encoder/; an export of it (`domainfm export`) is flat, the head beside it
+    encoder = Encoder.from_pretrained(model_dir / "encoder" if (model_dir / "encoder").is_dir() else model_dir, map_location)
     model = FinetuneModel(encoder, cfg["method"], cfg["task"], cfg["outputs"], cfg["bank_size"], cfg["knn_k"])
-    model.head.load_state_dict(load_file(str(model_dir / "head.safetensors"), device=map_location), strict=True)
+    load_strict(model.head, model_dir / "head.safetensors", map_location)
     return Finetuned(model.eval(), cfg["task"], cfg["method"], cfg["names"], cfg["target_mean"], cfg["target_std"])
 
 

@@ -161,3 +161,26 @@ def test_quality_is_label_free_and_sees_collapse(files):
     assert ok["rankme"] > 3 and collapsed["rankme"] < 1.5, (ok, collapsed)
     assert main(["evaluate", str(files / "enc"), str(files / "data"), "--task", "quality", "--out", str(files / "q" / "r.json")]) == 0
     assert "rankme" in (files / "q" / "report.md").read_text()
+
+
+def test_a_finetuning_run_exports_with_its_head_and_predicts_the_same(files, tmp_path):
+    """`domainfm export` of a fine-tuning run writes the encoder (checked like any export) with its head and
+    finetuned.json; `predict` on the export equals `predict` on the run. Control: the export of the plain encoder
+    has no head, and predict refuses it."""
+    run = tmp_path / "run"
+    out, _ = run_finetune(files / "enc", str(files / "data"), ["data.labels=folder", "finetune.method=linear",
+                                                               "finetune.steps=20", "finetune.lr=0.01", f"run.dir={run}"], progress=False)
+    assert main(["export", str(run), str(tmp_path / "exported")]) == 0
+    exported = tmp_path / "exported"
+    config = json.loads((exported / "config.json").read_text())
+    assert config["modules"]["head"] == "head.safetensors" and (exported / "model.onnx").exists()
+    a, b = tmp_path / "run.csv", tmp_path / "export.csv"
+    assert main(["predict", str(out), str(files / "data"), "--out", str(a)]) == 0
+    assert main(["predict", str(exported), str(files / "data"), "--out", str(b)]) == 0
+    rows_a, rows_b = (list(csv.DictReader(open(p))) for p in (a, b))
+    assert [r["prediction"] for r in rows_a] == [r["prediction"] for r in rows_b]
+    score = [k for k in rows_a[0] if k.startswith("score_")]
+    assert max(abs(float(x[k]) - float(y[k])) for x, y in zip(rows_a, rows_b) for k in score) < 1e-5
+    assert main(["export", str(files / "enc"), str(tmp_path / "plain")]) == 0
+    assert not (tmp_path / "plain" / "head.safetensors").exists()
+    assert main(["predict", str(tmp_path / "plain"), str(files / "data"), "--out", str(tmp_path / "x.csv")]) == 1
