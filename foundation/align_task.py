@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from foundation.errors import DomainfmError
-from foundation.model import Encoder
+from foundation.model import Encoder, readable_under_umask
 from foundation.objectives.align import AlignModel
 from foundation.pairs import PairBatch, PairedDataset, PairScheduleSampler, collate_pairs
 from foundation.towers import EncoderTower, TextTower, Tower, build_tiny_text_tower
@@ -171,7 +171,12 @@ def export_towers(model: AlignModel, out_dir: Path, recipe: dict | None = None) 
             from transformers import AutoModel
 
             fresh = AutoModel.from_pretrained(tower.directory, local_files_only=True)
-            fresh.load_state_dict(state, strict=False)
+            missing, unexpected = fresh.load_state_dict(state, strict=False)
+            # the only tolerated difference is BERT's unused pooler (frozen, and absent when built without it)
+            bad = [k for k in [*missing, *unexpected] if not k.startswith("pooler.")]
+            if bad:
+                raise DomainfmError(f"text tower {name!r}: trained weights do not match {tower.directory} ({sorted(bad)[:5]}); "
+                                    "align again from the same text-tower directory")
             fresh.save_pretrained(str(d / "text"))
             tower.tokenizer.save_pretrained(str(d / "text"))
             info = {"kind": "text", "max_length": tower.max_length}
@@ -180,6 +185,7 @@ def export_towers(model: AlignModel, out_dir: Path, recipe: dict | None = None) 
         (d / "tower.json").write_text(json.dumps({**info, "dim": tower.head_dim(), "head": head_kind}, indent=2))
     settings = {k: recipe[k] for k in ("align", "zero_shot")} if recipe else {}
     (out_dir / "aligned.json").write_text(json.dumps({"towers": list(model.towers), **settings}, indent=2, default=str))
+    readable_under_umask(out_dir)  # safetensors writes 0600; teammates read exports as the user's other files
     return out_dir
 
 

@@ -82,6 +82,9 @@ def test_align_cli_learns_exports_and_reloads(tmp_path, data, aligned_run):
     zt = towers["text"](CLASSES).detach().numpy()
     acc = float(((z @ zt.T).argmax(1) == np.array([int(x["label"]) for x in ds.rows])).mean())
     assert acc == pytest.approx(ev["zero_shot"]["accuracy"], abs=1e-6)  # the export embeds as the run did
+    # every exported file is readable by teammates under the usual umask 022 (safetensors alone writes 0600)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in (run / "towers").rglob("*") if p.is_file()}
+    assert "head.safetensors" in modes and all(m & 0o044 == 0o044 for m in modes.values()), modes
 
 
 def test_frozen_tower_features_are_cached_across_runs(tmp_path, data):
