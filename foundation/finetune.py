@@ -38,7 +38,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from foundation.engine import TrainingDiverged, warmup_cosine
-from foundation.model import Encoder, load_strict
+from foundation.model import Encoder, load_strict, readable_under_umask
 from foundation.tokens import PatchBatch, SampleTokens, collate
 from foundation.trunk import AttentivePool, masked_mean_std
 
@@ -591,6 +591,7 @@ def save_finetuned(ft: Finetuned, out_dir: str | Path, extra: dict | None = None
               "bank_size": int(head.bank.shape[0]) if ft.method == "knn" else 0, "knn_k": getattr(head, "k", 5),
               "target_mean": ft.target_mean, "target_std": ft.target_std, **(extra or {})}
     (out_dir / "finetuned.json").write_text(json.dumps(config, indent=2))
+    readable_under_umask(out_dir)  # safetensors writes 0600; a fine-tuned model is handed on like an export
     return out_dir
 
 

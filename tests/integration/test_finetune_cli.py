@@ -56,6 +56,7 @@ def test_finetune_then_predict_in_a_fresh_process(files):
     cfg = json.loads((out / "finetuned.json").read_text())
     assert cfg["names"] == ["level0", "level1", "level2"] and cfg["task"] == "classification"
     assert (out / "encoder" / "model.safetensors").exists() and (out / "head.safetensors").exists()
+    assert (out / "head.safetensors").stat().st_mode & 0o044 == 0o044  # readable by teammates under umask 022
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     pred = files / "pred.csv"
     subprocess.run([sys.executable, "-m", "foundation.cli", "predict", str(out), str(files / "data"), "--out", str(pred)],
