@@ -305,6 +305,12 @@ def test_a_rank_raising_or_hanging_mid_step_stops_both_ranks_within_a_minute(dat
         time.sleep(60)
         assert proc.poll() is None  # still hanging
     finally:
+        # torchrun starts each worker in its own session, so killing torchrun's group would leave the hung workers
+        # (and their 30-minute wait) behind: kill every descendant first
+        import psutil
+
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            child.kill()
         os.killpg(proc.pid, 9)
         proc.wait()
 
