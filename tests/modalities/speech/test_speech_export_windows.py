@@ -62,9 +62,12 @@ def test_long_recordings_sharing_only_their_middle_differ_and_agree_only_in_shar
     assert np.abs(ea["embedding"] - eb["embedding"]).max() > 1e-3  # the old centre crop made these identical
     same = np.abs(ea["windows"] - eb["windows"]).max(1) < 1e-5
     assert same.nonzero()[0].tolist() == [149, 150]
-    # control: the centre-2 s view the dataset gives cannot tell the two recordings apart
-    centre = enc.embed([a, b]).embeddings
+    # control: the centre-2 s crop (now only when asked, input.max_seconds) cannot tell the two recordings apart
+    centre = foundation.load_encoder(out, overrides={"input.max_seconds": 2}).embed([a, b]).embeddings
     assert np.abs(centre[0] - centre[1]).max() < 1e-5
+    # embed's default is the whole recording: the same pooled embedding embed_recording gives
+    whole = enc.embed([a, b]).embeddings
+    assert np.abs(whole[0] - ea["embedding"]).max() < 1e-5 and np.abs(whole[1] - eb["embedding"]).max() < 1e-5
 
 
 @pytest.mark.slow
