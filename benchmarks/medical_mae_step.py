@@ -149,15 +149,22 @@ def peak_memory(fn, device) -> float:
     return peak / 2**20
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def volume_step_parser(description: str, steps: int) -> argparse.ArgumentParser:
+    """The 3-d step configuration this benchmark and benchmarks/token_dropping.py share (volume, patch, mask
+    ratio, batch, threads, steps per timing round), so both measure the same configuration by the same names."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
     ap.add_argument("--size", type=int, default=96)
     ap.add_argument("--patch", type=int, default=16)
     ap.add_argument("--mask-ratio", type=float, default=0.75)
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=3, help="steps per timing round")
+    ap.add_argument("--steps", type=int, default=steps, help="steps per timing round")
+    return ap
+
+
+def main() -> None:
+    ap = volume_step_parser(__doc__.splitlines()[0], steps=3)
     ap.add_argument("--rounds", type=int, default=5, help="alternating timing rounds (median of per-round ratios)")
     ap.add_argument("--profile-steps", type=int, default=2)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

@@ -12,7 +12,6 @@ Writes benchmarks/results/token_dropping[-cuda].json.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -23,7 +22,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.common import LOAD_CAVEAT, time_steps, timing_lock, write_results  # noqa: E402
-from benchmarks.medical_mae_step import PRESETS, make_inputs  # noqa: E402
+from benchmarks.medical_mae_step import PRESETS, make_inputs, volume_step_parser  # noqa: E402
 
 
 def build(a, all_tokens: bool, device):
@@ -62,14 +61,7 @@ def step_flops(model, batch, device) -> int:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--preset", default="default", choices=sorted(PRESETS))
-    ap.add_argument("--size", type=int, default=96)
-    ap.add_argument("--patch", type=int, default=16)
-    ap.add_argument("--mask-ratio", type=float, default=0.75)
-    ap.add_argument("--batch", type=int, default=4)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--steps", type=int, default=2)
+    ap = volume_step_parser(__doc__.splitlines()[0], steps=2)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=None)
