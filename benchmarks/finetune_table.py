@@ -50,7 +50,7 @@ from foundation.finetune import FINETUNE_DEFAULTS, METHODS, dataset_targets, loa
 from foundation.probes import format_interval  # noqa: E402
 
 MODALITIES = ("speech", "earth", "pointcloud", "medical")
-BASELINES = ("random_init", "scratch", "classical")
+BASELINES = ("random_init", "scratch", "classical", "field")
 CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "domainfm-finetune-table"
 
 
@@ -135,12 +135,36 @@ def medical_setup(args, work: Path) -> dict:
         write_cohort(pre, args.pretrain_n, seed=1000)
     if not (lab / "manifest.csv").exists():
         write_cohort(lab, args.labelled_n, seed=2000)
+    # one sample per volume (the training reader's several crops of a volume would land on both sides of a split)
     return {"pretrain": pre / "manifest.csv", "eval": lab / "manifest.csv", "recipe_overrides": ["adapter.cache=memory"],
+            "eval_adapter": {"crops_per_volume": 1},
             "describe": f"synthetic medical cohort: {args.labelled_n} labelled volumes (one per patient), {args.splits} stratified "
                         f"splits with {args.test_per_class} test volumes per class; pretraining on a separate cohort of {args.pretrain_n}"}
 
 
 SETUPS = {"speech": speech_setup, "earth": earth_setup, "pointcloud": pointcloud_setup, "medical": medical_setup}
+
+
+def field_features(modality: str, dataset) -> dict[str, np.ndarray]:
+    """The field's strongest simple baseline, as the modality's own benchmark computes it (probed like
+    every frozen feature: standardised logistic regression, the block and C by inner CV):
+    log-mel and MFCC statistics (speech), per-band reflectance mean/std (earth), D2/A3/D3 shape
+    distributions, moments and occupancy (point clouds), intensity statistics and histogram (medical)."""
+    if modality == "speech":
+        from benchmarks.speech_fsdd_loso import classical_features
+
+        return classical_features(dataset)
+    if modality == "earth":
+        from benchmarks.earth_eurosat import band_stats_features
+
+        return {"band_stats": band_stats_features(dataset)}
+    if modality == "pointcloud":
+        from modalities.pointcloud.descriptors import classical_features
+
+        return classical_features([dataset.points(i)[0] for i in range(len(dataset))])
+    from modalities.medical.tasks import intensity_features
+
+    return {"intensity_stats": intensity_features(dataset)}
 
 
 def pretrained(args, setup: dict) -> tuple:
@@ -152,11 +176,12 @@ def pretrained(args, setup: dict) -> tuple:
     from foundation.recipes import load_recipe
 
     extra = setup.get("recipe_overrides", []) + args.override
-    key = hashlib.sha1(json.dumps([args.modality, setup["pretrain"].read_text(), args.pretrain_steps, extra]).encode()).hexdigest()[:10]
-    run_dir = CACHE / f"{args.modality}-mae-{args.pretrain_steps}-{key}"
+    steps = args.pretrain_steps or load_recipe(f"{args.modality}-mae", [])["train"]["steps"]
+    key = hashlib.sha1(json.dumps([args.modality, setup["pretrain"].read_text(), steps, extra]).encode()).hexdigest()[:10]
+    run_dir = CACHE / f"{args.modality}-mae-{steps}-{key}"
     if not (run_dir / "encoder" / "config.json").exists():
         recipe = load_recipe(f"{args.modality}-mae", [f"data.manifest={setup['pretrain']}", f"run.dir={run_dir}", "run.seed=0",
-                                                     f"train.steps={args.pretrain_steps}", *extra])
+                                                     f"train.steps={steps}", *extra])
         pretrain(recipe, progress=False)
     summary = json.loads((run_dir / "summary.json").read_text())
     return load_encoder(run_dir), {"run_dir": str(run_dir), "recipe": f"{args.modality}-mae", "steps": summary["steps"],
@@ -216,8 +241,9 @@ def run_table(args) -> dict:
     for m in args.methods:
         arms[m] = method_arm(m, encoder, dataset, targets, feats.get("pretrained"), cfg)
         arms[f"{m}:random_init"] = method_arm(m, twin, dataset, targets, feats.get("random_init"), cfg)
-        pairs += [(m, f"{m}:random_init"), (m, "scratch"), (m, "classical")]
+        pairs += [(m, f"{m}:random_init"), (m, "scratch"), (m, "classical"), (m, "field")]
     _with_baselines(arms, encoder, dataset, targets, spec, ["scratch", "classical"], make_arm=None)
+    arms["field"] = _probe_arm(encoder, dataset, targets, "linear", feats=field_features(args.modality, dataset))
     t1 = time.time()
     result = few_label_protocol(arms, targets, dataset, spec, splits=splits, pairs=pairs)
     return {"modality": args.modality, "data": setup["describe"], "pretrained": pre_info,
@@ -241,9 +267,10 @@ def format_table(res: dict) -> str:
              "Differences are the pretrained arm minus the baseline, 95% t-interval over the paired units; ✓ = the interval "
              "excludes zero in favour of the pretrained encoder, ✗ = it excludes zero against it. "
              "Scratch = the random-init twin fully fine-tuned at the same budget (train accuracy in brackets); "
-             "classical = linear probe on the adapter's classical features.", "",
-             "| method | k | pretrained | random init | scratch | classical | − random init | − scratch | − classical |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "classical = linear probe on the adapter's classical features (foundation.evaluate.classical_features); "
+             "field = the field's simple baseline (see benchmarks/finetune_table.py field_features), same probe.", "",
+             "| method | k | pretrained | random init | scratch | classical | field | − random init | − scratch | − classical | − field |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
 
     def cell(row, arm):
         x = row[arm][key]
@@ -258,8 +285,8 @@ def format_table(res: dict) -> str:
         for row in r["rows"]:
             p = row["pairs"]
             lines.append(f"| {m} | {row['k']} | {cell(row, m)} | {cell(row, m + ':random_init')} | {cell(row, 'scratch')} | "
-                         f"{cell(row, 'classical')} | {diff(p[f'{m} - {m}:random_init'])} | {diff(p[f'{m} - scratch'])} | "
-                         f"{diff(p[f'{m} - classical'])} |")
+                         f"{cell(row, 'classical')} | {cell(row, 'field')} | {diff(p[f'{m} - {m}:random_init'])} | {diff(p[f'{m} - scratch'])} | "
+                         f"{diff(p[f'{m} - classical'])} | {diff(p[f'{m} - field'])} |")
     pre = res["pretrained"]
     lines += ["", "Pretrained encoder: " + (f"{pre['recipe']} for {pre['steps']} steps (loss {pre['first_loss']:.3f} -> {pre['final_loss']:.3f})"
                                              if "recipe" in pre else pre.get("source", "?")) + ".",
@@ -275,7 +302,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--seeds", type=int, default=1, help="few-label draws per split (paired units = splits x seeds)")
     ap.add_argument("--splits", type=int, default=5, help="repeated stratified splits (earth, pointcloud, medical)")
     ap.add_argument("--folds", nargs="+", default=None, help="speech: held-out speakers (default: the last two); pretraining never hears them")
-    ap.add_argument("--test-per-class", type=int, default=4)
+    ap.add_argument("--test-per-class", type=int, default=None,
+                    help="test samples per class in each split (default: earth 4, pointcloud 10, medical 10)")
     ap.add_argument("--per-cell", type=int, default=10, help="speech: takes per speaker and digit in the evaluation set")
     ap.add_argument("--per-class", type=int, default=25, help="pointcloud: shapes per class in the evaluation set")
     ap.add_argument("--synthetic", type=int, default=300, help="earth: synthetic scenes to pretrain on")
@@ -285,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--steps", type=int, default=40, help="fine-tuning steps of attentive, layers, full, lora and scratch")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--pretrained", type=Path, default=None, help="a pretraining run or export (default: pretrain and cache)")
-    ap.add_argument("--pretrain-steps", type=int, default=300)
+    ap.add_argument("--pretrain-steps", type=int, default=None, help="pretraining steps (default: the recipe's)")
     ap.add_argument("--override", nargs="*", default=[], help="extra pretraining recipe overrides key=value")
     ap.add_argument("--tag", default="")
     ap.add_argument("--out", type=Path, default=RESULTS)
@@ -295,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> Path:
     args = build_parser().parse_args(argv)
+    if args.test_per_class is None:
+        args.test_per_class = {"earth": 4, "pointcloud": 10, "medical": 10}.get(args.modality, 0)
     torch.set_num_threads(args.threads)
     t0 = time.time()
     res = run_table(args)
