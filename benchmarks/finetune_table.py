@@ -210,6 +210,17 @@ def method_arm(method: str, encoder, dataset, targets, feats: dict, cfg: dict):
     return _finetune_arm(encoder, dataset, targets, {**cfg, "method": method})
 
 
+def announced(run, cells: int, t0: float):
+    """``run`` printing, at each call, which of the ``cells`` (split, k, seed) units starts (the first arm runs first)."""
+    count = [0]
+
+    def wrapped(pick, test, seed):
+        count[0] += 1
+        print(f"unit {count[0]}/{cells}: {len(pick)} labels, {len(test)} test samples ({time.time() - t0:.0f} s)", flush=True)
+        return run(pick, test, seed)
+    return wrapped
+
+
 def run_table(args) -> dict:
     work = CACHE / args.modality
     work.mkdir(parents=True, exist_ok=True)
@@ -245,6 +256,8 @@ def run_table(args) -> dict:
     _with_baselines(arms, encoder, dataset, targets, spec, ["scratch", "classical"], make_arm=None)
     arms["field"] = _probe_arm(encoder, dataset, targets, "linear", feats=field_features(args.modality, dataset))
     t1 = time.time()
+    first = next(iter(arms))
+    arms[first] = announced(arms[first], len(splits) * args.seeds * len(args.ks), t1)
     result = few_label_protocol(arms, targets, dataset, spec, splits=splits, pairs=pairs)
     return {"modality": args.modality, "data": setup["describe"], "pretrained": pre_info,
             "settings": {"methods": args.methods, "ks": args.ks, "seeds": args.seeds, "splits": len(splits), "finetune_steps": args.steps,
