@@ -42,7 +42,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.common import RESULTS, write_results  # noqa: E402
+from benchmarks.common import RESULTS, git_commit, write_results  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.evaluate import (_finetune_arm, _probe_arm, _with_baselines, few_label_protocol,  # noqa: E402
                                  random_twin)
@@ -339,8 +339,8 @@ def main(argv: list[str] | None = None) -> Path:
     if args.test_per_class is None:
         args.test_per_class = {"earth": 4, "pointcloud": 10, "medical": 10}.get(args.modality, 0)
     torch.set_num_threads(args.threads)
-    t0 = time.time()
-    res = run_table(args)
+    t0, commit = time.time(), git_commit()  # the code that runs, not what HEAD is when a long grid ends
+    res = {"commit": commit, **run_table(args)}
     name = f"finetune_table-{args.modality}" + (f"-{args.tag}" if args.tag else "")
     out = write_results(name, res, t0, out=args.out / f"{name}.json")
     res = json.loads(out.read_text())
