@@ -198,7 +198,19 @@ class MedicalDataset(TokenDataset):
                 d = self.center(d)
             ident = src
         label = None if self.labels is None else self.labels[self._index[src]]
-        return to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
+        s = to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
+        if SEG in d:  # read with its segmentation: per-voxel targets of the dense task
+            s.dense = dense_labels(d[SEG], d[VALID], self.cfg)
+        return s
+
+
+def dense_labels(seg, valid, cfg: dict) -> torch.Tensor:
+    """A segmentation [1, X, Y, Z] cut like the image: [N, prod(patch)] voxel labels per token, -1 where
+    no source voxel is (the crop's padding, the edge padding that makes the grid whole patches)."""
+    gp = patchify(_plain(seg).float(), tuple(int(p) for p in cfg["patch"]), _plain(valid)[0] > 0.5)
+    out = gp.patches.round().long()
+    out[~gp.valid] = -1
+    return out
 
 
 class SafeDiskCache(torch.utils.data.Dataset):
