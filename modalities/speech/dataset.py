@@ -7,6 +7,7 @@ by every later sample, including in DataLoader workers started after fitting.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,8 @@ class SpeechDataset(TokenDataset):
         self.inputs = InputPolicy(on_error)
         self.config, self.train, self.on_error = config, train, self.inputs.on_error
         self.pipeline = SpeechPipeline(config)
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()  # index -> waveform, least recently read first
+        self._cached_bytes = 0
         self.inputs.found = len(sources)
         segments: list[Segment] = []
         for src in sources:
@@ -162,10 +165,21 @@ class SpeechDataset(TokenDataset):
 
     # -- the pipeline, step by step -----------------------------------------------------------------
     def waveform(self, index: int) -> Tensor:
-        """The whole segment, mono, at the configured rate."""
+        """The whole segment, mono, at the configured rate (from the worker's cache when it is there)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
         seg = self.segments[index]
         wave, rate = read_audio(seg.path, seg.start, seg.end)
-        return self.pipeline.resample(wave, rate)
+        wave = self.pipeline.resample(wave, rate)
+        budget = int(float(self.config.get("cache_mb") or 0) * 2**20)
+        if 0 < wave.nbytes <= budget:
+            self._cache[index] = wave
+            self._cached_bytes += wave.nbytes
+            while self._cached_bytes > budget:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return wave
 
     def crop(self, wave: Tensor, rng: torch.Generator | None) -> Tensor:
         return self.pipeline.crop(wave, rng)
