@@ -8,9 +8,9 @@ The core stays modality-agnostic. An adapter that offers a dense task provides t
   names the classes;
 - ``dense_head(encoder, classes)``: a module ``forward(enc, batch) -> logits [B, N, D, classes]``
   (``needs_layers = True`` to receive every encoder layer, as UNETR's decoder does);
-- ``write_dense(dataset, predictions, out_dir)``: each sample's predicted labels written in its source
-  geometry (NIfTI with the source affine, GeoTIFF with the source transform and CRS, labels in the
-  input's point order).
+- ``write_dense(dataset, predictions, out_dir, names)``: each sample's predicted labels written in its
+  source geometry (NIfTI with the source affine, GeoTIFF with the source transform and CRS, labels in
+  the input's point order).
 
 Training is ``foundation.finetune.fit`` (so ``foundation.engine.train``) with :func:`dense_loss`; this
 module adds the loss, prediction over a view, metrics, and the predictions' index CSV.
@@ -148,7 +148,7 @@ def write_dense_predictions(ft, dataset, out: str | Path, batch_size: int = 8) -
     folder.mkdir(parents=True, exist_ok=True)
     view = LabelledView(dataset, np.arange(len(dataset)))
     preds = list(predict_dense(ft.model, view, batch_size))
-    written = dict(ft.model.encoder.adapter.write_dense(dataset, ((r["index"], r["labels"]) for r in preds), folder))
+    written = dict(ft.model.encoder.adapter.write_dense(dataset, ((r["index"], r["labels"]) for r in preds), folder, ft.names))
     c = len(ft.names)
     with open(csv_path, "w", newline="") as f:
         w = csv.writer(f)

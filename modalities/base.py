@@ -196,9 +196,9 @@ class Adapter(ABC):
 
         raise DenseTaskError(f"the {self.name} adapter has no dense head")
 
-    def write_dense(self, dataset: TokenDataset, predictions, out_dir: Path):
-        """Write each ``(index, labels [n, D])`` of ``predictions`` in the sample's source geometry under
-        ``out_dir``; yield ``(index, written file)``."""
+    def write_dense(self, dataset: TokenDataset, predictions, out_dir: Path, names: list[str]):
+        """Write each ``(index, class indices [n, D])`` of ``predictions`` in the sample's source geometry
+        under ``out_dir`` (``names``: the fine-tuned model's classes); yield ``(index, written file)``."""
         from foundation.dense import DenseTaskError
 
         raise DenseTaskError(f"the {self.name} adapter cannot write dense predictions")

@@ -140,10 +140,10 @@ class EarthAdapter(Adapter):
 
         return PixelDecoder(encoder.width, len(self.channels), int(self.config["patch_size"]), classes)
 
-    def write_dense(self, dataset, predictions, out_dir):
+    def write_dense(self, dataset, predictions, out_dir, names):
         from modalities.earth.dense import write_scene_maps
 
-        return write_scene_maps(dataset, predictions, out_dir)
+        return write_scene_maps(dataset, predictions, out_dir, len(names))
 
     def fit(self, dataset: EarthDataset) -> None:
         """Stream per-band mean/std over (up to ``fit_max_chips``) training chips into the config."""

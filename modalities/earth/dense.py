@@ -119,13 +119,12 @@ class PixelDecoder(nn.Module):
         return self.out(h)
 
 
-def write_scene_maps(dataset: EarthDenseDataset, predictions, out_dir: str | Path):
+def write_scene_maps(dataset: EarthDenseDataset, predictions, out_dir: str | Path, classes: int):
     """One GeoTIFF per scene, ``<scene>_pred.tif`` on the scene's grid (same size, transform and CRS),
     each chip's labels in its window (overlapping chips: the later one); pixels no chip covers are
     nodata. ``predictions`` yields (chip index, labels [n, patch*patch]) in index order."""
     out_dir = Path(out_dir)
     p = int(dataset.cfg["patch_size"])
-    classes = len(getattr(dataset, "dense_classes", []) or []) or 255
     dtype, nodata = (np.uint8, 255) if classes < 255 else (np.int16, -1)
     state: dict = {"scene": None, "canvas": None, "indices": []}
     used: set[str] = set()

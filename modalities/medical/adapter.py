@@ -133,7 +133,7 @@ class MedicalAdapter(Adapter):
 
         return UNETRHead(encoder, classes)
 
-    def write_dense(self, dataset, predictions, out_dir):
+    def write_dense(self, dataset, predictions, out_dir, names):
         from modalities.medical.tasks import write_volume_maps
 
         return write_volume_maps(dataset, predictions, out_dir)
