@@ -37,10 +37,12 @@ FINETUNE_EPILOG = """methods (finetune.method=):
   lora       LoRA adapters on the trunk's blocks only (finetune.lora_rank=8, finetune.lora_alpha=16),
              merged into the saved encoder, which keeps its parameter names
 tasks (finetune.task=): classification (default), multilabel (labels joined by finetune.label_sep=';'),
-  regression (numeric labels), segmentation (one class per voxel / pixel: label files named by
-  data.masks=column:<name> | regex:<find>=><replace> on each sample's path; medical defaults to the
-  manifest's seg column; methods linear, full, lora; head: the modality's decoder, UNETR for medical,
-  a per-pixel decoder for earth; metrics Dice per class, mean foreground Dice and mIoU)
+  regression (numeric labels), segmentation (one class per voxel / pixel / point: label files named by
+  data.masks=column:<name> | regex:<find>=><replace> on each sample's path, or data.masks=file for
+  the labels a point file carries (LAS classification, a label column; the point-cloud default);
+  medical defaults to the manifest's seg column; methods linear, full, lora; head: the modality's
+  decoder, UNETR for medical, a per-pixel decoder for earth, PointSegHead for point clouds; metrics
+  Dice per class, mean foreground Dice and mIoU)
 budget: finetune.steps=300 finetune.batch_size=32 finetune.lr=0 (0 = the method's default); fixed by
   default. finetune.val_fraction=0.2 holds out whole groups (data.groups=pattern:<regex> | column:<name>
   | folder) for validation; finetune.patience=N then stops early on it. finetune.class_weight=true
@@ -64,8 +66,9 @@ PREDICT_EPILOG = """examples:
   domainfm predict runs/seg/finetuned scans/ --out masks/    # dense: masks/<scan>_pred.nii.gz + masks/predictions.csv
 dense tasks (segmentation) write each sample's labels in its source geometry: NIfTI in the source
 image's space and affine (medical), one GeoTIFF per scene on its grid, transform and CRS (earth,
-nodata where no chip was predicted); --out is a folder (or a .csv whose stem names the folder) and
-the CSV indexes them: id, path, prediction (the written file), fraction_<class>.
+nodata where no chip was predicted), <file>_labels.npy with one label value per point in the input
+file's point order (point clouds); --out is a folder (or a .csv whose stem names the folder) and the
+CSV indexes them: id, path, prediction (the written file), fraction_<class>.
 """
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
