@@ -366,28 +366,36 @@ class VolumeClassifier(nn.Module):
         return self.head(pool(enc.tokens, enc.padding))
 
 
+class _ClassifierObjective(nn.Module):
+    """A :class:`VolumeClassifier` as the engine's model: ``forward(batch) -> (cross-entropy, extras)``."""
+
+    def __init__(self, model: VolumeClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    def forward(self, batch, *args, **kwargs):
+        return F.cross_entropy(self.model(batch), batch.labels.long().to(batch.patches.device)), {}
+
+
 def train_classifier(model: VolumeClassifier, dataset: MedicalDataset, train_idx: list[int], labels: np.ndarray,
                      steps: int, lr: float = 5e-4, batch_size: int = 8, seed: int = 0) -> float:
-    """Train on random crops (``dataset`` in train mode) of the labelled volumes; returns training accuracy
-    on their evaluation views, so an under-trained baseline is visible."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
-    rng = torch.Generator().manual_seed(seed)
-    y_all = torch.as_tensor(labels)
+    """Train on random crops (``dataset`` in train mode) of the labelled volumes through the one training
+    loop (``foundation.finetune.fit``: AdamW, warm-up then cosine to 1% of ``lr``, gradients clipped at 1);
+    returns training accuracy on their evaluation views, so an under-trained baseline is visible."""
+    from foundation.finetune import FINETUNE_DEFAULTS, LabelledView, fit
+
+    labels = np.asarray(labels)
+    per_sample = np.repeat(labels, dataset.k)  # dataset index i*k + j is crop j of volume i
+    view = LabelledView(dataset, [vi * dataset.k + j for vi in train_idx for j in range(dataset.k)], per_sample)
+    cfg = {**FINETUNE_DEFAULTS, "method": "full", "steps": int(steps), "lr": float(lr), "batch_size": int(batch_size),
+           "layer_decay": 1.0, "weight_decay": 0.05, "min_lr_ratio": 0.01, "warmup_steps": max(1, steps // 10),
+           "eval_every": int(steps), "log_every": max(1, steps // 10)}
+    fit(_ClassifierObjective(model), view, cfg, seed)
     model.train()
-    for _ in range(steps):
-        pick = [train_idx[int(i)] for i in torch.randint(len(train_idx), (batch_size,), generator=rng)]
-        samples = []
-        for vi in pick:
-            j = int(torch.randint(dataset.k, (1,), generator=rng))
-            samples.append(dataset[(vi * dataset.k + j, int(torch.randint(2**31 - 1, (1,), generator=rng)))])
-        batch = collate(samples)
-        loss = F.cross_entropy(model(batch), y_all[pick])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
     return float((predict_classes(model, dataset, train_idx) == labels[train_idx]).mean())
 
 
