@@ -22,9 +22,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.transforms import Invertd
 from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from foundation.engine import warmup_cosine
 from foundation.tokens import collate
 from foundation.trunk import masked_max, masked_mean
 from modalities.medical.dataset import MedicalDataset, _plain, to_tokens
