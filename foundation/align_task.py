@@ -133,6 +133,26 @@ def load_caches(recipe: dict, towers: dict[str, Tower]) -> None:
             tower.cache.update(load_file(str(f)))
 
 
+@torch.no_grad()
+def precompute_frozen(towers: dict[str, Tower], data: PairedDataset, batch_size: int = 64) -> None:
+    """Features of every row of each frozen encoder tower, computed once into its cache (those a cache file
+    already held are kept); the training items then carry no input for that tower (``data.precomputed``),
+    so alignment steps on a frozen tower cost its head only, whatever the number of steps or epochs."""
+    from foundation.tokens import collate
+
+    for name, tower in towers.items():
+        if tower.mode != "frozen" or not isinstance(tower, EncoderTower) or name not in data.index:
+            continue
+        tower.train()  # the backbone stays in eval mode (frozen), as during training
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        tower.encoder.to(device)
+        rows = [r for r in data.index[name] if data.item_id(name, r) not in tower.cache]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            tower.features(collate([data.read(name, r, None) for r in chunk]).to(device), [data.item_id(name, r) for r in chunk])
+        data.precomputed.add(name)
+
+
 def save_caches(recipe: dict, towers: dict[str, Tower]) -> None:
     for name, tower in towers.items():
         f = _cache_file(recipe, name, tower)
@@ -386,6 +406,7 @@ def align_task(recipe: dict, resumed: dict | None):
     model = AlignModel(build_towers(recipe, run_dir, texts, adapters), data.pair_types, recipe["align"]["loss"],
                        recipe["align"]["temperature"])
     load_caches(recipe, model.towers)
+    precompute_frozen(model.towers, data)
     log.info("paired data: %s", data.summary())
 
     def finish(run_dir: Path, model: AlignModel, teacher) -> dict:

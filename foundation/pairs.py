@@ -139,7 +139,8 @@ class PairBatch:
 def collate_pairs(items: list[tuple]) -> PairBatch:
     """``items``: (towers, sample_a, sample_b, id_a, id_b, key) of one pair type."""
     towers = items[0][0]
-    inputs = tuple(collate([it[1 + k] for it in items]) if not isinstance(items[0][1 + k], str) else [it[1 + k] for it in items]
+    inputs = tuple(None if items[0][1 + k] is None else  # a precomputed frozen tower: features come from its cache
+                   collate([it[1 + k] for it in items]) if not isinstance(items[0][1 + k], str) else [it[1 + k] for it in items]
                    for k in range(2))
     keys = None if items[0][5] is None else torch.tensor([it[5] for it in items])
     return PairBatch(towers, inputs, ([it[3] for it in items], [it[4] for it in items]), keys)
@@ -164,6 +165,9 @@ class PairedDataset(Dataset):
         self.index: dict[str, dict[int, int]] = {}  # tower -> manifest row -> index in its dataset
         self.paths: dict[str, dict[int, str]] = {}  # tower -> manifest row -> resolved file (the cache key of its features)
         self.per_file: dict[str, int] = {}  # tower -> samples its adapter's dataset gives per file
+        # frozen towers whose features of every row are already computed: training items carry no input for
+        # them (None), so a step costs no file read; the tower takes its features from its cache by id
+        self.precomputed: set[str] = set()
         for name, spec in tower_specs.items():
             have = [i for i, r in enumerate(self.rows) if r[name] is not None]
             self.index[name] = {row: k for k, row in enumerate(have)}
@@ -245,7 +249,8 @@ class PairedDataset(Dataset):
     def __getitem__(self, key: tuple[str, int, int | None]) -> tuple:
         pair_type, row, seed = key
         a, b = pair_type.split("|")
-        return ((a, b), self.read(a, row, seed), self.read(b, row, None if seed is None else seed + 1),
+        view = lambda t, s: None if t in self.precomputed else self.read(t, row, s)  # noqa: E731
+        return ((a, b), view(a, seed), view(b, None if seed is None else seed + 1),
                 self.item_id(a, row), self.item_id(b, row), None if self.keys is None else self.keys[row])
 
 
