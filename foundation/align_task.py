@@ -115,11 +115,15 @@ def param_groups(model: AlignModel, weight_decay: float, lr: float) -> list[dict
 
 
 # -- caching frozen features across runs --------------------------------------------------------------
+FEATURE_KEYS = ("kind", "modality", "init", "recipe", "adapter", "model", "pooling", "max_length")
+
+
 def _cache_file(recipe: dict, name: str, tower: Tower) -> Path | None:
     d = recipe["align"]["cache_dir"]
     if not d or tower.mode != "frozen":
         return None
-    spec = recipe["towers"][name]
+    # only what determines the backbone's features: a new head, learning rate or loss reuses the cache
+    spec = {k: v for k, v in recipe["towers"][name].items() if k in FEATURE_KEYS}
     extra = {"adapter": tower.encoder.adapter.preprocessing()} if isinstance(tower, EncoderTower) else {}
     if not spec["init"]:
         extra["seed"] = int(recipe["run"]["seed"])  # a fresh frozen tower is its random initialisation

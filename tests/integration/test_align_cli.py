@@ -101,6 +101,10 @@ def test_frozen_tower_features_are_cached_across_runs(tmp_path, data):
     assert len(cached) >= 4 * 16 - 16 and all(k.endswith(".npy") for k in cached)
     assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'b'}", *common]) == 0
     assert list(cache.glob("image-*.safetensors")) == files  # same weights + preprocessing: the same cache file
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'c'}", "towers.image.head=mlp", "towers.image.lr=1e-4", *common]) == 0
+    assert list(cache.glob("image-*.safetensors")) == files  # another head or learning rate: the backbone's features are the same
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'd'}", "towers.image.pooling=meanstd", *common]) == 0
+    assert len(list(cache.glob("image-*.safetensors"))) == 2  # another pooling: other features, another file
 
 
 def test_evaluate_zero_shot_and_retrieval_on_an_aligned_run(tmp_path, data, aligned_run):
