@@ -94,10 +94,24 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
     classification: accuracy, balanced accuracy, macro-F1, AUROC (binary, or one-vs-rest macro when every
     class is present), per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted);
-    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R².
+    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R²;
+    segmentation: Dice per class and mean over foreground, IoU per class and mIoU (``foundation.dense_metrics``);
+    verification: EER with its threshold, and AUROC.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
+    if task == "segmentation":  # y: labels per element (-1 ignored); scores: predicted labels, or probabilities [..., C]
+        from foundation.dense_metrics import segmentation_metrics
+
+        pred = np.asarray(scores)
+        if pred.ndim == np.asarray(y).ndim + 1:
+            pred = pred.argmax(-1)
+        n_cls = len(names) if names else int(max(np.max(y), np.max(pred))) + 1
+        return segmentation_metrics(y, pred, n_cls, names)
+    if task == "verification":  # y: 1 for same-identity pairs; scores: similarity
+        from foundation.dense_metrics import equal_error_rate
+
+        return equal_error_rate(y, scores)
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     if task == "regression":
         pred = scores.reshape(len(y), -1)[:, 0]
@@ -133,7 +147,8 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
 def headline(task: str) -> str:
     """The metric a task's tables lead with."""
-    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}[task]
+    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2", "segmentation": "mean_dice",
+            "verification": "eer"}[task]
 
 
 # -- `domainfm evaluate`: a registry of tasks run under one few-label protocol ---------------------
