@@ -155,10 +155,41 @@ def _exported_and_data(args):
     return encoder, encoder.adapter.dataset(spec["data"], train=False), spec
 
 
+def cmd_embed_aligned(args) -> int:
+    """An aligned export: one tower's files, or texts, into the shared space (projection + L2 norm)."""
+    from foundation.align_task import embed_aligned
+
+    texts = None
+    if args.text or args.text_file:
+        if args.data is not None:
+            raise DomainfmError("give DATA or --text/--text-file, not both (one tower per call; --tower NAME picks it)")
+        texts = list(args.text or [])
+        if args.text_file:
+            f = Path(args.text_file)
+            if not f.is_file():
+                raise DomainfmError(f"--text-file {f}: no such file (one text per line)")
+            texts += [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    elif args.data is None:
+        raise DomainfmError(f"domainfm embed {args.model_dir}: give DATA (a folder or manifest) or --text/--text-file")
+    data = _data_spec(args.data, args.overrides)["data"] if args.data is not None else None
+    out = embed_aligned(args.model_dir, args.tower, data, texts, args.batch_size)
+    np.savez(args.out, **out)
+    what = f"{len(out['texts'])} texts" if "texts" in out else f"{len(out['ids'])} files"
+    print(f"wrote {what} embedded by tower {out['tower']!r} into the shared space (width {out['embeddings'].shape[1]}) to {args.out}")
+    return 0
+
+
 def cmd_embed(args) -> int:
     import yaml
 
+    from foundation.align_task import aligned_root
     from foundation.embed import LoadedEncoder
+
+    if aligned_root(args.model_dir) is not None:
+        return cmd_embed_aligned(args)
+    if args.data is None or args.text or args.text_file or args.tower:
+        raise DomainfmError(f"domainfm embed {args.model_dir} DATA: DATA is required; --text, --text-file and --tower are for "
+                            "aligned exports (run.dir of domainfm align, or its towers/)")
 
     described = {k: yaml.safe_load(v) if v != "" else None for k, v in (o.split("=", 1) for o in args.overrides) if k.startswith(("input.", "adapter."))}
     loaded = LoadedEncoder(args.model_dir, pooling=args.pooling, overrides=described)
@@ -343,9 +374,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("embed", help="embed a folder or manifest with an exported encoder", description="Embed every sample of DATA "
-                       "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N].")
+                       "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N]. "
+                       "With an aligned run/export (domainfm align's run.dir): one tower's files, or --text/--text-file "
+                       "through the text tower, into the shared space (projection + L2 norm).")
     s.add_argument("model_dir")
-    s.add_argument("data")
+    s.add_argument("data", nargs="?", default=None)
     s.add_argument("overrides", nargs="*", help="data.* overrides and input descriptions that never change the model, e.g. "
                    "input.bands=[B02,B03,B04,B08] input.columns=[x,y,z,intensity] input.units=dB input.max_seconds=600")
     s.add_argument("--out", required=True, help="output .npz file (embeddings, ids, paths, pooling, weights_sha256)")
@@ -353,6 +386,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the pooling the export records for its modality)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--tower", default=None, help="aligned export: the tower to embed with (default: its only encoder tower, "
+                   "or its only text tower for --text); a paired manifest is read by the column named as the tower")
+    s.add_argument("--text", action="append", default=None, help="aligned export: a text to embed (repeatable)")
+    s.add_argument("--text-file", default=None, help="aligned export: a file of texts to embed, one per line")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("probe", help="few-label probes: exported encoder vs random init", description="Linear probes with k labels "

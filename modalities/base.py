@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
+from foundation.inputs import InputPolicy
 from foundation.masking import sample_mask as core_sample_mask
 from foundation.recipes import check_settings
 from foundation.tokens import PatchBatch, SampleTokens
@@ -80,6 +81,24 @@ class TokenDataset(Dataset, ABC):
     def label(self, index: int) -> int | None:
         """The class of sample ``index`` without loading it (few-shot splits need all labels fast)."""
         return None
+
+    # -- the bad-input policy's counts, for datasets that read files through ``self.inputs`` ----------
+    inputs: InputPolicy
+    _header_skips: int = 0
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every input skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    def headers_checked(self) -> None:
+        """Call once every input's header has been checked: later skips are counted as read failures."""
+        self._header_skips = len(self.inputs.skipped)
+
+    @property
+    def read_failures(self) -> int:
+        """Inputs that passed the header checks but failed when their data were read."""
+        return len(self.inputs.skipped) - self._header_skips
 
     def __getitem__(self, key: int | tuple[int, int]) -> SampleTokens:
         if isinstance(key, tuple):

@@ -100,7 +100,7 @@ class MedicalDataset(TokenDataset):
                 continue
             items.append(item)
             sources.append(src)
-        self._header_skips = len(self.inputs.skipped)
+        self.headers_checked()
         if not items:
             raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
         self.items, self.sources = items, sources
@@ -154,16 +154,6 @@ class MedicalDataset(TokenDataset):
 
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index // self.k]
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(source, reason) of every source skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
-
-    @property
-    def load_skips(self) -> int:
-        """Sources that passed the header checks but failed when their voxels were read."""
-        return len(self.inputs.skipped) - self._header_skips
 
     def _read(self, index: int, fetch):
         """``fetch()`` for volume ``index`` under the bad-input policy, errors naming the source."""

@@ -54,10 +54,6 @@ class PointCloudDataset(TokenDataset):
             raise PointCloudError(f"no usable point clouds ({len(self.inputs.skipped)} skipped" +
                                   (f"; first: {self.skipped[0][0]}: {self.skipped[0][1]})" if self.skipped else ")"))
 
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(path, reason) of every file skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
 
     # -- reading -----------------------------------------------------------------------------------
     def _load(self, path: str) -> PointCloud:

@@ -129,18 +129,8 @@ class SpeechDataset(TokenDataset):
             raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
                             + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
-        self._header_skips = len(self.inputs.skipped)
+        self.headers_checked()
         self.labels, self.classes = class_index([s.label for s in segments])
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(path, reason) of every file skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
-
-    @property
-    def read_failures(self) -> int:
-        """Files that passed the header check but failed when their samples were read."""
-        return len(self.inputs.skipped) - self._header_skips
 
     def __len__(self) -> int:
         return len(self.segments)

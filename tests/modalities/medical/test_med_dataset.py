@@ -100,7 +100,7 @@ def test_load_time_failure_is_counted_once_and_not_replaced(tmp_path, small_cfg)
     ds = MedicalDataset(small_cfg(cache="none"), {"root": str(tmp_path), "on_error": "skip"}, train=False)
     bad = [s.path.split("/")[-1] for s in ds.sources].index("bad.nii.gz")
     (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b" + b"0" * 100)  # corrupted after the dataset was built
-    assert ds[bad] is None and ds[bad] is None and ds.load_skips == 1 and len(ds.skipped) == 1
+    assert ds[bad] is None and ds[bad] is None and ds.read_failures == 1 and len(ds.skipped) == 1
     assert ds[1 - bad].path.endswith("good.nii.gz")
 
 
