@@ -284,3 +284,28 @@ def test_pointcloud_labels_are_written_in_the_input_point_order(lidar, tmp_path)
     assert covered.sum() > 100 and np.array_equal(a[covered], tile["labels"][covered])
     assert (a == tile["labels"]).mean() > 0.9 and (b == tile["labels"][order]).mean() > 0.9
     assert (b == tile["labels"]).mean() < 0.8
+
+
+# -- refusals: one line naming the key or file and the way out ----------------------------------------
+def test_dense_refusals_name_the_way_out(tmp_path):
+    from foundation.dense import DenseTaskError, label_files, mask_file
+    from foundation.finetune import finetune_spec
+    from foundation.recipes import RecipeError
+    from modalities.speech.adapter import SpeechAdapter
+
+    with pytest.raises(RecipeError, match="linear, full, lora"):
+        finetune_spec(str(tmp_path), ["finetune.task=segmentation", "finetune.method=knn"])
+    with pytest.raises(DenseTaskError, match="no dense task"):
+        SpeechAdapter().dense_dataset({"root": str(tmp_path)}, train=True)
+    (tmp_path / "a_S2.tif").touch()
+    (tmp_path / "a_mask.tif").touch()
+    rule = r"regex:_S2\.tif$=>_mask.tif"
+    assert mask_file(str(tmp_path / "a_S2.tif"), rule) == str(tmp_path / "a_mask.tif")
+    assert label_files([str(tmp_path / "a_S2.tif"), str(tmp_path / "a_mask.tif")], rule) == {str(tmp_path / "a_mask.tif")}
+    with pytest.raises(DenseTaskError, match="does not match"):
+        mask_file(str(tmp_path / "b.tif"), rule)
+    with pytest.raises(DenseTaskError, match="do not exist"):
+        mask_file(str(tmp_path / "c_S2.tif"), rule)
+    with pytest.raises(DenseTaskError, match="column:<name> or regex"):
+        mask_file(str(tmp_path / "a_S2.tif"), "masks/")
+    assert mask_file("x.nii.gz", "column:seg", {"seg": "m/x.nii.gz"}, tmp_path) == str(tmp_path / "m" / "x.nii.gz")
