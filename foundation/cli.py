@@ -82,7 +82,7 @@ examples:
   domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
       finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
   domainfm evaluate exported/grid data/ --task quality --baselines random   # label-free, no labels needed
-  domainfm evaluate exported/medical cohort/manifest.csv --task finetune finetune.task=segmentation \
+  domainfm evaluate exported/medical cohort/manifest.csv --task finetune finetune.task=segmentation \\
       finetune.method=linear probe.k=[2,4] probe.seeds=3 --baselines random
 """
 
