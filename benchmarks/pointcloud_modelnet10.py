@@ -65,7 +65,8 @@ from foundation.tokens import collate  # noqa: E402
 from foundation.trunk import masked_max, masked_max_mean, masked_mean_std  # noqa: E402
 from modalities.base import adapter_class, sample_seed  # noqa: E402
 from modalities.pointcloud.descriptors import classical_features  # noqa: E402
-from modalities.pointcloud.tasks import accuracies, few_shot_episodes, few_shot_eval, probe  # noqa: E402
+from foundation.probes import accuracies  # noqa: E402
+from modalities.pointcloud.tasks import few_shot_episodes, few_shot_eval, probe  # noqa: E402
 
 POOLINGS = ("max", "meanstd", "maxmean", "mid_meanstd", "layers_max")
 FINETUNE = "ft-"  # job kinds with this prefix fine-tune the pretrained encoder instead of training from scratch

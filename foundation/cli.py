@@ -37,7 +37,12 @@ FINETUNE_EPILOG = """methods (finetune.method=):
   lora       LoRA adapters on the trunk's blocks only (finetune.lora_rank=8, finetune.lora_alpha=16),
              merged into the saved encoder, which keeps its parameter names
 tasks (finetune.task=): classification (default), multilabel (labels joined by finetune.label_sep=';'),
-  regression (numeric labels)
+  regression (numeric labels), segmentation (one class per voxel / pixel / point: label files named by
+  data.masks=column:<name> | regex:<find>=><replace> on each sample's path, or data.masks=file for
+  the labels a point file carries (LAS classification, a label column; the point-cloud default);
+  medical defaults to the manifest's seg column; methods linear, full, lora; head: the modality's
+  decoder, UNETR for medical, a per-pixel decoder for earth, PointSegHead for point clouds; metrics
+  Dice per class, mean foreground Dice and mIoU)
 budget: finetune.steps=300 finetune.batch_size=32 finetune.lr=0 (0 = the method's default); fixed by
   default. finetune.val_fraction=0.2 holds out whole groups (data.groups=pattern:<regex> | column:<name>
   | folder) for validation; finetune.patience=N then stops early on it. finetune.class_weight=true
@@ -49,11 +54,21 @@ examples:
   domainfm finetune exported/earth chips.csv data.labels=column:crop finetune.method=linear \\
       data.groups=column:field finetune.val_fraction=0.2 finetune.patience=3
   domainfm finetune exported/medical scans/ data.labels=column:age finetune.task=regression
+  domainfm finetune exported/medical cohort/manifest.csv finetune.task=segmentation data.masks=column:seg \\
+      finetune.method=full run.dir=runs/seg
+  domainfm finetune exported/earth s2/ finetune.task=segmentation finetune.method=linear \\
+      data.masks='regex:_S2\\.tif$=>_mask.tif'     # a mask beside each chip
 """
 
 PREDICT_EPILOG = """examples:
   domainfm predict runs/ft/finetuned new_recordings/ --out predictions.csv
   domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
+  domainfm predict runs/seg/finetuned scans/ --out masks/    # dense: masks/<scan>_pred.nii.gz + masks/predictions.csv
+dense tasks (segmentation) write each sample's labels in its source geometry: NIfTI in the source
+image's space and affine (medical), one GeoTIFF per scene on its grid, transform and CRS (earth,
+nodata where no chip was predicted), <file>_labels.npy with one label value per point in the input
+file's point order (point clouds); --out is a folder (or a .csv whose stem names the folder) and the
+CSV indexes them: id, path, prediction (the written file), fraction_<class>.
 """
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
@@ -417,7 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("finetuned_dir", help="run.dir/finetuned of `domainfm finetune`")
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.* overrides (input description only)")
-    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--out", required=True, help="output CSV (dense tasks: a folder for the label maps, or a CSV)")
     s.add_argument("--batch-size", type=int, default=64)
     s.set_defaults(fn=cmd_predict)
 

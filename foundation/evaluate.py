@@ -94,10 +94,24 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
     classification: accuracy, balanced accuracy, macro-F1, AUROC (binary, or one-vs-rest macro when every
     class is present), per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted);
-    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R².
+    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R²;
+    segmentation: Dice per class and mean over foreground, IoU per class and mIoU (``foundation.dense_metrics``);
+    verification: EER with its threshold, and AUROC.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
+    if task == "segmentation":  # y: labels per element (-1 ignored); scores: predicted labels, or probabilities [..., C]
+        from foundation.dense_metrics import segmentation_metrics
+
+        pred = np.asarray(scores)
+        if pred.ndim == np.asarray(y).ndim + 1:
+            pred = pred.argmax(-1)
+        n_cls = len(names) if names else int(max(np.max(y), np.max(pred))) + 1
+        return segmentation_metrics(y, pred, n_cls, names)
+    if task == "verification":  # y: 1 for same-identity pairs; scores: similarity
+        from foundation.dense_metrics import equal_error_rate
+
+        return equal_error_rate(y, scores)
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     if task == "regression":
         pred = scores.reshape(len(y), -1)[:, 0]
@@ -133,7 +147,8 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
 def headline(task: str) -> str:
     """The metric a task's tables lead with."""
-    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}[task]
+    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2", "segmentation": "mean_dice",
+            "verification": "eer"}[task]
 
 
 # -- `domainfm evaluate`: a registry of tasks run under one few-label protocol ---------------------
@@ -185,32 +200,49 @@ def _pick(task: str, y: np.ndarray, pool: np.ndarray, k: int, seed: int) -> np.n
     return np.sort(np.random.default_rng(seed).permutation(pool)[:k])
 
 
-def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
+def few_label_protocol(arms: dict, targets, dataset, spec: dict, splits: list[tuple[np.ndarray, np.ndarray]] | None = None,
+                       pairs: list[tuple[str, str]] | None = None) -> dict:
     """Run every arm (``name -> fn(pick, test, seed) -> scores``) on the same (k, seed) splits.
 
     Returns per arm and k the metrics of every seed, their mean ± std, per-class accuracy with 95%
-    t-intervals over seeds, and each other arm's paired difference to the first arm (the model)."""
+    t-intervals over seeds, and each other arm's paired difference to the first arm (the model).
+
+    ``splits`` (a list of (pool, test) index arrays: leave-one-speaker-out folds, repeated random
+    splits) replaces the one test split; every (split, seed) is then one paired unit, the same for
+    every arm. ``pairs`` adds ``row["pairs"]["a - b"]``: the paired difference of arm a minus arm b
+    (e.g. each method against its random-init twin). An arm carrying a ``history`` list (the
+    fine-tuning arms) has its training-set metric reported too, so an under-trained arm is visible.
+    """
     from foundation.probes import paired_difference
 
     probe = spec["probe"]
     task, y = targets.task, targets.values
     cls = y if task == "classification" else None
-    pool, test = _split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])
+    if splits is None:
+        splits = [_split(dataset, cls, spec["data"].get("groups"), probe["test_fraction"])]
+    n_test = min(len(t) for _, t in splits)
+    seeds = int(probe["seeds"])
     names = list(arms)
     raw: dict = {a: {} for a in names}
+    trained: dict = {}  # arm -> k -> training-set metrics per paired unit (arms with a ``history``)
     correct: dict = {}  # one seed: per-sample correctness, for bootstrap intervals over the one test set
-    if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
-        from foundation.probes import few_shot_splits
+    for pool, test in splits:
+        if task == "classification":  # refuses a k above a class's pool and seeds that would repeat a draw
+            from foundation.probes import few_shot_splits
 
-        splits = few_shot_splits(y[pool], [int(k) for k in probe["k"]], int(probe["seeds"]), targets.names)
-    for k in probe["k"]:
-        for seed in range(int(probe["seeds"])):
-            pick = pool[splits[int(k)][seed]] if task == "classification" else _pick(task, y, pool, int(k), seed)
-            for a, run in arms.items():
-                scores = run(pick, test, seed)
-                raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
-                if int(probe["seeds"]) == 1 and task == "classification":
-                    correct.setdefault(int(k), {})[a] = scores.argmax(1) == y[test]
+            picks = few_shot_splits(y[pool], [int(k) for k in probe["k"]], seeds, targets.names)
+        for k in probe["k"]:
+            for seed in range(seeds):
+                pick = pool[picks[int(k)][seed]] if task == "classification" else _pick(task, y, pool, int(k), seed)
+                for a, run in arms.items():
+                    hist = getattr(run, "history", None)
+                    before = len(hist) if hist is not None else 0
+                    scores = run(pick, test, seed)
+                    raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
+                    if hist is not None and len(hist) > before:
+                        trained.setdefault(a, {}).setdefault(int(k), []).append(hist[-1])
+                    if seeds == 1 and len(splits) == 1 and task == "classification":
+                        correct.setdefault(int(k), {})[a] = scores.argmax(1) == y[test]
     key = headline(task)
     rows = []
     for k in probe["k"]:
@@ -219,16 +251,22 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict) -> dict:
             runs = raw[a][int(k)]
             scalars = {m for m, v in runs[0].items() if isinstance(v, float)}
             row[a] = {m: {"mean": float(np.nanmean([r[m] for r in runs])), "std": float(np.nanstd([r[m] for r in runs]))} for m in scalars}
+            if a in trained:
+                row[a]["train_" + key] = {"mean": float(np.mean([h["train_" + key] for h in trained[a][int(k)]]))}
             if task == "classification":
                 per = np.array([[r["per_class_accuracy"][c] for c in targets.names] for r in runs], float)
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
-                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], len(test))
+                row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], n_test)
                 if int(k) in correct:
                     row[a]["bootstrap_vs_" + names[0]] = paired_bootstrap(correct[int(k)][names[0]], correct[int(k)][a])
+        if pairs:
+            row["pairs"] = {f"{a} - {b}": paired_difference([r[key] for r in raw[a][int(k)]], [r[key] for r in raw[b][int(k)]], n_test)
+                            for a, b in pairs}
         rows.append(row)
-    return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(len(test)),
-            "n_pool": int(len(pool)), "seeds": int(probe["seeds"]), "raw": raw}
+    return {"task": task, "metric": key, "arms": names, "rows": rows, "names": targets.names, "n_test": int(n_test),
+            "n_pool": int(min(len(p) for p, _ in splits)), "splits": len(splits), "seeds": seeds, "raw": raw,
+            "train": {a: {int(k): v for k, v in d.items()} for a, d in trained.items()}}
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, n: int = 2000, seed: int = 0, confidence: float = 0.95) -> dict:
@@ -275,7 +313,11 @@ def _finetune_arm(encoder: Encoder, dataset, targets, cfg: dict):
 
     def run(pick, test, seed):
         ft = finetune_indices(encoder, dataset, targets, pick, cfg, seed)
+        train = ft.scores(LabelledView(dataset, pick))["scores"]  # its training-set fit: an under-trained arm shows
+        run.history.append({"train_" + headline(targets.task): task_metrics(targets.task, targets.values[pick], train)[headline(targets.task)],
+                            **{k: v for k, v in (ft.history or {}).items() if k in ("first_loss", "final_loss", "steps")}})
         return ft.scores(LabelledView(dataset, test))["scores"]
+    run.history = []
     return run
 
 

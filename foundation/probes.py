@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections import Counter
 
 import numpy as np
 from scipy import stats
@@ -16,11 +17,16 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
+from sklearn.svm import SVC, LinearSVC
 from threadpoolctl import threadpool_limits
 
 from foundation.errors import DomainfmError
 
 C_GRID = (0.01, 0.1, 1.0, 10.0)
+SVM_C_GRID = (0.001, 0.01, 0.1, 1.0)
+KNN_K_GRID = (1, 5, 10, 20)
+# a cosine-normalised kernel (entries <= 1) needs larger C than standardised features
+KERNEL_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 # Below this many test samples a paired difference gets no interval and no "beats": the interval over seeds holds
 # the test set fixed, so it cannot see test-sampling noise, and on a handful of samples one sample moves the
 # accuracy by more than any effect worth claiming (with 20, one sample is 0.05).
@@ -277,3 +283,95 @@ def probe_scores(kind: str, Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.nda
         warnings.simplefilter("ignore", ConvergenceWarning)
         clf = _logreg(c).fit(tr[pool], ytr)
     return clf.predict_proba(te[pool]), {"pooling": pool, "C": c, "inner_cv": float(cv), "train_accuracy": float(clf.score(tr[pool], ytr))}
+
+
+# -- the field protocols on the same stack: tuned probes (OA / mAcc) and repeated k-fold CV ----------
+def accuracies(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
+    """Overall accuracy and class-balanced accuracy (mean recall over the classes present in y_true):
+    the "OA" and "mAcc" of point-cloud tables."""
+    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+    recalls = [float((y_pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
+    return {"oa": float((y_true == y_pred).mean()), "macc": float(np.mean(recalls))}
+
+
+def probe_candidates(kind: str, n_train: int) -> dict:
+    """Estimator factories of one probe kind, one per hyper-parameter value, for :func:`select_by_inner_cv`:
+    ``linear`` (logistic regression over C), ``svm`` (linear SVM over C), ``knn`` (cosine kNN over k);
+    all on standardised features."""
+    if kind == "linear":
+        return {("C", c): (lambda c=c: _logreg(c)) for c in C_GRID}
+    if kind == "svm":
+        return {("C", c): (lambda c=c: make_pipeline(StandardScaler(), LinearSVC(C=c, max_iter=5000, dual="auto")))
+                for c in SVM_C_GRID}
+    if kind == "knn":
+        ks = [k for k in KNN_K_GRID if k < n_train * 0.6] or [1]
+        return {("k", k): (lambda k=k: make_pipeline(StandardScaler(), KNeighborsClassifier(n_neighbors=k, metric="cosine")))
+                for k in ks}
+    raise ValueError(f"unknown probe {kind!r}: use linear, svm or knn")
+
+
+@threadpool_limits.wrap(limits=1)
+def tuned_probe(kind: str, Xtr: np.ndarray | dict, ytr: np.ndarray, Xte: np.ndarray | dict, seed: int = 0) -> tuple[np.ndarray, dict]:
+    """Test predictions of a ``kind`` probe whose hyper-parameter (and, given dicts, pooling) is chosen by
+    inner CV on the training labels only, and what was chosen (with the training accuracy, so an
+    under-fitted probe shows)."""
+    ytr = np.asarray(ytr)
+    tr = Xtr if isinstance(Xtr, dict) else {"features": Xtr}
+    te = Xte if isinstance(Xte, dict) else {"features": Xte}
+    cands = {(p, key): (tr[p], make) for p in tr for key, make in probe_candidates(kind, len(ytr)).items()}
+    (pool, (param, value)), cv = select_by_inner_cv(cands, ytr, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        clf = cands[(pool, (param, value))][1]().fit(tr[pool], ytr)
+    return clf.predict(te[pool]), {"pooling": pool, param: value, "inner_cv": float(cv),
+                                   "train_accuracy": float((clf.predict(tr[pool]) == ytr).mean())}
+
+
+def normalised_kernel(X: np.ndarray) -> np.ndarray:
+    """The cosine-normalised linear kernel of X's rows (for count features with tens of thousands of columns)."""
+    K = X.astype(np.float64) @ X.T.astype(np.float64)
+    d = np.sqrt(np.clip(np.diag(K), 1e-12, None))
+    return K / d[:, None] / d[None, :]
+
+
+@threadpool_limits.wrap(limits=1)
+def kfold_accuracy(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: int = 10,
+                   seeds: tuple[int, ...] = (0, 1, 2), kernel: bool = False) -> dict:
+    """Repeated stratified k-fold accuracy of a linear-kernel SVM, as graph-classification tables report it
+    (GraphMAE, InfoGraph), with C and the pooling chosen by inner CV on each training fold only.
+
+    ``kernel``: the features are counts (e.g. Weisfeiler-Lehman), compared through their cosine-normalised
+    kernel, computed once. Returns per-(seed, fold) accuracies (the same folds for every method, so
+    methods pair up), per-seed means, mean and std of those, mean training accuracy, the poolings chosen.
+    """
+    feats = features if isinstance(features, dict) else {"features": features}
+    y = np.asarray(y)
+    if kernel:
+        feats = {k: normalised_kernel(X) for k, X in feats.items()}
+
+    def make(c: float):
+        if kernel:
+            return SVC(kernel="precomputed", C=c, max_iter=100_000)
+        # libsvm's SVC with a linear kernel: exact and fast on a few thousand samples with thousands of
+        # columns, where liblinear's LinearSVC stalls at its iteration limit
+        return make_pipeline(StandardScaler(), SVC(kernel="linear", C=c, max_iter=100_000))
+
+    def rows(X: np.ndarray, idx: np.ndarray, tr: np.ndarray) -> np.ndarray:
+        """Samples ``idx`` of X; a precomputed kernel's columns are the training samples ``tr``."""
+        return X[np.ix_(idx, tr)] if kernel else X[idx]
+
+    grid = KERNEL_C_GRID if kernel else SVM_C_GRID
+    accs, train_accs, pools = [], [], Counter()
+    for seed in seeds:
+        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
+            cands = {(name, c): (rows(X, tr, tr), (lambda c=c: make(c))) for name, X in feats.items() for c in grid}
+            (name, c), _ = select_by_inner_cv(cands, y[tr], seed)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                clf = make(c).fit(rows(feats[name], tr, tr), y[tr])
+            pools[name] += 1
+            accs.append(float((clf.predict(rows(feats[name], te, tr)) == y[te]).mean()))
+            train_accs.append(float(clf.score(rows(feats[name], tr, tr), y[tr])))
+    per_seed = np.array(accs).reshape(len(seeds), folds).mean(1)
+    return {"fold_accuracy": accs, "seed_accuracy": per_seed.tolist(), "mean": float(per_seed.mean()),
+            "std": float(per_seed.std()), "train_accuracy": float(np.mean(train_accs)), "poolings": dict(pools)}

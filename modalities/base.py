@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from foundation.grid import masked_mse
+from foundation.inputs import InputPolicy
 from foundation.masking import sample_mask as core_sample_mask
 from foundation.recipes import check_settings
 from foundation.tokens import PatchBatch, SampleTokens
@@ -80,6 +81,24 @@ class TokenDataset(Dataset, ABC):
     def label(self, index: int) -> int | None:
         """The class of sample ``index`` without loading it (few-shot splits need all labels fast)."""
         return None
+
+    # -- the bad-input policy's counts, for datasets that read files through ``self.inputs`` ----------
+    inputs: InputPolicy
+    _header_skips: int = 0
+
+    @property
+    def skipped(self) -> list[tuple[str, str]]:
+        """(path, reason) of every input skipped under ``data.on_error=skip``, each once."""
+        return self.inputs.skipped_items()
+
+    def headers_checked(self) -> None:
+        """Call once every input's header has been checked: later skips are counted as read failures."""
+        self._header_skips = len(self.inputs.skipped)
+
+    @property
+    def read_failures(self) -> int:
+        """Inputs that passed the header checks but failed when their data were read."""
+        return len(self.inputs.skipped) - self._header_skips
 
     def __getitem__(self, key: int | tuple[int, int]) -> SampleTokens:
         if isinstance(key, tuple):
@@ -179,6 +198,29 @@ class Adapter(ABC):
         features. Default: the encoder itself. An adapter may wrap it to embed several views of each
         sample and concatenate them (earth: all bands and the finest-resolution bands)."""
         return encoder
+
+    # -- dense tasks (``finetune.task=segmentation``; see foundation/dense.py) ---------------------
+    def dense_dataset(self, data: dict, train: bool) -> TokenDataset:
+        """A dataset whose samples carry ``dense`` targets [N, D] (one label per element a token covers,
+        -1 for none) read from ``data.masks``, with ``dense_classes`` naming the classes."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter has no dense task; finetune.task=segmentation serves "
+                             "medical, earth and pointcloud encoders")
+
+    def dense_head(self, encoder: nn.Module, classes: int) -> nn.Module:
+        """The dense task's head: ``forward(enc, batch) -> logits [B, N, D, classes]`` (an attribute
+        ``needs_layers = True`` asks for every encoder layer)."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter has no dense head")
+
+    def write_dense(self, dataset: TokenDataset, predictions, out_dir: Path, names: list[str]):
+        """Write each ``(index, class indices [n, D])`` of ``predictions`` in the sample's source geometry
+        under ``out_dir`` (``names``: the fine-tuned model's classes); yield ``(index, written file)``."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter cannot write dense predictions")
 
     def preprocessing(self) -> dict:
         """What travels with an exported encoder: the full adapter config."""

@@ -75,10 +75,6 @@ class EarthDataset(TokenDataset):
         labels = [self.scenes[c.scene].label for c in self.chips]
         self.targets, self.classes = class_index(labels)
 
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(path, reason) of every scene skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
 
     def _scene_windows(self, scene: Scene, size: int, stride) -> tuple[Grid, list[Window], int]:
         grid = reference_grid(scene.parts)

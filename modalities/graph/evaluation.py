@@ -17,9 +17,9 @@ from torch.nn import functional as F
 from foundation.data import eval_loader
 from foundation.finetune import train_from_scratch, tune_lr
 from foundation.model import Encoder
-from foundation.probes import compare_few_shot, paired_difference
+from foundation.probes import compare_few_shot, kfold_accuracy, paired_difference
 from foundation.trunk import masked_max, masked_mean
-from modalities.graph.tasks import svm_cv, wl_features
+from modalities.graph.tasks import wl_features
 
 log = logging.getLogger(__name__)
 # Frozen-feature poolings the SVM's inner CV chooses from: the last layer's mean and max, and (as GIN,
@@ -110,9 +110,9 @@ def compare_encoders(data: dict, recipe_name: str = "graph-mae", overrides: list
     emb_rand = graph_embeddings(rand, ds)
     res: dict = {"n_graphs": len(ds), "classes": int(y.max()) + 1, "pretrain_s": round(t_pre, 1),
                  "recipe": recipe_name, "overrides": list(overrides), "poolings": list(poolings), "steps": int(recipe["train"]["steps"])}
-    res["pretrained"] = svm_cv(pooled(emb_pre, poolings), y, folds, seeds)
-    res["random_init"] = svm_cv(pooled(emb_rand, poolings), y, folds, seeds)
-    res["wl_kernel"] = svm_cv({"wl": wl_features(ds.set.graphs)}, y, folds, seeds, kernel=True)
+    res["pretrained"] = kfold_accuracy(pooled(emb_pre, poolings), y, folds, seeds)
+    res["random_init"] = kfold_accuracy(pooled(emb_rand, poolings), y, folds, seeds)
+    res["wl_kernel"] = kfold_accuracy({"wl": wl_features(ds.set.graphs)}, y, folds, seeds, kernel=True)
     # from scratch: same folds as the first seed; by default the same number of steps as pretraining
     steps = int(recipe["train"]["steps"]) if scratch_steps is None else scratch_steps
     split = list(StratifiedKFold(folds, shuffle=True, random_state=seeds[0]).split(np.zeros(len(y)), y))

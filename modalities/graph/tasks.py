@@ -1,76 +1,15 @@
-"""Downstream protocols of the graph field: SVM 10-fold CV, node-level embeddings, scaffold splits,
-and the classical Weisfeiler-Lehman baseline every graph-classification result is compared with.
+"""Downstream pieces of the graph field: node-level embeddings, scaffold splits, and the classical
+Weisfeiler-Lehman baseline every graph-classification result is compared with. The field's SVM
+10-fold protocol is the core's ``foundation.probes.kfold_accuracy``.
 """
 from __future__ import annotations
 
-import warnings
 from collections import Counter, defaultdict
 
 import numpy as np
 import torch
-from sklearn.exceptions import ConvergenceWarning
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import SVC
-
-SVM_C = (0.001, 0.01, 0.1, 1.0)
-KERNEL_C = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)  # a cosine-normalised kernel (entries <= 1) needs larger C
 
 
-def _svm() -> object:
-    """Standardised features, then a linear-kernel SVM (libsvm's SVC, GraphMAE's estimator, there with its default RBF kernel):
-    exact and fast on a few thousand graphs even with thousands of feature columns, where liblinear's
-    LinearSVC stalls at its iteration limit."""
-    return make_pipeline(StandardScaler(), SVC(kernel="linear", C=1.0, max_iter=100_000))
-
-
-def svm_cv(features: np.ndarray | dict[str, np.ndarray], y: np.ndarray, folds: int = 10,
-           seeds: tuple[int, ...] = (0, 1, 2), inner: int = 3, kernel: bool = False) -> dict:
-    """Linear-SVM k-fold accuracy as the field reports it (GraphMAE, InfoGraph), with C and the pooling
-    chosen by inner CV on each training fold only (no test fold touches a choice).
-
-    Returns per-(seed, fold) accuracies (for paired comparisons: same folds for every method), their
-    per-seed means, the overall mean and std of the per-seed means, and the mean training accuracy.
-    """
-    feats = features if isinstance(features, dict) else {"features": features}
-    y = np.asarray(y)
-    if kernel:  # e.g. WL counts: the cosine-normalised linear kernel, computed once (tens of thousands of columns)
-        feats = {k: _normalised_kernel(X) for k, X in feats.items()}
-        estimator, grid = SVC(kernel="precomputed", max_iter=100_000), {"C": KERNEL_C}
-    else:
-        estimator, grid = _svm(), {"svc__C": SVM_C}
-
-    def rows(X: np.ndarray, idx: np.ndarray, tr: np.ndarray) -> np.ndarray:
-        """Samples ``idx`` of X; a precomputed kernel's columns are the training samples ``tr``."""
-        return X[np.ix_(idx, tr)] if kernel else X[idx]
-
-    accs, train_accs, pools = [], [], Counter()
-    for seed in seeds:
-        for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(np.zeros(len(y)), y):
-            best = (-1.0, None, None)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", ConvergenceWarning)
-                for name, X in feats.items():
-                    gs = GridSearchCV(estimator, grid, cv=StratifiedKFold(inner, shuffle=True, random_state=seed)).fit(rows(X, tr, tr), y[tr])
-                    if gs.best_score_ > best[0]:
-                        best = (gs.best_score_, name, gs.best_estimator_)
-            _, name, clf = best
-            pools[name] += 1
-            accs.append(float((clf.predict(rows(feats[name], te, tr)) == y[te]).mean()))
-            train_accs.append(float(clf.score(rows(feats[name], tr, tr), y[tr])))
-    per_seed = np.array(accs).reshape(len(seeds), folds).mean(1)
-    return {"fold_accuracy": accs, "seed_accuracy": per_seed.tolist(), "mean": float(per_seed.mean()),
-            "std": float(per_seed.std()), "train_accuracy": float(np.mean(train_accs)), "poolings": dict(pools)}
-
-
-def _normalised_kernel(X: np.ndarray) -> np.ndarray:
-    K = X.astype(np.float64) @ X.T.astype(np.float64)
-    d = np.sqrt(np.clip(np.diag(K), 1e-12, None))
-    return K / d[:, None] / d[None, :]
-
-
-# ----------------------------------------------------------------------------------------------
 def wl_features(graphs, iterations: int = 3) -> np.ndarray:
     """Weisfeiler-Lehman subtree label counts (Shervashidze et al. 2011), the classical baseline.
 

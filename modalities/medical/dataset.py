@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 from monai.data import CacheDataset, Dataset
+from safetensors import SafetensorError
 
 from foundation.grid import normalized_targets, patchify
 from foundation.inputs import InputPolicy
@@ -99,7 +100,7 @@ class MedicalDataset(TokenDataset):
                 continue
             items.append(item)
             sources.append(src)
-        self._header_skips = len(self.inputs.skipped)
+        self.headers_checked()
         if not items:
             raise MedicalInputError(f"no readable volume in {data.get('manifest') or data.get('root')}")
         self.items, self.sources = items, sources
@@ -154,27 +155,13 @@ class MedicalDataset(TokenDataset):
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index // self.k]
 
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(source, reason) of every source skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
-
-    @property
-    def load_skips(self) -> int:
-        """Sources that passed the header checks but failed when their voxels were read."""
-        return len(self.inputs.skipped) - self._header_skips
-
-    def volume(self, index: int) -> dict | None:
-        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source.
-
-        Under ``data.on_error=skip`` a volume that fails is counted once, never read again, and comes
-        back as None (no other volume stands in for it).
-        """
+    def _read(self, index: int, fetch):
+        """``fetch()`` for volume ``index`` under the bad-input policy, errors naming the source."""
         src = self.items[index]["source"]
 
         def read():
             try:
-                return self.volumes[index]
+                return fetch()
             except Exception as err:  # MONAI wraps reader errors in RuntimeError
                 cause = root_cause(err)
                 if isinstance(cause, MedicalInputError):
@@ -183,22 +170,62 @@ class MedicalDataset(TokenDataset):
 
         return self.inputs.load(src, read, check=False)
 
+    def volume(self, index: int) -> dict | None:
+        """The preprocessed volume ``index`` (of ``len(items)``), errors naming the source.
+
+        Under ``data.on_error=skip`` a volume that fails is counted once, never read again, and comes
+        back as None (no other volume stands in for it).
+        """
+        return self._read(index, lambda: self.volumes[index])
+
+    def voxels(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """Image [C, X, Y, Z], validity [1, X, Y, Z] and spacing of preprocessed volume ``index`` as plain
+        tensors: what a training crop needs, without rebuilding MONAI's MetaTensors and their history
+        on every read (from the disk cache, that rebuild cost more than the crop and tokens together).
+        None under ``data.on_error=skip`` when the volume failed."""
+        got = self.voxel_dict(index)
+        return None if got is None else (got[IMAGE], got[VALID], got["spacing"])
+
+    def voxel_dict(self, index: int) -> dict[str, torch.Tensor] | None:
+        """:meth:`voxels` as a dict (image, valid, spacing), with the segmentation (``seg``) when the
+        dataset was read with it (the dense task's training crops cut it like the image)."""
+        keys = (IMAGE, VALID) + ((SEG,) if self.with_seg else ())
+        if isinstance(self.volumes, SafeDiskCache):
+            return self._read(index, lambda: self.volumes.voxels(index, keys))
+        d = self.volume(index)
+        return None if d is None else {k: _plain(d[k]) for k in keys} | {"spacing": _spacing(d[IMAGE])}
+
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
         vi, j = divmod(index, self.k)
+        src = self.items[vi]["source"]
+        label = None if self.labels is None else self.labels[vi]
+        if rng is not None:  # one random roi crop (the k crops of a volume are k independent draws)
+            got = self.voxel_dict(vi)
+            if got is None:  # skipped under data.on_error=skip
+                return None
+            window = (slice(None), *random_window(got[IMAGE].shape[1:], self.cfg["roi"], rng))
+            s = to_tokens(got[IMAGE][window], got[VALID][window], self.cfg, f"{src}#crop{j}", src, label, spacing=got["spacing"])
+            if SEG in got:  # read with its segmentation: per-voxel targets of the dense task
+                s.dense = dense_labels(got[SEG][window], got[VALID][window], self.cfg)
+            return s
         d = self.volume(vi)
         if d is None:  # skipped under data.on_error=skip
             return None
-        src = d["source"]
-        if rng is not None:
-            self.crops.set_random_state(seed=int(torch.randint(0, 2**31 - 1, (1,), generator=rng)))
-            d = self.crops(d)[j]
-            ident = f"{src}#crop{j}"
-        else:
-            if self.center is not None:
-                d = self.center(d)
-            ident = src
-        label = None if self.labels is None else self.labels[self._index[src]]
-        return to_tokens(d[IMAGE], d[VALID], self.cfg, ident, src, label)
+        if self.center is not None:
+            d = self.center(d)
+        s = to_tokens(d[IMAGE], d[VALID], self.cfg, src, src, label)
+        if SEG in d:
+            s.dense = dense_labels(d[SEG], d[VALID], self.cfg)
+        return s
+
+
+def dense_labels(seg, valid, cfg: dict) -> torch.Tensor:
+    """A segmentation [1, X, Y, Z] cut like the image: [N, prod(patch)] voxel labels per token, -1 where
+    no source voxel is (the crop's padding, the edge padding that makes the grid whole patches)."""
+    gp = patchify(_plain(seg).float(), tuple(int(p) for p in cfg["patch"]), _plain(valid)[0] > 0.5)
+    out = gp.patches.round().long()
+    out[~gp.valid] = -1
+    return out
 
 
 class SafeDiskCache(torch.utils.data.Dataset):
@@ -209,6 +236,7 @@ class SafeDiskCache(torch.utils.data.Dataset):
 
     def __init__(self, items: list[dict], transform, folder: Path) -> None:
         self.items, self.transform, self.folder = items, transform, Path(folder)
+        self._layout: dict[int, tuple[Path, dict[str, str], torch.Tensor]] = {}
 
     def __len__(self) -> int:
         return len(self.items)
@@ -216,13 +244,35 @@ class SafeDiskCache(torch.utils.data.Dataset):
     def _base(self, item: dict) -> Path:
         return self.folder / hashlib.sha1(json.dumps(item, sort_keys=True, default=str).encode()).hexdigest()
 
+    def voxels(self, index: int, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+        """Plain tensors of ``keys`` plus ``spacing``. An entry's JSON is decoded once per process;
+        after that only its safetensors file is read."""
+        from safetensors.torch import load_file
+
+        layout = self._layout.get(index)
+        if layout is not None:
+            base, names, spacing = layout
+            try:
+                tensors = load_file(str(base.with_suffix(".safetensors")))
+                return {k: tensors[name] for k, name in names.items()} | {"spacing": spacing}
+            except (OSError, KeyError, SafetensorError):  # a damaged or replaced entry: rebuilt below
+                del self._layout[index]
+        d = self[index]
+        spacing = _spacing(d[keys[0]])
+        base = self._base(self.items[index])
+        try:
+            self._layout[index] = (base, _cached_names(base, keys), spacing)
+        except (OSError, ValueError, KeyError):
+            pass  # not cached (e.g. an uncacheable value): later reads decode again
+        return {k: _plain(d[k]) for k in keys} | {"spacing": spacing}
+
     def __getitem__(self, index: int) -> dict:
         item = self.items[index]
         base = self._base(item)
         if base.with_suffix(".json").exists():
             try:
                 return _decode_cached(base)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, SafetensorError):
                 pass  # a damaged cache entry is rebuilt from the source
         out = self.transform(dict(item))
         _encode_cached(base, out)
@@ -304,10 +354,31 @@ def _decode_cached(base: Path) -> dict:
     return dec(json.loads(base.with_suffix(".json").read_text()))
 
 
-def to_tokens(image, valid, cfg: dict, ident: str, path: str, label: int | None) -> SampleTokens:
+def _cached_names(base: Path, keys: tuple[str, ...]) -> dict[str, str]:
+    """The safetensors names under which ``_encode_cached`` stored the MetaTensors of ``keys``."""
+    entry = json.loads(base.with_suffix(".json").read_text())
+    names = {k: v["__metatensor__"] for k, v in entry["__dict__"] if isinstance(v, dict) and "__metatensor__" in v}
+    missing = [k for k in keys if k not in names]
+    if missing:
+        raise KeyError(f"{base}: no cached tensor for {missing}")
+    return {k: names[k] for k in keys}
+
+
+def random_window(shape, roi, rng: torch.Generator) -> tuple[slice, ...]:
+    """A uniformly placed ``roi`` window inside ``shape`` (the volume is padded to at least ``roi``)."""
+    out = []
+    for size, r in zip(shape, roi):
+        r = min(int(r), int(size))
+        start = int(torch.randint(int(size) - r + 1, (1,), generator=rng))
+        out.append(slice(start, start + r))
+    return tuple(out)
+
+
+def to_tokens(image, valid, cfg: dict, ident: str, path: str, label: int | None,
+              spacing: torch.Tensor | None = None) -> SampleTokens:
     """One preprocessed (crop of a) volume [C, X, Y, Z] -> tokens with per-patch normalised targets."""
     patch = tuple(int(p) for p in cfg["patch"])
-    spacing = _spacing(image)
+    spacing = _spacing(image) if spacing is None else spacing
     gp = patchify(_plain(image).float(), patch, _plain(valid)[0] > 0.5)
     unit = torch.tensor(patch, dtype=torch.float32) * spacing / float(cfg["position_unit_mm"])
     values, ok = pooled_patches(gp.patches, gp.valid, patch, int(cfg["channels"]), target_pool(cfg))

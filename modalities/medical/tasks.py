@@ -5,6 +5,7 @@ NIfTI in the source image's space, and a from-scratch supervised classifier base
 from __future__ import annotations
 
 import math
+import re
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -265,6 +266,87 @@ def write_prediction(pred: Tensor, volume: dict, dataset: MedicalDataset, out_pa
     out_path.parent.mkdir(parents=True, exist_ok=True)
     nib.save(nib.Nifti1Image(arr, affine), str(out_path))
     return out_path
+
+
+# -- the dense task of `domainfm finetune` (finetune.task=segmentation; foundation/dense.py) -----------
+class UNETRHead(nn.Module):
+    """UNETR's decoder as the core's dense head: each sample's patches are put back into its image and
+    its encoder layers into maps (the grid read from the token coordinates, so crops and whole volumes
+    of any size work), and the per-voxel logits cut back into tokens: [B, N, prod(patch), classes]."""
+
+    needs_layers = True
+
+    def __init__(self, encoder, classes: int, features: int = 16) -> None:
+        super().__init__()
+        cfg = encoder.adapter.config
+        self.patch = tuple(int(p) for p in cfg["patch"])
+        self.channels, self.classes, self.unit_mm = int(cfg["channels"]), classes, float(cfg["position_unit_mm"])
+        self.decoder = UNETRDecoder(self.channels, encoder.width, encoder.config["depth"], self.patch, classes, features)
+
+    def forward(self, enc, batch) -> Tensor:
+        from foundation.grid import patchify, unpatchify
+
+        b, n, _ = batch.patches.shape
+        voxels = math.prod(self.patch)
+        spacing = batch.meta["spacing"].float() if "spacing" in batch.meta else batch.coords.new_ones(b, 3)
+        unit = torch.tensor(self.patch, dtype=torch.float32, device=spacing.device) * spacing / self.unit_mm  # [B, 3]
+        out = enc.tokens.new_zeros(b, n, voxels, self.classes, dtype=torch.float32)
+        for i in range(b):
+            grid = tuple(int(g) + 1 for g in (batch.coords[i] / unit[i]).round().amax(0).tolist())  # batch padding sits at 0
+            m = math.prod(grid)
+
+            def as_map(t: Tensor) -> Tensor:
+                return t[i, :m].reshape(*grid, t.shape[-1]).permute(3, 0, 1, 2)[None]
+
+            image = unpatchify(batch.patches[i, :m], grid, self.patch, self.channels)[None].to(enc.tokens.dtype)
+            logits = self.decoder(image, [as_map(h) for h in enc.layers], as_map(enc.tokens))[0]  # [classes, *S]
+            out[i, :m] = patchify(logits.float(), self.patch).patches.reshape(m, self.classes, voxels).transpose(1, 2)
+        return out
+
+
+def dense_dataset(adapter_cfg: dict, data: dict, train: bool) -> MedicalDataset:
+    """Volumes with their segmentations (``data.masks=column:<name>``, default the adapter's
+    ``seg_column``) as dense samples: training views are one random ``roi`` crop per volume per draw
+    (so each sample is one volume and splits keep a volume whole); evaluation and prediction views are
+    whole volumes (``eval_roi`` is ignored: predictions must cover the source)."""
+    from foundation.dense import DenseTaskError
+
+    rule = data.get("masks") or (f"column:{adapter_cfg['seg_column']}" if train else None)
+    cfg = {**adapter_cfg, "crops_per_volume": 1, "eval_roi": None}
+    if rule:
+        if not rule.startswith("column:"):
+            raise DenseTaskError(f"data.masks={rule}: medical masks come from a manifest column (data.masks=column:<name>)")
+        cfg["seg_column"] = rule[len("column:"):]
+    ds = MedicalDataset(cfg, data, train=train, with_seg=bool(rule))
+    ds.dense_classes = []
+    if rule:
+        top = max(int(np.asarray(nib.load(item[SEG]).dataobj).max()) for item in ds.items)
+        if top < 1:
+            raise DenseTaskError(f"{ds.items[0][SEG]}...: the masks hold one class only (need background and at least one structure)")
+        ds.dense_classes = [str(c) for c in range(top + 1)]
+    return ds
+
+
+def write_volume_maps(dataset: MedicalDataset, predictions, out_dir: str | Path):
+    """``<volume>_pred.nii.gz`` per volume, in the source image's space (``write_prediction``: the
+    preprocessing inverted, so shape, orientation and affine are the source's). ``predictions`` yields
+    (volume index, labels [n, prod(patch)])."""
+    from foundation.grid import unpatchify
+
+    patch = tuple(int(p) for p in dataset.cfg["patch"])
+    used: set[str] = set()
+    for index, labels in predictions:
+        vol = dataset.volume(index)
+        if vol is None:  # skipped under data.on_error=skip
+            continue
+        size = tuple(vol[IMAGE].shape[1:])
+        grid = tuple(-(-s // p) for s, p in zip(size, patch))
+        pred = unpatchify(torch.as_tensor(np.asarray(labels), dtype=torch.float32), grid, patch, 1)[:, : size[0], : size[1], : size[2]]
+        name = re.sub(r"\.nii(\.gz)?$", "", Path(vol["source"]).name) + "_pred"
+        while name in used:
+            name += "_"
+        used.add(name)
+        yield index, str(write_prediction(pred, vol, dataset, Path(out_dir) / f"{name}.nii.gz"))
 
 
 # -- supervised from-scratch classifier (the "same size, same budget" baseline) -----------------

@@ -6,6 +6,7 @@ Chamfer use ``torch.cdist`` in query chunks so 32k-point clouds stay within a fe
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -16,7 +17,46 @@ def farthest_point_sample(xyz: Tensor, m: int, valid: Tensor | None = None, star
     ``xyz`` [B, N, 3]; ``valid`` [B, N] excludes padded points; ``start`` [B] is the first pick
     (default: the first valid point, so the evaluation view is deterministic). If a sample has
     fewer than ``m`` valid points, the picks repeat its points once all are taken.
+
+    On the CPU (DataLoader workers) the picks come from a numpy loop with preallocated buffers,
+    one cloud at a time: FPS is ``m`` dependent steps, so its cost is per-step overhead, and a
+    torch step costs ~8x a numpy step on one core (a batched torch step is memory-bound on CPU).
+    Other devices run the batched torch loop. Both give the same picks (float32, same sums, first
+    maximum on ties); ``tests/modalities/pointcloud/test_pc_ops.py`` checks that.
     """
+    if xyz.device.type == "cpu":
+        return _fps_numpy(xyz, m, valid, start)
+    return _fps_torch(xyz, m, valid, start)
+
+
+def _first_valid(valid: Tensor | None, b: int) -> Tensor:
+    return torch.zeros(b, dtype=torch.long) if valid is None else valid.float().argmax(dim=1)
+
+
+def _fps_numpy(xyz: Tensor, m: int, valid: Tensor | None, start: Tensor | None) -> Tensor:
+    b, n, _ = xyz.shape
+    starts = (_first_valid(valid, b) if start is None else start.reshape(b)).tolist()
+    coords = xyz.detach().float().numpy()
+    picked = np.empty((b, m), dtype=np.int64)
+    diff, step = np.empty((3, n), np.float32), np.empty(n, np.float32)
+    for s in range(b):
+        cloud = np.ascontiguousarray(coords[s].T)  # [3, N]: one broadcast subtract per step
+        dist = np.full(n, np.inf, np.float32)
+        if valid is not None:  # padded points sit at -1, below every real distance, so never picked
+            dist[~valid[s].numpy()] = -1.0
+        current = int(starts[s])
+        for i in range(m):
+            picked[s, i] = current
+            np.subtract(cloud, cloud[:, current: current + 1], out=diff)
+            np.multiply(diff, diff, out=diff)
+            np.add(diff[0], diff[1], out=step)
+            step += diff[2]  # (dx^2 + dy^2) + dz^2: the torch loop's order, so the same float32 sums
+            np.minimum(dist, step, out=dist)
+            current = int(dist.argmax())
+    return torch.from_numpy(picked)
+
+
+def _fps_torch(xyz: Tensor, m: int, valid: Tensor | None, start: Tensor | None) -> Tensor:
     b, n, _ = xyz.shape
     xyz = xyz.float()
     if valid is None:

@@ -1,9 +1,9 @@
 """Downstream tasks the point-cloud field reports: object classification probes on frozen features,
 the few-shot episode protocol, and a per-point segmentation head whose labels go back into LAS.
 
-Probes standardise features and choose their regularisation by inner cross-validation on the
-training labels only (DESIGN "How we prove a claim"); they report overall accuracy (OA) and
-class-balanced accuracy (mean per-class recall, "mAcc" in the field's tables).
+Probes are the core's (``foundation.probes.tuned_probe``: standardised features, regularisation by
+inner cross-validation on the training labels only, DESIGN "How we prove a claim"); this module
+reports them as the field does: overall accuracy (OA) and class-balanced accuracy ("mAcc").
 """
 from __future__ import annotations
 
@@ -11,53 +11,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
-from sklearn.neighbors import KNeighborsClassifier
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import LinearSVC
 from torch import Tensor, nn
 
+from foundation.probes import accuracies, tuned_probe
 from modalities.pointcloud.io import write_las
 from modalities.pointcloud.ops import knn
 
 
-def accuracies(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
-    """Overall accuracy and class-balanced accuracy (mean recall over the classes present in y_true)."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    recalls = [float((y_pred[y_true == c] == c).mean()) for c in np.unique(y_true)]
-    return {"oa": float((y_true == y_pred).mean()), "macc": float(np.mean(recalls))}
-
-
-def _cv(y: np.ndarray) -> StratifiedKFold | int:
-    smallest = min(c for c in np.bincount(y) if c > 0)
-    return StratifiedKFold(n_splits=max(2, min(5, smallest)), shuffle=True, random_state=0)
-
-
 def probe(kind: str, xtr: np.ndarray, ytr: np.ndarray, xte: np.ndarray, yte: np.ndarray,
           return_predictions: bool = False) -> dict:
-    """Fit a probe (``linear`` logistic regression, ``svm`` linear SVM, ``knn``) and score it on the test set.
-
-    Hyper-parameters (C, k) come from stratified inner CV on the training set; returns OA, mAcc and
-    the training accuracy (an under-fitted probe is then visible), and with ``return_predictions``
-    the test predictions (``pred``), for paired comparisons on the same test samples.
+    """The core's tuned probe (``linear`` logistic regression, ``svm`` linear SVM, ``knn``; C or k by
+    inner CV on the training set) scored as point-cloud tables report it: OA, mAcc and the training
+    accuracy (an under-fitted probe is then visible); with ``return_predictions`` the test predictions
+    (``pred``), for paired comparisons on the same test samples.
     """
-    ytr, yte = np.asarray(ytr), np.asarray(yte)
-    if kind == "linear":
-        model, grid = LogisticRegression(max_iter=2000), {"logisticregression__C": [0.01, 0.1, 1.0, 10.0]}
-    elif kind == "svm":
-        model, grid = LinearSVC(max_iter=5000, dual="auto"), {"linearsvc__C": [0.001, 0.01, 0.1, 1.0]}
-    elif kind == "knn":
-        ks = [k for k in (1, 5, 10, 20) if k < len(ytr) * 0.6] or [1]
-        model, grid = KNeighborsClassifier(metric="cosine"), {"kneighborsclassifier__n_neighbors": ks}
-    else:
-        raise ValueError(f"unknown probe {kind!r}: use linear, svm or knn")
-    search = GridSearchCV(make_pipeline(StandardScaler(), model), grid, cv=_cv(ytr), n_jobs=1)
-    search.fit(xtr, ytr)
-    pred = search.predict(xte)
-    out = accuracies(yte, pred)
-    out["train_acc"] = float((search.predict(xtr) == ytr).mean())
+    pred, chosen = tuned_probe(kind, xtr, ytr, xte)
+    out = accuracies(np.asarray(yte), pred)
+    out["train_acc"] = chosen["train_accuracy"]
     if return_predictions:
         out["pred"] = pred
     return out

@@ -48,6 +48,10 @@ class SpeechAdapter(Adapter):
         "aug_gain_db": 6.0,  # training views only
         "aug_tilt_db": 0.0,
         "aug_noise_snr_db": None,  # [low, high] SNR range for added white noise, or null
+        # decoded, resampled recordings kept in memory per DataLoader worker (MB; 0 = off): from the
+        # second epoch on, a corpus that fits is never decoded again (decoding was a third of a
+        # worker's time per clip); a larger one keeps the most recently read
+        "cache_mb": 512,
     }
     position_kind: ClassVar[str] = "sincos"
     default_masking: ClassVar[dict[str, Any]] = {"kind": "span", "axis": 0, "ratio": 0.7, "span": 2}

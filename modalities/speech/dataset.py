@@ -7,6 +7,7 @@ by every later sample, including in DataLoader workers started after fitting.
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,8 @@ class SpeechDataset(TokenDataset):
         self.inputs = InputPolicy(on_error)
         self.config, self.train, self.on_error = config, train, self.inputs.on_error
         self.pipeline = SpeechPipeline(config)
+        self._cache: OrderedDict[int, Tensor] = OrderedDict()  # index -> waveform, least recently read first
+        self._cached_bytes = 0
         self.inputs.found = len(sources)
         segments: list[Segment] = []
         for src in sources:
@@ -126,18 +129,8 @@ class SpeechDataset(TokenDataset):
             raise DataError(Path(self.skipped[0][0]).parent if self.skipped else "data", f"no readable audio among {len(sources)} file(s)"
                             + (f"; first problem: {self.skipped[0][1]}" if self.skipped else ""), "point data.root at a folder of audio files")
         self.segments = segments
-        self._header_skips = len(self.inputs.skipped)
+        self.headers_checked()
         self.labels, self.classes = class_index([s.label for s in segments])
-
-    @property
-    def skipped(self) -> list[tuple[str, str]]:
-        """(path, reason) of every file skipped under ``data.on_error=skip``, each once."""
-        return self.inputs.skipped_items()
-
-    @property
-    def read_failures(self) -> int:
-        """Files that passed the header check but failed when their samples were read."""
-        return len(self.inputs.skipped) - self._header_skips
 
     def __len__(self) -> int:
         return len(self.segments)
@@ -162,10 +155,21 @@ class SpeechDataset(TokenDataset):
 
     # -- the pipeline, step by step -----------------------------------------------------------------
     def waveform(self, index: int) -> Tensor:
-        """The whole segment, mono, at the configured rate."""
+        """The whole segment, mono, at the configured rate (from the worker's cache when it is there)."""
+        cached = self._cache.get(index)
+        if cached is not None:
+            self._cache.move_to_end(index)
+            return cached
         seg = self.segments[index]
         wave, rate = read_audio(seg.path, seg.start, seg.end)
-        return self.pipeline.resample(wave, rate)
+        wave = self.pipeline.resample(wave, rate)
+        budget = int(float(self.config.get("cache_mb") or 0) * 2**20)
+        if 0 < wave.nbytes <= budget:
+            self._cache[index] = wave
+            self._cached_bytes += wave.nbytes
+            while self._cached_bytes > budget:
+                self._cached_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return wave
 
     def crop(self, wave: Tensor, rng: torch.Generator | None) -> Tensor:
         return self.pipeline.crop(wave, rng)

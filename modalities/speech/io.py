@@ -6,6 +6,8 @@ of recordings is only debuggable when the error says which one is broken.
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,20 +80,28 @@ def _check_ogg_complete(path: Path) -> None:
 
 def audio_info(path: str | Path) -> AudioInfo:
     """Header information, checked: raises :class:`AudioReadError` naming the file on any problem."""
+    with _opened(path) as (_, info):
+        return info
+
+
+@contextmanager
+def _opened(path: str | Path):
+    """The open file and its checked header: one open serves both the checks and the read."""
     path = Path(path)
     if not path.is_file():
         raise AudioReadError(f"{path}: no such audio file")
     if path.stat().st_size == 0:
         raise AudioReadError(f"{path}: empty file (0 bytes)")
     try:
-        info = sf.info(str(path))
+        f = sf.SoundFile(str(path))
     except Exception as err:  # libsndfile raises its own error types for "not audio", "truncated header"...
         raise AudioReadError(f"{path}: not a readable audio file ({err})") from err
-    if path.suffix.lower() == ".wav":
-        _check_wav_complete(path)
-    if path.suffix.lower() in (".ogg", ".oga", ".opus"):
-        _check_ogg_complete(path)
-    return AudioInfo(str(path), int(info.samplerate), int(info.frames), int(info.channels))
+    with f:
+        if path.suffix.lower() == ".wav":
+            _check_wav_complete(path)
+        if path.suffix.lower() in (".ogg", ".oga", ".opus"):
+            _check_ogg_complete(path)
+        yield f, AudioInfo(str(path), int(f.samplerate), int(f.frames), int(f.channels))
 
 
 def read_audio(path: str | Path, start: float | None = None, end: float | None = None) -> tuple[np.ndarray, int]:
@@ -100,15 +110,18 @@ def read_audio(path: str | Path, start: float | None = None, end: float | None =
     ``start``/``end`` (seconds) read only that segment, so a manifest can point into a long
     recording without loading all of it. Multi-channel audio is mixed down by averaging channels.
     """
-    info = audio_info(path)
-    first = int(round((start or 0.0) * info.sample_rate))
-    last = info.frames if end is None else min(info.frames, int(round(end * info.sample_rate)))
-    if start is not None and first >= max(info.frames, 1):
-        raise AudioReadError(f"{path}: segment start {start}s is past the end of the recording ({info.seconds:.3f}s)")
-    try:
-        data, rate = sf.read(str(path), start=first, stop=last, dtype="float32", always_2d=True)
-    except Exception as err:
-        raise AudioReadError(f"{path}: could not decode audio ({err})") from err
+    with _opened(path) as (f, info):
+        first = int(round((start or 0.0) * info.sample_rate))
+        last = info.frames if end is None else min(info.frames, int(round(end * info.sample_rate)))
+        if start is not None and first >= max(info.frames, 1):
+            raise AudioReadError(f"{path}: segment start {start}s is past the end of the recording ({info.seconds:.3f}s)")
+        try:
+            if first:
+                f.seek(first)
+            data = f.read(max(last - first, 0), dtype="float32", always_2d=True)
+        except Exception as err:
+            raise AudioReadError(f"{path}: could not decode audio ({err})") from err
+        rate = info.sample_rate
     if data.shape[0] == 0:
         raise AudioReadError(f"{path}: contains no audio samples")
     if data.shape[0] < last - first:

@@ -71,7 +71,7 @@ def test_pretraining_keeps_the_structure_that_separates_the_synthetic_families(t
 
     from foundation.model import Encoder
     from modalities.graph.evaluation import graph_embeddings
-    from modalities.graph.tasks import svm_cv
+    from foundation.probes import kfold_accuracy
 
     data = GraphAdapter().synthetic(tmp_path / "data", 300, seed=0)
     recipe = load_recipe("graph-mae", [f"data.root={data['root']}", f"run.dir={tmp_path / 'run'}", "train.steps=150",
@@ -82,7 +82,7 @@ def test_pretraining_keeps_the_structure_that_separates_the_synthetic_families(t
     torch.manual_seed(1)
     rand = Encoder.build(enc.adapter, recipe["model"]).eval()
     pools = ("mean", "layers_meanmax")
-    pre = svm_cv({p: v for p, v in graph_embeddings(enc, ds).items() if p in pools}, y, 10, (0,))
-    rnd = svm_cv({p: v for p, v in graph_embeddings(rand, ds).items() if p in pools}, y, 10, (0,))
+    pre = kfold_accuracy({p: v for p, v in graph_embeddings(enc, ds).items() if p in pools}, y, 10, (0,))
+    rnd = kfold_accuracy({p: v for p, v in graph_embeddings(rand, ds).items() if p in pools}, y, 10, (0,))
     assert pre["mean"] > 0.9, (pre["mean"], rnd["mean"])
     assert pre["mean"] >= rnd["mean"] - 0.01, (pre["mean"], rnd["mean"])

@@ -6,20 +6,31 @@ import torch
 from graph_helpers import cycle_graph, path_graph
 from torch_geometric.data import Data
 
-from modalities.graph.tasks import scaffold_split, svm_cv, wl_features
+from foundation.probes import kfold_accuracy
+from modalities.graph.tasks import scaffold_split, wl_features
 
 
-def test_svm_cv_uses_the_same_folds_and_learns_a_separable_problem():
+def test_kfold_accuracy_uses_the_same_folds_and_learns_a_separable_problem():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1], 40)
     X = rng.normal(size=(80, 5))
     X[:, 0] += 3 * y
     noise = rng.normal(size=(80, 5))
-    r1 = svm_cv({"good": X, "noise": noise}, y, folds=5, seeds=(0, 1))
-    r2 = svm_cv({"good": X}, y, folds=5, seeds=(0, 1))
+    r1 = kfold_accuracy({"good": X, "noise": noise}, y, folds=5, seeds=(0, 1))
+    r2 = kfold_accuracy({"good": X}, y, folds=5, seeds=(0, 1))
     assert r1["mean"] > 0.9 and len(r1["fold_accuracy"]) == 10 and r1["poolings"].get("good", 0) >= 8
     assert r1["fold_accuracy"] == r2["fold_accuracy"]  # inner CV picks "good" -> identical folds, identical scores
-    assert svm_cv(noise, y, folds=5, seeds=(0,))["mean"] < 0.75
+    assert kfold_accuracy(noise, y, folds=5, seeds=(0,))["mean"] < 0.75
+
+
+def test_kfold_accuracy_on_a_precomputed_wl_kernel_learns_and_shuffled_labels_do_not():
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(1.0, size=(60, 40)).astype(float)
+    y = np.repeat([0, 1], 30)
+    counts[y == 1, :5] += 4  # class 1 graphs carry more of five subtree patterns
+    good = kfold_accuracy({"wl": counts}, y, folds=5, seeds=(0,), kernel=True)
+    shuffled = kfold_accuracy({"wl": counts}, rng.permutation(y), folds=5, seeds=(0,), kernel=True)
+    assert good["mean"] > 0.9 and shuffled["mean"] < 0.75 and len(good["fold_accuracy"]) == 5
 
 
 def test_wl_features_tell_cycles_from_paths_and_ignore_node_order():

@@ -100,7 +100,7 @@ def test_load_time_failure_is_counted_once_and_not_replaced(tmp_path, small_cfg)
     ds = MedicalDataset(small_cfg(cache="none"), {"root": str(tmp_path), "on_error": "skip"}, train=False)
     bad = [s.path.split("/")[-1] for s in ds.sources].index("bad.nii.gz")
     (tmp_path / "bad.nii.gz").write_bytes(b"\x1f\x8b" + b"0" * 100)  # corrupted after the dataset was built
-    assert ds[bad] is None and ds[bad] is None and ds.load_skips == 1 and len(ds.skipped) == 1
+    assert ds[bad] is None and ds[bad] is None and ds.read_failures == 1 and len(ds.skipped) == 1
     assert ds[1 - bad].path.endswith("good.nii.gz")
 
 
@@ -158,3 +158,30 @@ def test_disk_cache_is_keyed_by_preprocessing(tmp_path, small_cfg):
     y = b[0].patches
     assert len(list((cache / "medical").iterdir())) == 2 and not torch.allclose(x, y)
     assert torch.equal(MedicalDataset(small_cfg(cache="disk", cache_dir=str(cache)), {"root": str(tmp_path / "d")}, train=False)[0].patches, x)
+
+
+def test_training_crops_read_plain_voxels_equal_to_the_monai_volume(tmp_path, small_cfg):
+    """Training crops read plain tensors from the disk cache (no MetaTensor rebuild per read); they are
+    the very voxels and spacing of the MONAI-decoded volume, and a damaged entry is rebuilt."""
+    for i in range(2):
+        write(tmp_path / "d" / f"v{i}.nii.gz", blob(i), spacing=(1.5, 1.5, 2.0))
+    ds = MedicalDataset(small_cfg(cache="disk", cache_dir=str(tmp_path / "cache"), spacing=None),
+                        {"root": str(tmp_path / "d")}, train=True)
+    for vi in range(2):
+        first = ds.voxels(vi)  # builds the entry
+        again = ds.voxels(vi)  # the plain fast path
+        full = ds.volume(vi)  # MONAI's MetaTensor dict, decoded from the same entry
+        for got in (first, again):
+            assert torch.equal(got[0], full["image"].as_tensor()) and torch.equal(got[1], full["valid"].as_tensor())
+            assert torch.allclose(got[2], torch.tensor([1.5, 1.5, 2.0]))
+    # negative control: the two volumes' voxels differ, so the equality above can fail
+    assert not torch.equal(ds.voxels(0)[0], ds.voxels(1)[0])
+    # a crop is a roi-sized window of those voxels, placed by the sample's seed
+    s, t = ds[(0, 5)], ds[(0, 6)]
+    assert s.patches.shape == t.patches.shape and not torch.equal(s.patches, t.patches)
+    # a damaged cache entry is rebuilt from the source, not reported as a bad input
+    expected = ds.voxels(0)[0].clone()
+    for f in (tmp_path / "cache").rglob("*.safetensors"):
+        f.unlink()  # a new file, as the cache's own atomic replace makes: tensors read before stay valid
+        f.write_bytes(b"garbage")
+    assert torch.equal(ds.voxels(0)[0], expected)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from modalities.pointcloud.ops import chamfer_distance, farthest_point_sample, group_points, knn
+from modalities.pointcloud.ops import _fps_numpy, _fps_torch, chamfer_distance, farthest_point_sample, group_points, knn
 
 
 def reference_fps(x: np.ndarray, m: int, start: int = 0) -> list[int]:
@@ -35,6 +35,23 @@ def test_fps_ignores_padding():
     valid[0, 10:30] = True
     idx = farthest_point_sample(x, 20, valid)
     assert set(idx[0].tolist()) == set(range(10, 30))
+
+
+def test_fps_cpu_kernel_picks_what_the_device_loop_picks():
+    """The numpy kernel (CPU workers) and the batched torch loop (GPU) are one algorithm: same picks,
+    with padding, with fewer valid points than picks, and on a grid full of tied distances."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 700, 3, generator=g) * torch.tensor([5.0, 1.0, 0.2])
+    valid = torch.rand(4, 700, generator=g) > 0.3
+    valid[3] = False
+    valid[3, :40] = True  # 40 valid points, 64 picks: the picks repeat once all are taken
+    start = torch.tensor([0, 5, 17, 2])
+    for args in [(None, None), (valid, None), (None, start)]:
+        assert torch.equal(_fps_numpy(x, 64, *args), _fps_torch(x, 64, *args))
+    grid = torch.stack(torch.meshgrid(*[torch.arange(6.0)] * 3, indexing="ij"), -1).reshape(1, -1, 3)
+    assert torch.equal(_fps_numpy(grid, 50, None, None), _fps_torch(grid, 50, None, None))
+    # negative control: the comparison can tell two different pick sequences apart
+    assert not torch.equal(_fps_numpy(x, 64, None, start), _fps_torch(x, 64, None, start.roll(1)))
 
 
 def test_knn_matches_brute_force():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from foundation.probes import accuracies
 from modalities.base import adapter_class
 from modalities.pointcloud.io import read_cloud
-from modalities.pointcloud.tasks import (PointSegHead, accuracies, few_shot_episodes, few_shot_eval, probe,
-                                         write_point_labels)
+from modalities.pointcloud.tasks import PointSegHead, few_shot_episodes, few_shot_eval, probe, write_point_labels
 
 
 def test_balanced_accuracy_differs_from_overall_on_imbalanced_classes():

@@ -165,3 +165,22 @@ def test_manifest_with_segments_and_labels(tmp_path):
 def test_unknown_setting_is_refused():
     with pytest.raises(ValueError, match="n_mel"):
         adapter_from_config("speech", {"n_mel": 40})
+
+
+def test_decoded_recordings_are_cached_per_worker_within_the_byte_budget(tmp_path):
+    """A recording read once is not decoded again (the file can even be gone); the cache holds at
+    most ``cache_mb`` and evicts the least recently read; ``cache_mb=0`` reads the file every time."""
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        write(tmp_path / f"r{i}.wav", rng.normal(0, 0.1, 8000 * 40), 8000)  # 40 s: 1.28 MB as float32 at 8 kHz
+    kept = adapter_from_config("speech", {"sample_rate": 8000, "cache_mb": 3}).dataset({"root": str(tmp_path)}, train=True)
+    uncached = adapter_from_config("speech", {"sample_rate": 8000, "cache_mb": 0}).dataset({"root": str(tmp_path)}, train=True)
+    first = [kept.waveform(i).clone() for i in range(3)]  # 3.8 MB read into a 3 MB budget: r0 evicted
+    assert [uncached.waveform(i) for i in range(3)] and not uncached._cache
+    for i in range(3):
+        (tmp_path / f"r{i}.wav").unlink()
+    assert all(torch.equal(kept.waveform(i), first[i]) for i in (1, 2))  # from memory
+    with pytest.raises(AudioReadError):
+        kept.waveform(0)  # evicted: the file is read again, and it is gone
+    with pytest.raises(AudioReadError):  # negative control: without the cache every read opens the file
+        uncached.waveform(1)
