@@ -17,7 +17,7 @@ every word does. Per seed (new volumes, new training seed):
 
 Intervals: mean over seeds of (held-out recall@1 - chance) with a 95% t-interval (foundation.probes.paired_difference).
 
-    OMP_NUM_THREADS=1 python benchmarks/align_medical_report.py --seeds 3     # writes results/align_medical_report.json|md
+    OMP_NUM_THREADS=1 python benchmarks/align_medical_report.py --seeds 5     # writes results/align_medical_report.json|md
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def one_seed(work: Path, seed: int, args) -> dict:
     run = work / "run"
     extra = [f"train.steps={args.steps}"] if args.steps else []
     t0 = time.perf_counter()
-    assert cli(["align", args.recipe, f"data.manifest={train}", f"run.dir={run}", f"run.seed={seed}", "--quiet", *extra]) == 0
+    if not (run / "summary.json").exists():  # a finished seed of the same work directory is reused (adding seeds)
+        assert cli(["align", args.recipe, f"data.manifest={train}", f"run.dir={run}", f"run.seed={seed}", "--quiet", *extra]) == 0
     train_s = time.perf_counter() - t0
     all_texts = [report(*c) for c in COMBOS]
     z_text = embed_aligned(run, texts=all_texts)["embeddings"]
