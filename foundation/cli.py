@@ -73,13 +73,17 @@ CSV indexes them: id, path, prediction (the written file), fraction_<class>.
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
   quality (label-free: RankMe, uniformity, alignment; no labels needed);
-  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval
+  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval;
+  finetune with finetune.task=segmentation draws k labelled samples (volumes, chips, clouds) per seed and
+  reports mean foreground Dice, mIoU and each structure's Dice
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
   domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
       finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
   domainfm evaluate exported/grid data/ --task quality --baselines random   # label-free, no labels needed
+  domainfm evaluate exported/medical cohort/manifest.csv --task finetune finetune.task=segmentation \\
+      finetune.method=linear probe.k=[2,4] probe.seeds=3 --baselines random
 """
 
 

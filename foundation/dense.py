@@ -119,7 +119,8 @@ def predict_dense(model, view, batch_size: int = 8, device: torch.device | None 
 
 
 def dense_evaluate(model, view, names: list[str], batch_size: int = 8, device=None) -> dict:
-    """Dice / IoU (``foundation.evaluate.task_metrics``) of ``model`` over every labelled element of ``view``."""
+    """Dice / IoU (``foundation.evaluate.task_metrics``) of ``model`` over every labelled element of ``view``;
+    ``n`` counts the samples, ``elements`` the labelled voxels, pixels or points."""
     from foundation.evaluate import task_metrics
 
     ys, ps, n = [], [], 0
@@ -131,7 +132,7 @@ def dense_evaluate(model, view, names: list[str], batch_size: int = 8, device=No
     if not ys:
         raise DenseTaskError("no sample of the evaluation split has dense labels (data.masks)")
     out = task_metrics("segmentation", np.concatenate(ys), np.concatenate(ps), names)
-    out["samples"] = n
+    out["elements"], out["n"] = out["n"], n  # n: samples, as every task's reports count them
     return out
 
 

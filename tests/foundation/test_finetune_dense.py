@@ -284,3 +284,46 @@ def test_pointcloud_labels_are_written_in_the_input_point_order(lidar, tmp_path)
     assert covered.sum() > 100 and np.array_equal(a[covered], tile["labels"][covered])
     assert (a == tile["labels"]).mean() > 0.9 and (b == tile["labels"][order]).mean() > 0.9
     assert (b == tile["labels"]).mean() < 0.8
+
+
+# -- refusals: one line naming the key or file and the way out ----------------------------------------
+def test_dense_refusals_name_the_way_out(tmp_path):
+    from foundation.dense import DenseTaskError, label_files, mask_file
+    from foundation.finetune import finetune_spec
+    from foundation.recipes import RecipeError
+    from modalities.speech.adapter import SpeechAdapter
+
+    with pytest.raises(RecipeError, match="linear, full, lora"):
+        finetune_spec(str(tmp_path), ["finetune.task=segmentation", "finetune.method=knn"])
+    with pytest.raises(DenseTaskError, match="no dense task"):
+        SpeechAdapter().dense_dataset({"root": str(tmp_path)}, train=True)
+    (tmp_path / "a_S2.tif").touch()
+    (tmp_path / "a_mask.tif").touch()
+    rule = r"regex:_S2\.tif$=>_mask.tif"
+    assert mask_file(str(tmp_path / "a_S2.tif"), rule) == str(tmp_path / "a_mask.tif")
+    assert label_files([str(tmp_path / "a_S2.tif"), str(tmp_path / "a_mask.tif")], rule) == {str(tmp_path / "a_mask.tif")}
+    with pytest.raises(DenseTaskError, match="does not match"):
+        mask_file(str(tmp_path / "b.tif"), rule)
+    with pytest.raises(DenseTaskError, match="do not exist"):
+        mask_file(str(tmp_path / "c_S2.tif"), rule)
+    with pytest.raises(DenseTaskError, match="column:<name> or regex"):
+        mask_file(str(tmp_path / "a_S2.tif"), "masks/")
+    assert mask_file("x.nii.gz", "column:seg", {"seg": "m/x.nii.gz"}, tmp_path) == str(tmp_path / "m" / "x.nii.gz")
+
+
+@pytest.mark.slow
+def test_evaluate_runs_the_few_label_protocol_on_a_dense_task(earth, tmp_path):
+    """`domainfm evaluate --task finetune finetune.task=segmentation`: k labelled chips per draw, paired
+    seeds, mean Dice per arm with the random-init twin as baseline, per-structure Dice intervals."""
+    from foundation.evaluate import run_evaluate
+
+    d, data = earth
+    out = run_evaluate(str(d / "enc"), data["root"], "finetune",
+                       ["finetune.task=segmentation", "finetune.method=linear", "finetune.steps=15", f"data.masks={data['masks']}",
+                        "probe.k=[4]", "probe.seeds=2", "probe.test_fraction=0.25"], ["random"], tmp_path / "result.json")
+    res = json.loads(out.read_text())
+    row = res["rows"][0]
+    assert res["metric"] == "mean_dice" and res["arms"] == ["model", "random_init"] and res["n_test"] == 4
+    assert set(row["model"]["per_class_dice"]) == set(res["names"]) and "vs_model" in row["random_init"]
+    assert row["model"]["mean_dice"]["mean"] > 0.2 and "train_mean_dice" in row["model"]
+    assert "mean_dice" in (tmp_path / "report.md").read_text()
