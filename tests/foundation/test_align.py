@@ -193,7 +193,7 @@ def test_lora_tower_targets_trunk_blocks_only_and_exports_merged(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["align-speech-text", "align-speech-text-gpu", "align-s1s2", "align-pointcloud-depth", "bind-text",
-                                  "align-medical-report", "align-graph-text"])
+                                  "align-medical-report", "align-medical-report-gpu", "align-graph-text"])
 def test_align_recipes_resolve_and_refuse_unknown_tower_keys(name):
     from foundation.recipes import RecipeError, load_recipe
 
