@@ -80,7 +80,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "align_pointcloud_depth"))
     args = p.parse_args()
     t0 = time.perf_counter()
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # manifest paths are absolute: a manifest's relative paths resolve from its own folder
     sets = build(Path(args.data), work, args.per_class, 0)
     results = []
     for seed in range(args.seeds):

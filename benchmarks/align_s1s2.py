@@ -99,7 +99,7 @@ def main() -> None:
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "align_s1s2"))
     args = p.parse_args()
     t0 = time.perf_counter()
-    work = Path(args.work)
+    work = Path(args.work).resolve()  # manifest paths are absolute: a manifest's relative paths resolve from its own folder
     s1, s2, label = read_chip(Path(args.data))
     per_seed = []
     for seed in range(args.seeds):

@@ -11,6 +11,8 @@ and, on the held-out combinations of the training speakers, retrieval of the rig
 all 40 ("<speaker> says <digit>") against chance. Run for a pretrained and a random speech tower.
 
     python benchmarks/align_speech_text.py --encoder runs/speech-mae/encoder      # writes results/align_speech_text.json|md
+    python benchmarks/align_speech_text.py --encoder runs/speech-mae/encoder --towers pretrained \
+        --tune label-s50 label-s150 label label-mlp-s150 --out benchmarks/results/align_speech_text_tuned   # nested choice
 """
 from __future__ import annotations
 
@@ -61,7 +63,43 @@ def write_manifests(all_clips: list[dict], held_speaker: str, out: Path) -> dict
     }
 
 
-def run_fold(args, held: str, tower_init: str | None, tag: str, all_clips: list[dict]) -> dict:
+# Alignment settings tried by --tune, each a list of overrides; chosen per outer fold by inner leave-one-speaker-out
+# zero-shot accuracy on the training speakers only (the held-out speaker never informs the choice).
+CONFIGS = {
+    "recipe": [],  # texts sharing a string are positives; linear head; --steps steps
+    "label": ["align.positives=label"],  # every clip and text of one digit are positives (word and "<speaker> says <digit>")
+    "label-mlp": ["align.positives=label", "towers.speech.head=mlp"],
+    "label-mlp-long": ["align.positives=label", "towers.speech.head=mlp", "train.steps=1000"],
+    # fewer steps: the number of steps is the alignment's regulariser across speakers, as C is the probe's
+    "label-s50": ["align.positives=label", "train.steps=50"],
+    "label-s150": ["align.positives=label", "train.steps=150"],
+    "label-mlp-s150": ["align.positives=label", "towers.speech.head=mlp", "train.steps=150"],
+}
+
+
+def inner_zero_shot(args, outer: str, val: str, tower_init: str | None, tag: str, all_clips: list[dict], config: str) -> float:
+    """Zero-shot accuracy on training speaker ``val`` of an alignment trained on the other training speakers."""
+    from foundation.cli import main as cli
+
+    work = Path(args.work) / tag / outer / "inner" / config / val
+    m = write_manifests([c for c in all_clips if c["speaker"] != outer], val, work)
+    overrides = [f"data.manifest={m['train']}", f"run.dir={work / 'run'}", f"align.eval_manifest={m['test']}",
+                 f"align.cache_dir={Path(args.work) / tag / 'cache'}", f"train.steps={args.steps}", f"run.seed={args.seed}", *CONFIGS[config]]
+    overrides += [f"towers.speech.init={tower_init}"] if tower_init else []
+    if not (work / "run" / "align_eval.json").exists():
+        assert cli(["align", "align-speech-text", *overrides, "--quiet"]) == 0
+    return float(json.loads((work / "run" / "align_eval.json").read_text())["zero_shot"]["accuracy"])
+
+
+def tuned_fold(args, held: str, tower_init: str | None, tag: str, all_clips: list[dict]) -> dict:
+    """Choose the config by inner folds (the other training speakers held out in turn), then run the outer fold with it."""
+    inner = {c: [inner_zero_shot(args, held, v, tower_init, tag, all_clips, c) for v in SPEAKERS if v != held] for c in args.tune}
+    best = max(args.tune, key=lambda c: (float(np.mean(inner[c])), -args.tune.index(c)))
+    return {**run_fold(args, held, tower_init, tag, all_clips, CONFIGS[best]), "config": best,
+            "inner_zero_shot": {c: float(np.mean(v)) for c, v in inner.items()}}
+
+
+def run_fold(args, held: str, tower_init: str | None, tag: str, all_clips: list[dict], extra: list[str] | tuple = ()) -> dict:
     from foundation.align_eval import retrieval
     from foundation.align_task import load_towers
     from foundation.cli import main as cli
@@ -72,7 +110,7 @@ def run_fold(args, held: str, tower_init: str | None, tag: str, all_clips: list[
     work = Path(args.work) / tag / held
     m = write_manifests(all_clips, held, work)
     overrides = [f"data.manifest={m['train']}", f"run.dir={work / 'run'}", f"align.eval_manifest={m['test']}",
-                 f"align.cache_dir={Path(args.work) / tag / 'cache'}", f"train.steps={args.steps}", f"run.seed={args.seed}"]
+                 f"align.cache_dir={Path(args.work) / tag / 'cache'}", f"train.steps={args.steps}", f"run.seed={args.seed}", *extra]
     overrides += [f"towers.speech.init={tower_init}"] if tower_init else []  # random: the speech-mae architecture, untrained
     t0 = time.perf_counter()
     assert cli(["align", "align-speech-text", *overrides, "--quiet"]) == 0
@@ -125,18 +163,21 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--work", default="runs/bench_align_speech_text")
     p.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "align_speech_text"))
+    p.add_argument("--tune", nargs="*", default=None, choices=list(CONFIGS),
+                   help="choose among these alignment settings per outer fold by inner leave-one-speaker-out zero-shot accuracy")
     args = p.parse_args()
     t0 = time.perf_counter()
     all_clips = clips(Path(args.data))
     towers = {t: i for t, i in ({"random": None} | ({"pretrained": args.encoder} if args.encoder else {})).items() if t in args.towers}
     results = {}
     for tag, init in towers.items():
-        folds = [run_fold(args, held, init, tag, all_clips) for held in args.folds]
+        folds = [tuned_fold(args, held, init, tag, all_clips) if args.tune else run_fold(args, held, init, tag, all_clips) for held in args.folds]
         results[tag] = {"folds": folds,
                         "zero_shot_minus_logreg": paired_difference([f["zero_shot"] for f in folds], [f["logreg"] for f in folds]),
-                        **{k: float(np.mean([f[k] for f in folds])) for k in folds[0] if k not in ("fold",)}}
+                        **{k: float(np.mean([f[k] for f in folds])) for k in folds[0] if k not in ("fold", "config", "inner_zero_shot")}}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
     out = {"results": results, "commit": commit, "seed": args.seed, "steps": args.steps, "folds": args.folds,
+           "tune": {c: CONFIGS[c] for c in args.tune or []},
            "machine": f"{platform.machine()} {os.cpu_count()} cpus, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}",
            "wall_s": time.perf_counter() - t0, "command": " ".join(sys.argv)}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -147,6 +188,12 @@ def main() -> None:
         d = r["zero_shot_minus_logreg"]
         lines.append(f"| {tag} | {r['zero_shot']:.3f} | {r['logreg']:.3f} ({r['logreg_train']:.2f}) | {d['diff']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] | "
                      f"{r['composition_recall@1']:.3f} / {r['composition_recall@5']:.3f} ({r['composition_chance@1']:.3f} / {r['composition_chance@5']:.3f}) |")
+    if args.tune:
+        lines += ["", "Settings chosen per outer fold by inner leave-one-speaker-out zero-shot accuracy (training speakers only):", "",
+                  "| speech tower | held-out speaker | chosen | inner zero-shot per setting | outer zero-shot | logreg |", "|---|---|---|---|---|---|"]
+        lines += [f"| {tag} | {f['fold']} | {f['config']} | " + ", ".join(f"{c} {v:.3f}" for c, v in f["inner_zero_shot"].items())
+                  + f" | {f['zero_shot']:.3f} | {f['logreg']:.3f} |" for tag, r in results.items() for f in r["folds"]]
+        lines += ["", "Settings: " + "; ".join(f"`{c}`: {' '.join(v) or '(the recipe)'}" for c, v in out["tune"].items())]
     Path(args.out + ".md").write_text(f"# align-speech-text, FSDD leave-one-speaker-out ({len(args.folds)} folds)\n\n`{out['command']}` "
                                       f"(commit {commit[:10]}, {out['machine']}, {out['wall_s']:.0f} s)\n\n" + "\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -35,15 +35,15 @@ from modalities.base import adapter_from_config  # noqa: E402
 MODALITIES = ("medical", "earth", "speech", "pointcloud", "graph")
 
 
-def setup(modality: str, n: int, work: Path):
-    base = load_recipe(f"{modality}-mae")
+def setup(modality: str, n: int, work: Path, overrides: list[str] = ()):
+    base = load_recipe(f"{modality}-mae", list(overrides))
     data_dir = work / modality
     spec_file = data_dir / "spec.json"
     if not spec_file.exists():  # generated once, reused by later runs
         spec = adapter_from_config(base["modality"], base["adapter"]).synthetic(data_dir / "data", n, seed=0)
         spec_file.write_text(json.dumps(spec))
     spec = json.loads(spec_file.read_text())
-    recipe = load_recipe(f"{modality}-mae", [f"data.{k}={v}" for k, v in spec.items()] + ["data.num_workers=0"])
+    recipe = load_recipe(f"{modality}-mae", [f"data.{k}={v}" for k, v in spec.items()] + ["data.num_workers=0"] + list(overrides))
     adapter = adapter_from_config(recipe["modality"], recipe["adapter"])
     dataset = adapter.dataset(recipe["data"], train=True)
     adapter.fit(dataset)
@@ -56,7 +56,7 @@ def setup(modality: str, n: int, work: Path):
 
 
 def measure(modality: str, a, work: Path) -> dict:
-    recipe, model, opt, loader, sampler = setup(modality, a.n, work)
+    recipe, model, opt, loader, sampler = setup(modality, a.n, work, a.override)
     gen = torch.Generator().manual_seed(0)
     epoch = 0
 
@@ -106,6 +106,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--work", default="/tmp/domainfm-loader-bench")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--override", nargs="*", default=[], help="recipe overrides key=value for every modality measured "
+                    "(e.g. --modalities pointcloud --override adapter.sampling=random)")
     a = ap.parse_args()
     torch.set_num_threads(1)
     started = time.time()

@@ -7,10 +7,12 @@ evaluation (retrieval both ways, zero-shot, emergent retrieval between non-ancho
 """
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -113,11 +115,15 @@ def param_groups(model: AlignModel, weight_decay: float, lr: float) -> list[dict
 
 
 # -- caching frozen features across runs --------------------------------------------------------------
+FEATURE_KEYS = ("kind", "modality", "init", "recipe", "adapter", "model", "pooling", "max_length")
+
+
 def _cache_file(recipe: dict, name: str, tower: Tower) -> Path | None:
     d = recipe["align"]["cache_dir"]
     if not d or tower.mode != "frozen":
         return None
-    spec = recipe["towers"][name]
+    # only what determines the backbone's features: a new head, learning rate or loss reuses the cache
+    spec = {k: v for k, v in recipe["towers"][name].items() if k in FEATURE_KEYS}
     extra = {"adapter": tower.encoder.adapter.preprocessing()} if isinstance(tower, EncoderTower) else {}
     if not spec["init"]:
         extra["seed"] = int(recipe["run"]["seed"])  # a fresh frozen tower is its random initialisation
@@ -129,6 +135,26 @@ def load_caches(recipe: dict, towers: dict[str, Tower]) -> None:
         f = _cache_file(recipe, name, tower)
         if f is not None and f.exists():
             tower.cache.update(load_file(str(f)))
+
+
+@torch.no_grad()
+def precompute_frozen(towers: dict[str, Tower], data: PairedDataset, batch_size: int = 64) -> None:
+    """Features of every row of each frozen encoder tower, computed once into its cache (those a cache file
+    already held are kept); the training items then carry no input for that tower (``data.precomputed``),
+    so alignment steps on a frozen tower cost its head only, whatever the number of steps or epochs."""
+    from foundation.tokens import collate
+
+    for name, tower in towers.items():
+        if tower.mode != "frozen" or not isinstance(tower, EncoderTower) or name not in data.index:
+            continue
+        tower.train()  # the backbone stays in eval mode (frozen), as during training
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+        tower.encoder.to(device)
+        rows = [r for r in data.index[name] if data.item_id(name, r) not in tower.cache]
+        for s in range(0, len(rows), batch_size):
+            chunk = rows[s:s + batch_size]
+            tower.features(collate([data.read(name, r, None) for r in chunk]).to(device), [data.item_id(name, r) for r in chunk])
+        data.precomputed.add(name)
 
 
 def save_caches(recipe: dict, towers: dict[str, Tower]) -> None:
@@ -189,15 +215,24 @@ def export_towers(model: AlignModel, out_dir: Path, recipe: dict | None = None) 
     return out_dir
 
 
-def load_towers(export_dir: str | Path) -> dict[str, Tower]:
-    """The towers ``export_towers`` wrote, frozen, ready to embed into the shared space."""
-    export_dir = Path(export_dir)
-    if (export_dir / "towers" / "aligned.json").exists():
-        export_dir = export_dir / "towers"
-    if not (export_dir / "aligned.json").exists():
+def aligned_root(model_dir: str | Path) -> Path | None:
+    """The folder holding ``aligned.json`` (an aligned export, or a run directory's ``towers/``), else None."""
+    p = Path(model_dir)
+    return next((d for d in (p, p / "towers") if (d / "aligned.json").is_file()), None)
+
+
+def load_towers(export_dir: str | Path, names: list[str] | None = None) -> dict[str, Tower]:
+    """The towers ``export_towers`` wrote (all, or ``names``), frozen, ready to embed into the shared space."""
+    root = aligned_root(export_dir)
+    if root is None:
         raise DomainfmError(f"{export_dir}: no aligned.json (not an aligned export; run domainfm align first)")
+    export_dir = root
+    listed = json.loads((export_dir / "aligned.json").read_text())["towers"]
+    unknown = [n for n in names or [] if n not in listed]
+    if unknown:
+        raise DomainfmError(f"{export_dir}: no tower named {unknown[0]!r}; its towers are {', '.join(listed)} (--tower NAME)")
     towers = {}
-    for name in json.loads((export_dir / "aligned.json").read_text())["towers"]:
+    for name in [n for n in listed if names is None or n in names]:
         d = export_dir / name
         info = json.loads((d / "tower.json").read_text())
         if info["kind"] == "encoder":
@@ -224,6 +259,72 @@ def embed_rows(tower: Tower, data: PairedDataset, name: str, rows: list[int], ba
         inputs = items if isinstance(items[0], str) else collate(items).to(device)
         out.append(tower(inputs, ids).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, tower.head_dim()), np.float32)
+
+
+def embed_aligned(model_dir: str | Path, tower: str | None = None, data: dict | None = None, texts: list[str] | None = None,
+                  batch_size: int = 64) -> dict:
+    """One tower of an aligned export into the shared space: its backbone, its projection, L2-normalised,
+    exactly as the alignment evaluation embeds it (``embed_rows``: the deterministic view, one sample's
+    embedding independent of its batch).
+
+    ``texts`` go through the text tower (``tower`` names it when there are several). ``data`` (the
+    ``data`` keys: ``root`` a folder, or ``manifest``) goes through an encoder tower (``tower``, or the
+    only one); a paired manifest with a column named as the tower is read by that column, as ``align``
+    reads it; any other manifest or folder is read by the tower's adapter as ``embed`` reads it.
+    Returns ``embeddings`` [N, D] float32, ``ids``/``paths`` (files) or ``texts``, and ``tower``."""
+    from foundation.data import eval_loader
+    from foundation.recipes import DEFAULTS, TOWER_KEYS
+
+    root = aligned_root(model_dir)
+    if root is None:
+        raise DomainfmError(f"{model_dir}: no aligned.json (not an aligned export; run domainfm align first)")
+    kinds = {n: json.loads((root / n / "tower.json").read_text())["kind"] for n in json.loads((root / "aligned.json").read_text())["towers"]}
+    want = "text" if texts is not None else "encoder"
+    if tower is None:
+        candidates = [n for n, k in kinds.items() if k == want]
+        if len(candidates) != 1:
+            raise DomainfmError(f"{root}: {len(candidates)} {want} towers ({', '.join(candidates) or 'none'}); name one with --tower NAME")
+        tower = candidates[0]
+    if tower in kinds and kinds[tower] != want:
+        way = "give --text or --text-file" if kinds[tower] == "text" else "give DATA (a folder or manifest of its files)"
+        raise DomainfmError(f"tower {tower!r} of {root} is its {kinds[tower]} tower: {way}")
+    t = load_towers(root, [tower])[tower]
+    if texts is not None:
+        if not texts:
+            raise DomainfmError("no text to embed (--text TEXT, or --text-file FILE with one text per line)")
+        z = [t(texts[s:s + batch_size]).detach().cpu().numpy() for s in range(0, len(texts), batch_size)]
+        return {"embeddings": np.concatenate(z).astype(np.float32), "texts": np.array(texts), "tower": tower}
+    data = {**DEFAULTS["data"], **(data or {})}
+    manifest = data.get("manifest")
+    if manifest and tower in read_columns(manifest):  # a paired manifest: the tower's own column, as align reads it
+        recipe = {"data": data, "align": {**DEFAULTS["align"], "pairs": None},
+                  "towers": {tower: {**TOWER_KEYS, "kind": "encoder", "mode": "frozen"}}}
+        ds = paired_dataset(recipe, manifest, {tower: t.encoder.adapter}, False, Path(tempfile.mkdtemp(prefix="domainfm-embed-")))
+        rows = list(ds.index[tower])
+        paths = [ds.paths[tower][r] for r in rows]
+        return {"embeddings": embed_rows(t, ds, tower, rows, batch_size).astype(np.float32), "ids": np.array(paths),
+                "paths": np.array(paths), "tower": tower}
+    dataset = t.encoder.adapter.dataset({**data, "labels": None}, train=False)
+    z, ids, paths = [], [], []
+    with torch.no_grad():
+        for batch in eval_loader(dataset, batch_size):
+            z.append(t(batch.to(t.head_device())).cpu().numpy())
+            ids += batch.ids
+            paths += batch.paths
+    emb = np.concatenate(z) if z else np.zeros((0, t.head_dim()), np.float32)
+    return {"embeddings": emb.astype(np.float32), "ids": np.array(ids), "paths": np.array(paths), "tower": tower}
+
+
+def read_columns(manifest: str | Path) -> set[str]:
+    """Column names of a CSV/JSONL manifest (its header, or its first JSON row's keys)."""
+    p = Path(manifest)
+    if not p.is_file():
+        return set()
+    with open(p) as f:
+        first = f.readline()
+    if p.suffix in (".jsonl", ".ndjson"):
+        return set(json.loads(first)) if first.strip() else set()
+    return {c.strip() for c in next(csv.reader([first]), [])}
 
 
 def evaluate_aligned(recipe: dict, model: AlignModel, data: PairedDataset) -> dict:
@@ -309,6 +410,7 @@ def align_task(recipe: dict, resumed: dict | None):
     model = AlignModel(build_towers(recipe, run_dir, texts, adapters), data.pair_types, recipe["align"]["loss"],
                        recipe["align"]["temperature"])
     load_caches(recipe, model.towers)
+    precompute_frozen(model.towers, data)
     log.info("paired data: %s", data.summary())
 
     def finish(run_dir: Path, model: AlignModel, teacher) -> dict:

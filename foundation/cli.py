@@ -37,7 +37,12 @@ FINETUNE_EPILOG = """methods (finetune.method=):
   lora       LoRA adapters on the trunk's blocks only (finetune.lora_rank=8, finetune.lora_alpha=16),
              merged into the saved encoder, which keeps its parameter names
 tasks (finetune.task=): classification (default), multilabel (labels joined by finetune.label_sep=';'),
-  regression (numeric labels)
+  regression (numeric labels), segmentation (one class per voxel / pixel / point: label files named by
+  data.masks=column:<name> | regex:<find>=><replace> on each sample's path, or data.masks=file for
+  the labels a point file carries (LAS classification, a label column; the point-cloud default);
+  medical defaults to the manifest's seg column; methods linear, full, lora; head: the modality's
+  decoder, UNETR for medical, a per-pixel decoder for earth, PointSegHead for point clouds; metrics
+  Dice per class, mean foreground Dice and mIoU)
 budget: finetune.steps=300 finetune.batch_size=32 finetune.lr=0 (0 = the method's default); fixed by
   default. finetune.val_fraction=0.2 holds out whole groups (data.groups=pattern:<regex> | column:<name>
   | folder) for validation; finetune.patience=N then stops early on it. finetune.class_weight=true
@@ -49,22 +54,36 @@ examples:
   domainfm finetune exported/earth chips.csv data.labels=column:crop finetune.method=linear \\
       data.groups=column:field finetune.val_fraction=0.2 finetune.patience=3
   domainfm finetune exported/medical scans/ data.labels=column:age finetune.task=regression
+  domainfm finetune exported/medical cohort/manifest.csv finetune.task=segmentation data.masks=column:seg \\
+      finetune.method=full run.dir=runs/seg
+  domainfm finetune exported/earth s2/ finetune.task=segmentation finetune.method=linear \\
+      data.masks='regex:_S2\\.tif$=>_mask.tif'     # a mask beside each chip
 """
 
 PREDICT_EPILOG = """examples:
   domainfm predict runs/ft/finetuned new_recordings/ --out predictions.csv
   domainfm predict runs/ft/finetuned new.csv --out predictions.csv     # a manifest with a path column
+  domainfm predict runs/seg/finetuned scans/ --out masks/    # dense: masks/<scan>_pred.nii.gz + masks/predictions.csv
+dense tasks (segmentation) write each sample's labels in its source geometry: NIfTI in the source
+image's space and affine (medical), one GeoTIFF per scene on its grid, transform and CRS (earth,
+nodata where no chip was predicted), <file>_labels.npy with one label value per point in the input
+file's point order (point clouds); --out is a folder (or a .csv whose stem names the folder) and the
+CSV indexes them: id, path, prediction (the written file), fraction_<class>.
 """
 
 EVALUATE_EPILOG = """tasks (--task): probe (linear, C and pooling by inner CV), knn, finetune (finetune.method=...),
   quality (label-free: RankMe, uniformity, alignment; no labels needed);
-  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval
+  for a run of `domainfm align` on a paired manifest: zero-shot (zero_shot.prompt=, zero_shot.classes=), retrieval;
+  finetune with finetune.task=segmentation draws k labelled samples (volumes, chips, clouds) per seed and
+  reports mean foreground Dice, mIoU and each structure's Dice
 examples:
   domainfm evaluate exported/speech recordings/ data.labels='pattern:^(\\d)_' data.groups='pattern:_(\\w+)_'
   domainfm evaluate exported/earth chips/ data.labels=folder --baselines random,classical --out eval/result.json
   domainfm evaluate exported/grid data/ data.labels=folder --task finetune finetune.method=lora \\
       finetune.steps=200 probe.k=[5,10] probe.seeds=5 --baselines random,scratch
   domainfm evaluate exported/grid data/ --task quality --baselines random   # label-free, no labels needed
+  domainfm evaluate exported/medical cohort/manifest.csv --task finetune finetune.task=segmentation \\
+      finetune.method=linear probe.k=[2,4] probe.seeds=3 --baselines random
 """
 
 
@@ -140,10 +159,41 @@ def _exported_and_data(args):
     return encoder, encoder.adapter.dataset(spec["data"], train=False), spec
 
 
+def cmd_embed_aligned(args) -> int:
+    """An aligned export: one tower's files, or texts, into the shared space (projection + L2 norm)."""
+    from foundation.align_task import embed_aligned
+
+    texts = None
+    if args.text or args.text_file:
+        if args.data is not None:
+            raise DomainfmError("give DATA or --text/--text-file, not both (one tower per call; --tower NAME picks it)")
+        texts = list(args.text or [])
+        if args.text_file:
+            f = Path(args.text_file)
+            if not f.is_file():
+                raise DomainfmError(f"--text-file {f}: no such file (one text per line)")
+            texts += [line.strip() for line in f.read_text().splitlines() if line.strip()]
+    elif args.data is None:
+        raise DomainfmError(f"domainfm embed {args.model_dir}: give DATA (a folder or manifest) or --text/--text-file")
+    data = _data_spec(args.data, args.overrides)["data"] if args.data is not None else None
+    out = embed_aligned(args.model_dir, args.tower, data, texts, args.batch_size)
+    np.savez(args.out, **out)
+    what = f"{len(out['texts'])} texts" if "texts" in out else f"{len(out['ids'])} files"
+    print(f"wrote {what} embedded by tower {out['tower']!r} into the shared space (width {out['embeddings'].shape[1]}) to {args.out}")
+    return 0
+
+
 def cmd_embed(args) -> int:
     import yaml
 
+    from foundation.align_task import aligned_root
     from foundation.embed import LoadedEncoder
+
+    if aligned_root(args.model_dir) is not None:
+        return cmd_embed_aligned(args)
+    if args.data is None or args.text or args.text_file or args.tower:
+        raise DomainfmError(f"domainfm embed {args.model_dir} DATA: DATA is required; --text, --text-file and --tower are for "
+                            "aligned exports (run.dir of domainfm align, or its towers/)")
 
     described = {k: yaml.safe_load(v) if v != "" else None for k, v in (o.split("=", 1) for o in args.overrides) if k.startswith(("input.", "adapter."))}
     loaded = LoadedEncoder(args.model_dir, pooling=args.pooling, overrides=described)
@@ -328,9 +378,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("embed", help="embed a folder or manifest with an exported encoder", description="Embed every sample of DATA "
-                       "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N].")
+                       "(a folder or a CSV/JSONL manifest) in order; FILE.npz holds embeddings [N, D], ids [N], paths [N]. "
+                       "With an aligned run/export (domainfm align's run.dir): one tower's files, or --text/--text-file "
+                       "through the text tower, into the shared space (projection + L2 norm).")
     s.add_argument("model_dir")
-    s.add_argument("data")
+    s.add_argument("data", nargs="?", default=None)
     s.add_argument("overrides", nargs="*", help="data.* overrides and input descriptions that never change the model, e.g. "
                    "input.bands=[B02,B03,B04,B08] input.columns=[x,y,z,intensity] input.units=dB input.max_seconds=600")
     s.add_argument("--out", required=True, help="output .npz file (embeddings, ids, paths, pooling, weights_sha256)")
@@ -338,6 +390,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: the pooling the export records for its modality)")
     s.add_argument("--batch-size", type=int, default=64)
     s.add_argument("--quiet", action="store_true")
+    s.add_argument("--tower", default=None, help="aligned export: the tower to embed with (default: its only encoder tower, "
+                   "or its only text tower for --text); a paired manifest is read by the column named as the tower")
+    s.add_argument("--text", action="append", default=None, help="aligned export: a text to embed (repeatable)")
+    s.add_argument("--text-file", default=None, help="aligned export: a file of texts to embed, one per line")
     s.set_defaults(fn=cmd_embed)
 
     s = sub.add_parser("probe", help="few-label probes: exported encoder vs random init", description="Linear probes with k labels "
@@ -380,7 +436,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("finetuned_dir", help="run.dir/finetuned of `domainfm finetune`")
     s.add_argument("data")
     s.add_argument("overrides", nargs="*", help="data.* overrides (input description only)")
-    s.add_argument("--out", required=True, help="output CSV")
+    s.add_argument("--out", required=True, help="output CSV (dense tasks: a folder for the label maps, or a CSV)")
     s.add_argument("--batch-size", type=int, default=64)
     s.set_defaults(fn=cmd_predict)
 

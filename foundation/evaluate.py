@@ -94,10 +94,24 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
     classification: accuracy, balanced accuracy, macro-F1, AUROC (binary, or one-vs-rest macro when every
     class is present), per-class accuracy (recall) and the confusion matrix (rows: true, columns: predicted);
-    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R².
+    multilabel: per-label accuracy, macro-F1 and macro AUROC; regression: MAE, RMSE, R²;
+    segmentation: Dice per class and mean over foreground, IoU per class and mIoU (``foundation.dense_metrics``);
+    verification: EER with its threshold, and AUROC.
     """
     from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, roc_auc_score
 
+    if task == "segmentation":  # y: labels per element (-1 ignored); scores: predicted labels, or probabilities [..., C]
+        from foundation.dense_metrics import segmentation_metrics
+
+        pred = np.asarray(scores)
+        if pred.ndim == np.asarray(y).ndim + 1:
+            pred = pred.argmax(-1)
+        n_cls = len(names) if names else int(max(np.max(y), np.max(pred))) + 1
+        return segmentation_metrics(y, pred, n_cls, names)
+    if task == "verification":  # y: 1 for same-identity pairs; scores: similarity
+        from foundation.dense_metrics import equal_error_rate
+
+        return equal_error_rate(y, scores)
     y, scores = np.asarray(y), np.asarray(scores, dtype=np.float64)
     if task == "regression":
         pred = scores.reshape(len(y), -1)[:, 0]
@@ -133,7 +147,8 @@ def task_metrics(task: str, y: np.ndarray, scores: np.ndarray, names: list[str] 
 
 def headline(task: str) -> str:
     """The metric a task's tables lead with."""
-    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2"}[task]
+    return {"classification": "accuracy", "multilabel": "macro_f1", "regression": "r2", "segmentation": "mean_dice",
+            "verification": "eer"}[task]
 
 
 # -- `domainfm evaluate`: a registry of tasks run under one few-label protocol ---------------------
@@ -222,8 +237,9 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict, splits: list[tu
                 for a, run in arms.items():
                     hist = getattr(run, "history", None)
                     before = len(hist) if hist is not None else 0
-                    scores = run(pick, test, seed)
-                    raw[a].setdefault(int(k), []).append(task_metrics(task, y[test], scores, targets.names))
+                    scores = run(pick, test, seed)  # an arm may score itself (dense tasks: metrics over every element)
+                    metrics = scores if isinstance(scores, dict) else task_metrics(task, y[test], scores, targets.names)
+                    raw[a].setdefault(int(k), []).append(metrics)
                     if hist is not None and len(hist) > before:
                         trained.setdefault(a, {}).setdefault(int(k), []).append(hist[-1])
                     if seeds == 1 and len(splits) == 1 and task == "classification":
@@ -241,6 +257,9 @@ def few_label_protocol(arms: dict, targets, dataset, spec: dict, splits: list[tu
             if task == "classification":
                 per = np.array([[r["per_class_accuracy"][c] for c in targets.names] for r in runs], float)
                 row[a]["per_class"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
+            if task == "segmentation":  # each structure's Dice: a mean over structures hides the small one
+                per = np.array([[r["dice"][c] for c in targets.names] for r in runs], float)
+                row[a]["per_class_dice"] = {c: _interval(per[:, j]) for j, c in enumerate(targets.names)}
             if a != names[0]:
                 row[a]["vs_" + names[0]] = paired_difference([r[key] for r in raw[names[0]][int(k)]], [r[key] for r in runs], n_test)
                 if int(k) in correct:
@@ -294,10 +313,16 @@ def _probe_arm(encoder: Encoder, dataset, targets, kind: str, poolings: tuple[st
 
 
 def _finetune_arm(encoder: Encoder, dataset, targets, cfg: dict):
+    from foundation.dense import DENSE_TASKS, dense_evaluate
     from foundation.finetune import finetune_indices, LabelledView
 
     def run(pick, test, seed):
         ft = finetune_indices(encoder, dataset, targets, pick, cfg, seed)
+        if targets.task in DENSE_TASKS:  # Dice / IoU over every labelled element of the test samples
+            fit = dense_evaluate(ft.model, LabelledView(dataset, pick), targets.names)
+            run.history.append({"train_mean_dice": fit["mean_dice"], **{k: v for k, v in (ft.history or {}).items()
+                                                                        if k in ("first_loss", "final_loss", "steps")}})
+            return dense_evaluate(ft.model, LabelledView(dataset, test), targets.names)
         train = ft.scores(LabelledView(dataset, pick))["scores"]  # its training-set fit: an under-trained arm shows
         run.history.append({"train_" + headline(targets.task): task_metrics(targets.task, targets.values[pick], train)[headline(targets.task)],
                             **{k: v for k, v in (ft.history or {}).items() if k in ("first_loss", "final_loss", "steps")}})
@@ -358,8 +383,14 @@ def finetune_task(encoder: Encoder, dataset, spec: dict, baselines: list[str]) -
     """``domainfm finetune`` (``finetune.method``, ``finetune.task``, budget) on each few-label split."""
     from foundation.finetune import FINETUNE_DEFAULTS, dataset_targets
 
+    from foundation.dense import DENSE_TASKS
+    from foundation.finetune import Targets
+
     cfg = {**FINETUNE_DEFAULTS, **spec["finetune"]}
-    targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
+    if cfg["task"] in DENSE_TASKS:  # k labelled samples (volumes, chips, clouds) per draw
+        targets = Targets(cfg["task"], np.zeros(len(dataset), np.int64), [str(c) for c in dataset.dense_classes])
+    else:
+        targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
     arms = {"model": _finetune_arm(encoder, dataset, targets, cfg)}
     return few_label_protocol(_with_baselines(arms, encoder, dataset, targets, spec, baselines,
                                               lambda e: _finetune_arm(e, dataset, targets, cfg)), targets, dataset, spec)
@@ -411,9 +442,14 @@ def run_evaluate(model_dir: str, data: str, task: str, overrides: list[str], bas
         return run_align_evaluate(model_dir, data, task, overrides, out)
     if task not in EVAL_TASKS:
         raise DomainfmError(f"--task {task!r} is not one of {', '.join(sorted(EVAL_TASKS))}")
+    from foundation.dense import DENSE_TASKS
+
     spec = finetune_spec(data, overrides)
     encoder = load_encoder(model_dir)
-    dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
+    if task == "finetune" and spec["finetune"]["task"] in DENSE_TASKS:
+        dataset = encoder.adapter.dense_dataset(adapter_data(spec["data"]), train=True)
+    else:
+        dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
     torch.manual_seed(int(spec["run"]["seed"]))
     result = {"command": "evaluate", "task_name": task, "model_dir": str(model_dir), "data": spec["data"],
               "baselines": baselines, "probe": spec["probe"], "finetune": spec["finetune"] if task == "finetune" else None,

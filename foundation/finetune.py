@@ -17,7 +17,9 @@ Methods (``finetune.method``):
 
 Tasks (``finetune.task``): ``classification`` (one class per sample), ``multilabel`` (a label holds
 several names joined by ``finetune.label_sep``), ``regression`` (the label is a number; trained on
-standardised targets, predicted in the original unit).
+standardised targets, predicted in the original unit), ``segmentation`` (one class per voxel, pixel or
+point, from ``data.masks``; the head is the adapter's ``dense_head``, methods linear, full and lora;
+see ``foundation.dense``).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from foundation.dense import DENSE_METHODS, DENSE_TASKS, dense_evaluate, dense_loss
 from foundation.engine import TrainingDiverged, warmup_cosine
 from foundation.model import Encoder, load_strict, readable_under_umask
 from foundation.tokens import PatchBatch, SampleTokens, collate
@@ -44,7 +47,7 @@ from foundation.trunk import AttentivePool, masked_mean_std
 
 log = logging.getLogger("domainfm")
 
-TASKS = ("classification", "multilabel", "regression")
+TASKS = ("classification", "multilabel", "regression") + DENSE_TASKS
 METHODS = ("linear", "knn", "attentive", "layers", "full", "lora")
 FROZEN = ("linear", "knn", "attentive", "layers")
 # default learning rate per method (0 in the config means "this")
@@ -243,7 +246,11 @@ class FinetuneModel(nn.Module):
             raise ValueError(f"finetune.method={method!r} is not one of {', '.join(METHODS)}")
         self.encoder, self.method, self.task = encoder, method, task
         depth = encoder.config["depth"]
-        if method == "knn":
+        if task in DENSE_TASKS:
+            if method not in DENSE_METHODS:
+                raise ValueError(f"finetune.method={method!r} does not serve finetune.task={task}; use one of {', '.join(DENSE_METHODS)}")
+            self.head = encoder.adapter.dense_head(encoder, outputs)  # the modality's decoder, e.g. UNETR's
+        elif method == "knn":
             self.head = KNNHead(encoder.width, outputs, bank_size, knn_k)
         else:
             kind = {"attentive": "attentive", "layers": "layers"}.get(method, "meanstd")
@@ -259,15 +266,20 @@ class FinetuneModel(nn.Module):
         return self
 
     def outputs(self, batch: PatchBatch) -> Tensor:
-        layers = self.method == "layers"
+        """Logits [B, outputs], or for a dense task [B, N, D, classes]."""
+        layers = self.method == "layers" or bool(getattr(self.head, "needs_layers", False))
         if self.method in FROZEN:
             with torch.no_grad():
                 enc = self.encoder(batch, return_layers=layers)
         else:
             enc = self.encoder(batch, return_layers=layers)
+        if self.task in DENSE_TASKS:
+            return self.head(enc, batch).float()
         return self.head(enc).float()
 
     def loss(self, out: Tensor, labels: Tensor) -> Tensor:
+        if self.task in DENSE_TASKS:
+            return dense_loss(out, labels)
         if self.task == "classification":
             return F.cross_entropy(out, labels.long(), weight=self.class_weight)
         if self.task == "multilabel":
@@ -276,7 +288,10 @@ class FinetuneModel(nn.Module):
 
     def forward(self, batch: PatchBatch, *args, **kwargs):
         out = self.outputs(batch)
-        return self.loss(out, batch.labels.to(out.device)), {"outputs": out.detach()}
+        labels = batch.dense if self.task in DENSE_TASKS else batch.labels
+        if labels is None:
+            raise ValueError(f"finetune.task={self.task}: a training batch carries no targets")
+        return self.loss(out, labels.to(out.device)), {"outputs": out.detach()}
 
 
 def class_weights(targets: Targets, train_idx: np.ndarray) -> Tensor | None:
@@ -546,8 +561,10 @@ def finetune_indices(encoder: Encoder, dataset, targets: Targets, train_idx: np.
         mean, std = float(values[train_idx].mean()), float(values[train_idx].std() + 1e-8)
         values = ((values - mean) / std).astype(np.float32)
     model = build_model(enc, cfg, targets, train_idx).to(device)
-    train_view = LabelledView(dataset, train_idx, values, augment=cfg["augment"])
-    val_view = LabelledView(dataset, val_idx, values) if val_idx is not None and len(val_idx) else None
+    dense = targets.task in DENSE_TASKS
+    labels = None if dense else values  # dense targets come with each sample (SampleTokens.dense)
+    train_view = LabelledView(dataset, train_idx, labels, augment=cfg["augment"])
+    val_view = LabelledView(dataset, val_idx, labels) if val_idx is not None and len(val_idx) else None
     history = None
     if cfg["method"] == "knn":
         fill_knn(model, LabelledView(dataset, train_idx, values), targets, device)
@@ -555,6 +572,8 @@ def finetune_indices(encoder: Encoder, dataset, targets: Targets, train_idx: np.
         trained = apply_lora(model, int(cfg["lora_rank"]), int(cfg["lora_alpha"])) if cfg["method"] == "lora" else model
 
         def score(m, view):
+            if dense:
+                return dense_evaluate(m, view, targets.names, device=device)["mean_dice"]
             out = predict_outputs(m, view, device=device)["scores"]
             return outputs_metric(targets.task, out, values[view.indices])
 
@@ -692,7 +711,7 @@ def finetune_spec(data: str, overrides: list[str]) -> dict:
     ``finetune.*`` (see FINETUNE_DEFAULTS) and ``run.dir`` / ``run.seed``."""
     from foundation.recipes import DEFAULTS, RecipeError, apply_overrides
 
-    spec = {"data": {**DEFAULTS["data"], "groups": None}, "finetune": dict(FINETUNE_DEFAULTS),
+    spec = {"data": {**DEFAULTS["data"], "groups": None, "masks": None}, "finetune": dict(FINETUNE_DEFAULTS),
             "run": {"dir": "runs/finetune", "seed": 0}, "probe": {**DEFAULTS["probe"], "test_fraction": 0.3}}
     p = Path(data)
     spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
@@ -701,6 +720,8 @@ def finetune_spec(data: str, overrides: list[str]) -> dict:
     for key, allowed in (("task", TASKS), ("method", METHODS)):
         if ft[key] not in allowed:
             raise RecipeError(f"finetune.{key}={ft[key]!r} is not one of {', '.join(allowed)}")
+    if ft["task"] in DENSE_TASKS and ft["method"] not in DENSE_METHODS:
+        raise RecipeError(f"finetune.method={ft['method']} does not serve finetune.task={ft['task']}; use one of {', '.join(DENSE_METHODS)}")
     if not 0 <= ft["val_fraction"] < 1:
         raise RecipeError(f"finetune.val_fraction must be in [0, 1), got {ft['val_fraction']}")
     if ft["patience"] and not ft["val_fraction"]:
@@ -730,10 +751,17 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
     spec = finetune_spec(data, overrides)
     cfg, seed, run_dir = spec["finetune"], int(spec["run"]["seed"]), Path(spec["run"]["dir"])
     encoder = load_encoder(model_dir)
-    dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
-    targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
+    dense = cfg["task"] in DENSE_TASKS
+    if dense:  # one label per element: the adapter's dense dataset reads them from data.masks
+        dataset = encoder.adapter.dense_dataset(adapter_data(spec["data"]), train=True)
+        targets = Targets(cfg["task"], np.zeros(len(dataset), np.int64), [str(c) for c in dataset.dense_classes])
+    else:
+        dataset = encoder.adapter.dataset(adapter_data(spec["data"]), train=True)
+        targets = dataset_targets(dataset, cfg["task"], cfg["label_sep"])
     groups = sample_groups(dataset, spec["data"]["groups"])
-    if cfg["val_fraction"]:
+    if cfg["val_fraction"] and dense:
+        train_idx, val_idx = group_split(groups, cfg["val_fraction"], seed)
+    elif cfg["val_fraction"]:
         strata = targets.values if targets.task == "classification" else None
         train_idx, val_idx = group_split(groups, cfg["val_fraction"], seed, strata)
     else:
@@ -748,22 +776,32 @@ def run_finetune(model_dir: str | Path, data: str, overrides: list[str], progres
                                                              "n_train": int(len(train_idx)), "n_val": int(len(val_idx)),
                                                              "source_model": str(Path(model_dir).resolve())})
     split, idx = ("validation", val_idx) if len(val_idx) else ("train", train_idx)
-    scores = ft.scores(LabelledView(dataset, idx))["scores"]
-    y = targets.values[idx]
-    metrics = task_metrics(targets.task, y, scores, targets.names)
+    if dense:
+        metrics = dense_evaluate(ft.model, LabelledView(dataset, idx), targets.names)
+    else:
+        scores = ft.scores(LabelledView(dataset, idx))["scores"]
+        metrics = task_metrics(targets.task, targets.values[idx], scores, targets.names)
     (out / "evaluation.json").write_text(json.dumps({"split": split, "metrics": metrics, "history": ft.history}, indent=2))
     finetune_report(out, run_dir / "metrics.csv")
     return out, ft
 
 
 def run_predict(finetuned_dir: str | Path, data: str, out: str | Path, overrides: list[str], batch_size: int = 64) -> Path:
-    """``domainfm predict``: the predictions CSV of DATA read with the stored preprocessing."""
+    """``domainfm predict``: the predictions CSV of DATA read with the stored preprocessing; for a dense
+    task, each sample's labels in its source geometry plus an index CSV (``foundation.dense``)."""
     from foundation.recipes import DEFAULTS, apply_overrides
 
     ft = load_finetuned(finetuned_dir)
     spec = {"data": dict(DEFAULTS["data"])}
     p = Path(data)
     spec["data"]["manifest" if p.is_file() and p.suffix in (".csv", ".jsonl", ".json", ".ndjson") else "root"] = str(p)
+    if ft.task in DENSE_TASKS:
+        from foundation.dense import write_dense_predictions
+
+        spec["data"]["masks"] = None
+        spec = apply_overrides(spec, overrides)
+        dataset = ft.model.encoder.adapter.dense_dataset(spec["data"], train=False)
+        return write_dense_predictions(ft, dataset, out, max(1, min(batch_size, 8)))
     spec = apply_overrides(spec, overrides)
     dataset = ft.model.encoder.adapter.dataset(spec["data"], train=False)
     return write_predictions(ft, LabelledView(dataset, np.arange(len(dataset))), out, batch_size)

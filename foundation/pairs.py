@@ -1,9 +1,9 @@
 """Paired data for alignment: manifests with one column per tower, folder pairing rules, the pair schedule.
 
-A paired manifest (CSV or JSONL) has one column per tower, named as the tower (a file path, or the text
-itself for a text tower), plus optional ``label`` and ``group`` columns. A row may lack some columns; it
-contributes every pair of towers it has, and a row with a single column is counted as unpaired (it
-trains nothing, but the data summary says how many there are).
+A paired manifest (CSV or JSONL) has one column per tower, named as the tower (a file path; the text
+itself for a text tower; a SMILES string for a graph tower), plus optional ``label`` and ``group``
+columns. A row may lack some columns; it contributes every pair of towers it has, and a row with a
+single column is counted as unpaired (it trains nothing, but the data summary says how many there are).
 
 Training draws ONE pair type per step (``speech|text``, ``pointcloud|depth``...), from a per-epoch plan
 seeded by the run seed and the epoch, so every process picks the same pair type at the same step
@@ -139,7 +139,8 @@ class PairBatch:
 def collate_pairs(items: list[tuple]) -> PairBatch:
     """``items``: (towers, sample_a, sample_b, id_a, id_b, key) of one pair type."""
     towers = items[0][0]
-    inputs = tuple(collate([it[1 + k] for it in items]) if not isinstance(items[0][1 + k], str) else [it[1 + k] for it in items]
+    inputs = tuple(None if items[0][1 + k] is None else  # a precomputed frozen tower: features come from its cache
+                   collate([it[1 + k] for it in items]) if not isinstance(items[0][1 + k], str) else [it[1 + k] for it in items]
                    for k in range(2))
     keys = None if items[0][5] is None else torch.tensor([it[5] for it in items])
     return PairBatch(towers, inputs, ([it[3] for it in items], [it[4] for it in items]), keys)
@@ -163,13 +164,21 @@ class PairedDataset(Dataset):
         self.datasets: dict[str, Any] = {}
         self.index: dict[str, dict[int, int]] = {}  # tower -> manifest row -> index in its dataset
         self.paths: dict[str, dict[int, str]] = {}  # tower -> manifest row -> resolved file (the cache key of its features)
+        self.per_file: dict[str, int] = {}  # tower -> samples its adapter's dataset gives per file
+        # frozen towers whose features of every row are already computed: training items carry no input for
+        # them (None), so a step costs no file read; the tower takes its features from its cache by id
+        self.precomputed: set[str] = set()
         for name, spec in tower_specs.items():
             have = [i for i, r in enumerate(self.rows) if r[name] is not None]
             self.index[name] = {row: k for k, row in enumerate(have)}
             if spec["kind"] == "text":
                 continue
             paths = []
+            inline = spec["adapter"].name == "graph"  # a molecule column holds SMILES, as the graph adapter's manifests do
             for i in have:
+                if inline:
+                    paths.append(self.rows[i][name])
+                    continue
                 p = Path(self.rows[i][name])
                 p = p if p.is_absolute() else self.manifest.parent / p
                 if not p.exists():
@@ -177,12 +186,15 @@ class PairedDataset(Dataset):
                                     "fix the path or remove the row")
                 paths.append(str(p))
             self.paths[name] = dict(zip(have, paths))
-            tower_manifest = write_paired_manifest(self.work_dir / f"{name}.csv", [{"path": p} for p in paths], ["path"])
+            column = spec["adapter"].config["smiles_column"] if inline else "path"
+            tower_manifest = write_paired_manifest(self.work_dir / f"{name}.csv", [{column: p} for p in paths], [column])
             try:
                 self.datasets[name] = spec["adapter"].dataset({**(data_cfg or {}), "root": None, "manifest": str(tower_manifest),
                                                                "labels": None}, train=train)
             except (OSError, ValueError, RuntimeError, DataError) as err:
                 raise DataError(self.manifest, f"{name} column: {str(err).splitlines()[0]}", "fix or remove the row it names") from None
+            # an adapter may give several samples per file (medical: crops_per_volume crops, file-major); a row reads the first
+            self.per_file[name] = max(1, len(self.datasets[name]) // max(1, len(paths)))
         all_pairs = ["|".join(p) for p in itertools.combinations(names, 2)]
         self.pair_types = [p for p in (pairs or all_pairs) if any(self._has(r, p) for r in self.rows)]
         self.rows_of = {p: [i for i, r in enumerate(self.rows) if self._has(r, p)] for p in self.pair_types}
@@ -220,7 +232,7 @@ class PairedDataset(Dataset):
         """One tower's view of a manifest row (text, or the adapter's SampleTokens)."""
         if self.specs[tower]["kind"] == "text":
             return self.rows[row][tower]
-        ds, k = self.datasets[tower], self.index[tower][row]
+        ds, k = self.datasets[tower], self.index[tower][row] * self.per_file[tower]
         frozen = self.specs[tower].get("frozen", False)
         try:
             return ds[k] if (seed is None or frozen or not self.train) else ds[(k, seed)]
@@ -237,7 +249,8 @@ class PairedDataset(Dataset):
     def __getitem__(self, key: tuple[str, int, int | None]) -> tuple:
         pair_type, row, seed = key
         a, b = pair_type.split("|")
-        return ((a, b), self.read(a, row, seed), self.read(b, row, None if seed is None else seed + 1),
+        view = lambda t, s: None if t in self.precomputed else self.read(t, row, s)  # noqa: E731
+        return ((a, b), view(a, seed), view(b, None if seed is None else seed + 1),
                 self.item_id(a, row), self.item_id(b, row), None if self.keys is None else self.keys[row])
 
 

@@ -33,12 +33,15 @@ class SampleTokens:
     id: str = ""
     path: str = ""
     label: int | float | None = None
+    # dense targets of a dense task (``foundation.dense``): [N, D] integer labels of the D elements each
+    # token covers (voxels of a patch, pixels, points of a group, a node), -1 where an element has none
+    dense: Tensor | None = None
 
     def __post_init__(self) -> None:
         n = self.patches.shape[0]
         if n == 0:
             raise ValueError(f"sample {self.id or self.path!r} has no tokens")
-        for name in ("coords", "targets", "target_valid"):
+        for name in ("coords", "targets", "target_valid") + (("dense",) if self.dense is not None else ()):
             if getattr(self, name).shape[0] != n:
                 raise ValueError(f"sample {self.id!r}: {name} has {getattr(self, name).shape[0]} rows, patches have {n}")
         if self.padding is None:
@@ -59,6 +62,7 @@ class PatchBatch:
     paths: list[str] = field(default_factory=list)
     attn_bias: Tensor | None = None  # [B, N, N]
     labels: Tensor | None = None  # [B]
+    dense: Tensor | None = None  # [B, N, D] dense targets, -1 past each sample's end (``SampleTokens.dense``)
     # the padding tensor that :func:`collate` found all False (None: not known). Kept as the tensor
     # itself, not a bool, so a batch rebuilt with new padding (``dataclasses.replace``, views,
     # augmentations) is never mistaken for an unpadded one.
@@ -130,6 +134,7 @@ def collate(samples: list[SampleTokens]) -> PatchBatch:
     if all(s.label is not None for s in samples):
         labels = torch.tensor([s.label for s in samples])
     padding = _pad_stack([s.padding for s in samples], n, True)
+    dense = _pad_stack([s.dense.long() for s in samples], n, -1) if all(s.dense is not None for s in samples) else None
     return PatchBatch(
         patches=_pad_stack([s.patches.float() for s in samples], n, 0.0),
         coords=_pad_stack([s.coords.float() for s in samples], n, 0.0),
@@ -141,6 +146,7 @@ def collate(samples: list[SampleTokens]) -> PatchBatch:
         paths=[s.path for s in samples],
         attn_bias=bias,
         labels=labels,
+        dense=dense,
         unpadded=None if padding.any() else padding,
     )
 

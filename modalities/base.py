@@ -199,6 +199,29 @@ class Adapter(ABC):
         sample and concatenate them (earth: all bands and the finest-resolution bands)."""
         return encoder
 
+    # -- dense tasks (``finetune.task=segmentation``; see foundation/dense.py) ---------------------
+    def dense_dataset(self, data: dict, train: bool) -> TokenDataset:
+        """A dataset whose samples carry ``dense`` targets [N, D] (one label per element a token covers,
+        -1 for none) read from ``data.masks``, with ``dense_classes`` naming the classes."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter has no dense task; finetune.task=segmentation serves "
+                             "medical, earth and pointcloud encoders")
+
+    def dense_head(self, encoder: nn.Module, classes: int) -> nn.Module:
+        """The dense task's head: ``forward(enc, batch) -> logits [B, N, D, classes]`` (an attribute
+        ``needs_layers = True`` asks for every encoder layer)."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter has no dense head")
+
+    def write_dense(self, dataset: TokenDataset, predictions, out_dir: Path, names: list[str]):
+        """Write each ``(index, class indices [n, D])`` of ``predictions`` in the sample's source geometry
+        under ``out_dir`` (``names``: the fine-tuned model's classes); yield ``(index, written file)``."""
+        from foundation.dense import DenseTaskError
+
+        raise DenseTaskError(f"the {self.name} adapter cannot write dense predictions")
+
     def preprocessing(self) -> dict:
         """What travels with an exported encoder: the full adapter config."""
         return copy.deepcopy(self.config)

@@ -111,6 +111,10 @@ class EarthAdapter(Adapter):
 
     # -- data -----------------------------------------------------------------------------------
     def dataset(self, data: dict, train: bool) -> EarthDataset:
+        scenes, inputs = self._scenes(data)
+        return EarthDataset(scenes, self.config, train=train, inputs=inputs)
+
+    def _scenes(self, data: dict) -> tuple[list, InputPolicy]:
         inputs = InputPolicy.from_data(data)
         scenes = find_scenes(data, self.config, inputs)
         if not scenes:
@@ -122,7 +126,24 @@ class EarthAdapter(Adapter):
         for scene in scenes:
             if not set(scene.bands) & set(self.channels):
                 raise DataError(scene.path, f"bands {scene.bands} share none of the model's channels {self.channels}", "set adapter.bands to the file's bands in order")
-        return EarthDataset(scenes, self.config, train=train, inputs=inputs)
+        return scenes, inputs
+
+    # -- dense task: per-pixel segmentation (modalities/earth/dense.py) ---------------------------
+    def dense_dataset(self, data: dict, train: bool):
+        from modalities.earth.dense import EarthDenseDataset
+
+        scenes, inputs = self._scenes(data)
+        return EarthDenseDataset(scenes, self.config, inputs, data.get("masks"), data.get("manifest"), train=train)
+
+    def dense_head(self, encoder: nn.Module, classes: int) -> nn.Module:
+        from modalities.earth.dense import PixelDecoder
+
+        return PixelDecoder(encoder.width, len(self.channels), int(self.config["patch_size"]), classes)
+
+    def write_dense(self, dataset, predictions, out_dir, names):
+        from modalities.earth.dense import write_scene_maps
+
+        return write_scene_maps(dataset, predictions, out_dir, len(names))
 
     def fit(self, dataset: EarthDataset) -> None:
         """Stream per-band mean/std over (up to ``fit_max_chips``) training chips into the config."""

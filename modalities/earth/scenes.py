@@ -182,10 +182,13 @@ def find_scenes(data: dict, cfg: dict, inputs: InputPolicy | None = None) -> lis
             precheck(part.path)
         return Scene(parts, src.label, cloud_path(src.path, cfg.get("cloud_mask")), src.extra, n_primary, src.path, decl)
 
+    from foundation.dense import label_files
+
+    labels_among = label_files([src.path for src in sources], data.get("masks"))  # dense-label files beside the samples
     scenes = []
     for src in sources:
         name = Path(src.path).name
-        if any(r.search(name) for r in skip_names):
+        if any(r.search(name) for r in skip_names) or src.path in labels_among:
             continue
         if cfg.get("include") and not re.search(cfg["include"], name):
             continue

@@ -85,8 +85,10 @@ def _smooth_noise(size: int, rng: np.random.Generator, scale: int = 8) -> np.nda
     return rows[:, i0] * (1 - t)[None] + rows[:, i0 + 1] * t[None]
 
 
-def make_chip(cls: int, size: int, rng: np.random.Generator, cloud_p: float = 0.2, edge_p: float = 0.15):
-    """One chip: S2 DN uint16 [13, H, W], S1 dB float32 [2, H, W], validity mask uint8 [H, W]."""
+def make_chip(cls: int, size: int, rng: np.random.Generator, cloud_p: float = 0.2, edge_p: float = 0.15,
+              materials: bool = False):
+    """One chip: S2 DN uint16 [13, H, W], S1 dB float32 [2, H, W], validity mask uint8 [H, W]; with
+    ``materials`` also each pixel's material (index into MATERIALS, 255 under cloud or nodata) [H, W]."""
     names = list(MATERIALS)
     a, b = rng.choice(len(names), 2, replace=False)
     frac = rng.uniform(0.25, 0.55)
@@ -115,20 +117,27 @@ def make_chip(cls: int, size: int, rng: np.random.Generator, cloud_p: float = 0.
     dn[:, edge] = 0
     db = db.astype(np.float32)
     db[:, edge] = np.nan
+    if materials:
+        mat = np.where(where_a, a, b).astype(np.uint8)
+        mat[valid == 0] = 255
+        return dn, db, valid.astype(np.uint8) * 255, mat
     return dn, db, valid.astype(np.uint8) * 255
 
 
-def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, with_sar: bool = True) -> dict:
+def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, with_sar: bool = True,
+                    with_masks: bool = False) -> dict:
     """Write ``n`` labelled chips: ``s2/<Class>/<class>_<i>_S2.tif`` and ``s1/<Class>/<class>_<i>_S1.tif``.
 
     Returns the ``data`` keys that read them (folder labels). Read SAR+optical pairs with adapter
-    ``pair=regex:_S2=>_S1`` and ``pair_root=<out_dir>/s1``.
+    ``pair=regex:_S2=>_S1`` and ``pair_root=<out_dir>/s1``. ``with_masks``: per-pixel material maps
+    (segmentation labels, index into MATERIALS; 255 = nodata under clouds and swath edges) in
+    ``masks/<Class>/<class>_<i>_mask.tif`` on the chip's grid, and ``masks`` in the returned keys.
     """
     out = Path(out_dir)
     rng = np.random.default_rng(seed)
     for i in range(n):
         cls = i % len(CLASSES)
-        dn, db, mask = make_chip(cls, size, rng)
+        dn, db, mask, *mat = make_chip(cls, size, rng, materials=with_masks)
         # Chips lie on a 1 km lattice in UTM 32N so spatially blocked splits have something to block.
         transform = from_origin(300000 + (i % 40) * 1000, 5000000 - (i // 40) * 1000, 10, 10)
         stem = f"{CLASSES[cls].lower()}_{i:05d}"
@@ -148,4 +157,12 @@ def write_synthetic(out_dir: str | Path, n: int, seed: int = 0, size: int = 64, 
                 dst.write(db)
                 dst.set_band_description(1, "VV")
                 dst.set_band_description(2, "VH")
+        if with_masks:
+            m = out / "masks" / CLASSES[cls] / f"{stem}_mask.tif"
+            m.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(m, "w", driver="GTiff", height=size, width=size, count=1, dtype="uint8",
+                               crs="EPSG:32632", transform=transform, nodata=255) as dst:
+                dst.write(mat[0][None])
+    if with_masks:
+        return {"root": str(out / "s2"), "labels": "folder", "masks": r"regex:/s2/(\w+)/(\w+)_S2\.tif$=>/masks/\1/\2_mask.tif"}
     return {"root": str(out / "s2"), "labels": "folder"}

@@ -122,6 +122,22 @@ class MedicalAdapter(Adapter):
             return encoder
         return SlidingWindowEncoder(encoder, dataset)
 
+    # -- dense task: voxel segmentation (modalities/medical/tasks.py) -----------------------------
+    def dense_dataset(self, data: dict, train: bool) -> TokenDataset:
+        from modalities.medical.tasks import dense_dataset
+
+        return dense_dataset(self.config, data, train)
+
+    def dense_head(self, encoder: nn.Module, classes: int) -> nn.Module:
+        from modalities.medical.tasks import UNETRHead
+
+        return UNETRHead(encoder, classes)
+
+    def write_dense(self, dataset, predictions, out_dir, names):
+        from modalities.medical.tasks import write_volume_maps
+
+        return write_volume_maps(dataset, predictions, out_dir)
+
     def make_tokenizer(self, width: int) -> nn.Module:
         patch = tuple(self.config["patch"])
         if self.config["tokenizer"] == "conv":

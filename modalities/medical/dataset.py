@@ -183,30 +183,49 @@ class MedicalDataset(TokenDataset):
         tensors: what a training crop needs, without rebuilding MONAI's MetaTensors and their history
         on every read (from the disk cache, that rebuild cost more than the crop and tokens together).
         None under ``data.on_error=skip`` when the volume failed."""
+        got = self.voxel_dict(index)
+        return None if got is None else (got[IMAGE], got[VALID], got["spacing"])
+
+    def voxel_dict(self, index: int) -> dict[str, torch.Tensor] | None:
+        """:meth:`voxels` as a dict (image, valid, spacing), with the segmentation (``seg``) when the
+        dataset was read with it (the dense task's training crops cut it like the image)."""
+        keys = (IMAGE, VALID) + ((SEG,) if self.with_seg else ())
         if isinstance(self.volumes, SafeDiskCache):
-            got = self._read(index, lambda: self.volumes.voxels(index, (IMAGE, VALID)))
-            return None if got is None else (got[IMAGE], got[VALID], got["spacing"])
+            return self._read(index, lambda: self.volumes.voxels(index, keys))
         d = self.volume(index)
-        return None if d is None else (_plain(d[IMAGE]), _plain(d[VALID]), _spacing(d[IMAGE]))
+        return None if d is None else {k: _plain(d[k]) for k in keys} | {"spacing": _spacing(d[IMAGE])}
 
     def sample(self, index: int, rng: torch.Generator | None) -> SampleTokens | None:
         vi, j = divmod(index, self.k)
         src = self.items[vi]["source"]
         label = None if self.labels is None else self.labels[vi]
         if rng is not None:  # one random roi crop (the k crops of a volume are k independent draws)
-            got = self.voxels(vi)
+            got = self.voxel_dict(vi)
             if got is None:  # skipped under data.on_error=skip
                 return None
-            image, valid, spacing = got
-            window = random_window(image.shape[1:], self.cfg["roi"], rng)
-            return to_tokens(image[(slice(None), *window)], valid[(slice(None), *window)], self.cfg,
-                             f"{src}#crop{j}", src, label, spacing=spacing)
+            window = (slice(None), *random_window(got[IMAGE].shape[1:], self.cfg["roi"], rng))
+            s = to_tokens(got[IMAGE][window], got[VALID][window], self.cfg, f"{src}#crop{j}", src, label, spacing=got["spacing"])
+            if SEG in got:  # read with its segmentation: per-voxel targets of the dense task
+                s.dense = dense_labels(got[SEG][window], got[VALID][window], self.cfg)
+            return s
         d = self.volume(vi)
         if d is None:  # skipped under data.on_error=skip
             return None
         if self.center is not None:
             d = self.center(d)
-        return to_tokens(d[IMAGE], d[VALID], self.cfg, src, src, label)
+        s = to_tokens(d[IMAGE], d[VALID], self.cfg, src, src, label)
+        if SEG in d:
+            s.dense = dense_labels(d[SEG], d[VALID], self.cfg)
+        return s
+
+
+def dense_labels(seg, valid, cfg: dict) -> torch.Tensor:
+    """A segmentation [1, X, Y, Z] cut like the image: [N, prod(patch)] voxel labels per token, -1 where
+    no source voxel is (the crop's padding, the edge padding that makes the grid whole patches)."""
+    gp = patchify(_plain(seg).float(), tuple(int(p) for p in cfg["patch"]), _plain(valid)[0] > 0.5)
+    out = gp.patches.round().long()
+    out[~gp.valid] = -1
+    return out
 
 
 class SafeDiskCache(torch.utils.data.Dataset):

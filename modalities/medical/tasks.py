@@ -5,6 +5,8 @@ NIfTI in the source image's space, and a from-scratch supervised classifier base
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -20,9 +22,7 @@ from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock,
 from monai.transforms import Invertd
 from sklearn.model_selection import GroupShuffleSplit
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from foundation.engine import warmup_cosine
 from foundation.tokens import collate
 from foundation.trunk import masked_max, masked_mean
 from modalities.medical.dataset import MedicalDataset, _plain, to_tokens
@@ -139,31 +139,102 @@ def _window_batch(dataset: MedicalDataset, vols: list[int], roi: list[int], rng:
     return torch.stack(xs), (torch.stack(ys) if dataset.with_seg else None)
 
 
+@dataclass
+class WindowBatch:
+    """Windows [B, C+1, *roi] (image + validity), their segmentations (None without masks) and the
+    volumes' voxel spacing, as the engine's loop moves and counts batches."""
+
+    x: Tensor
+    y: Tensor | None
+    spacing: Tensor
+    ids: list
+
+    @property
+    def size(self) -> int:
+        return self.x.shape[0]
+
+    def to(self, device, non_blocking: bool = False) -> "WindowBatch":
+        move = lambda t: None if t is None else t.to(device, non_blocking=non_blocking)  # noqa: E731
+        return WindowBatch(move(self.x), move(self.y), move(self.spacing), self.ids)
+
+
+class _VolumeWindows(torch.utils.data.Dataset):
+    """Volume ``volumes[i]`` under the engine's key ``(i, seed)``: ``per_volume`` random windows with
+    random flips (``_window_batch``) drawn from a generator seeded with ``seed``."""
+
+    def __init__(self, dataset: MedicalDataset, volumes: list[int], per_volume: int = 2) -> None:
+        self.dataset, self.volumes, self.per_volume = dataset, list(volumes), per_volume
+        self.spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, key):
+        i, seed = key if isinstance(key, tuple) else (key, key)
+        x, y = _window_batch(self.dataset, [self.volumes[int(i)]], self.dataset.cfg["roi"], torch.Generator().manual_seed(int(seed)),
+                             self.per_volume)
+        return x, y, self.spacing, str(self.volumes[int(i)])
+
+
+def _collate_windows(items) -> WindowBatch:
+    ys = [it[1] for it in items]
+    return WindowBatch(torch.cat([it[0] for it in items]), None if ys[0] is None else torch.cat(ys), items[0][2],
+                       [it[3] for it in items])
+
+
+class _WindowObjective(nn.Module):
+    """``loss_of(windows, labels, spacing, rng)`` around a segmentation model, as the engine's model."""
+
+    def __init__(self, model: SegmentationModel, loss_of: Callable, seed: int) -> None:
+        super().__init__()
+        self.model, self.loss_of = model, loss_of
+        self.rng = torch.Generator().manual_seed(seed)  # the objective's own draws (e.g. corruptions), on the CPU
+
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    def forward(self, batch: WindowBatch, *args, **kwargs):
+        return self.loss_of(batch.x, batch.y, batch.spacing, self.rng), {}
+
+
 def train_on_windows(model: SegmentationModel, dataset: MedicalDataset, volumes: list[int], steps: int,
                      loss_of: Callable[[Tensor, Tensor | None, Tensor, torch.Generator], Tensor], lr: float, encoder_lr_scale: float,
                      batch_volumes: int, seed: int, progress: bool = False, desc: str = "train") -> list[float]:
-    """The loop every segmentation-model training here shares: random windows of ``batch_volumes`` of
-    ``volumes`` (two each, ``_window_batch``), AdamW with the encoder at ``encoder_lr_scale`` x ``lr``,
-    warm-up then cosine, gradient norm clipped at 1. ``loss_of(windows, labels, spacing, rng)`` is the
-    objective. Returns the loss curve."""
-    opt = torch.optim.AdamW([{"params": list(model.encoder.parameters()), "lr": lr * encoder_lr_scale},
-                             {"params": list(model.decoder.parameters()), "lr": lr}], weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
-    rng = torch.Generator().manual_seed(seed)
-    spacing = torch.tensor(dataset.cfg["spacing"] or [1.0, 1.0, 1.0], dtype=torch.float32)
-    losses = []
+    """The loop every segmentation-model training here shares, run by the one engine loop
+    (``foundation.engine.train``): random windows of ``batch_volumes`` of ``volumes`` per step (two each,
+    ``_window_batch``), AdamW (weight decay 0.01) with the encoder at ``encoder_lr_scale`` x ``lr``, warm-up
+    then cosine to 1%, gradient norm clipped at 1. ``loss_of(windows, labels, spacing, rng)`` is the
+    objective. Returns the loss curve (one value per step)."""
+    import tempfile
+
+    from foundation.engine import TrainingTask, train
+    from foundation.recipes import DEFAULTS
+    from foundation.report import read_metrics
+
+    if steps <= 0:
+        return []
+    wrapped = _WindowObjective(model, loss_of, seed)
+
+    def groups(m, weight_decay, lr_):
+        enc = [p for p in model.encoder.parameters() if p.requires_grad]
+        dec = [p for p in model.decoder.parameters() if p.requires_grad]
+        return [g for g in ({"params": enc, "lr": lr_ * encoder_lr_scale, "weight_decay": 0.01},
+                            {"params": dec, "lr": lr_, "weight_decay": 0.01}) if g["params"]]
+
+    recipe = {"train": {**DEFAULTS["train"], "steps": int(steps), "batch_size": min(int(batch_volumes), len(volumes)), "lr": lr,
+                        "min_lr": lr * 0.01, "warmup_steps": max(1, steps // 10), "weight_decay": 0.01, "betas": [0.9, 0.999],
+                        "clip": 1.0, "checkpoint_every": int(steps), "keep_checkpoints": 1, "log_every": 1,
+                        "monitor_every": 10**9},
+              "run": {"seed": seed}, "data": dict(DEFAULTS["data"])}
+    with tempfile.TemporaryDirectory(prefix="domainfm-windows-") as tmp:
+        recipe["run"]["dir"] = tmp
+        train(recipe, lambda resumed: TrainingTask(name=desc, model=wrapped, dataset=_VolumeWindows(dataset, volumes),
+                                                   collate=_collate_windows, finish=lambda *a: None, param_groups=groups),
+              progress=progress)
+        losses = read_metrics(Path(tmp) / "metrics.csv")["loss"]
     model.train()
-    for _ in tqdm(range(steps), disable=not progress, desc=desc):
-        pick = torch.randperm(len(volumes), generator=rng)[:batch_volumes].tolist()
-        x, y = _window_batch(dataset, [volumes[i] for i in pick], dataset.cfg["roi"], rng, per_volume=2)
-        loss = loss_of(x, y, spacing, rng)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-    return losses
+    return [float(v) for v in losses if np.isfinite(v)]
 
 
 def finetune_segmentation(model: SegmentationModel, dataset: MedicalDataset, train_idx: list[int], steps: int,
@@ -267,6 +338,87 @@ def write_prediction(pred: Tensor, volume: dict, dataset: MedicalDataset, out_pa
     return out_path
 
 
+# -- the dense task of `domainfm finetune` (finetune.task=segmentation; foundation/dense.py) -----------
+class UNETRHead(nn.Module):
+    """UNETR's decoder as the core's dense head: each sample's patches are put back into its image and
+    its encoder layers into maps (the grid read from the token coordinates, so crops and whole volumes
+    of any size work), and the per-voxel logits cut back into tokens: [B, N, prod(patch), classes]."""
+
+    needs_layers = True
+
+    def __init__(self, encoder, classes: int, features: int = 16) -> None:
+        super().__init__()
+        cfg = encoder.adapter.config
+        self.patch = tuple(int(p) for p in cfg["patch"])
+        self.channels, self.classes, self.unit_mm = int(cfg["channels"]), classes, float(cfg["position_unit_mm"])
+        self.decoder = UNETRDecoder(self.channels, encoder.width, encoder.config["depth"], self.patch, classes, features)
+
+    def forward(self, enc, batch) -> Tensor:
+        from foundation.grid import patchify, unpatchify
+
+        b, n, _ = batch.patches.shape
+        voxels = math.prod(self.patch)
+        spacing = batch.meta["spacing"].float() if "spacing" in batch.meta else batch.coords.new_ones(b, 3)
+        unit = torch.tensor(self.patch, dtype=torch.float32, device=spacing.device) * spacing / self.unit_mm  # [B, 3]
+        out = enc.tokens.new_zeros(b, n, voxels, self.classes, dtype=torch.float32)
+        for i in range(b):
+            grid = tuple(int(g) + 1 for g in (batch.coords[i] / unit[i]).round().amax(0).tolist())  # batch padding sits at 0
+            m = math.prod(grid)
+
+            def as_map(t: Tensor) -> Tensor:
+                return t[i, :m].reshape(*grid, t.shape[-1]).permute(3, 0, 1, 2)[None]
+
+            image = unpatchify(batch.patches[i, :m], grid, self.patch, self.channels)[None].to(enc.tokens.dtype)
+            logits = self.decoder(image, [as_map(h) for h in enc.layers], as_map(enc.tokens))[0]  # [classes, *S]
+            out[i, :m] = patchify(logits.float(), self.patch).patches.reshape(m, self.classes, voxels).transpose(1, 2)
+        return out
+
+
+def dense_dataset(adapter_cfg: dict, data: dict, train: bool) -> MedicalDataset:
+    """Volumes with their segmentations (``data.masks=column:<name>``, default the adapter's
+    ``seg_column``) as dense samples: training views are one random ``roi`` crop per volume per draw
+    (so each sample is one volume and splits keep a volume whole); evaluation and prediction views are
+    whole volumes (``eval_roi`` is ignored: predictions must cover the source)."""
+    from foundation.dense import DenseTaskError
+
+    rule = data.get("masks") or (f"column:{adapter_cfg['seg_column']}" if train else None)
+    cfg = {**adapter_cfg, "crops_per_volume": 1, "eval_roi": None}
+    if rule:
+        if not rule.startswith("column:"):
+            raise DenseTaskError(f"data.masks={rule}: medical masks come from a manifest column (data.masks=column:<name>)")
+        cfg["seg_column"] = rule[len("column:"):]
+    ds = MedicalDataset(cfg, data, train=train, with_seg=bool(rule))
+    ds.dense_classes = []
+    if rule:
+        top = max(int(np.asarray(nib.load(item[SEG]).dataobj).max()) for item in ds.items)
+        if top < 1:
+            raise DenseTaskError(f"{ds.items[0][SEG]}...: the masks hold one class only (need background and at least one structure)")
+        ds.dense_classes = [str(c) for c in range(top + 1)]
+    return ds
+
+
+def write_volume_maps(dataset: MedicalDataset, predictions, out_dir: str | Path):
+    """``<volume>_pred.nii.gz`` per volume, in the source image's space (``write_prediction``: the
+    preprocessing inverted, so shape, orientation and affine are the source's). ``predictions`` yields
+    (volume index, labels [n, prod(patch)])."""
+    from foundation.grid import unpatchify
+
+    patch = tuple(int(p) for p in dataset.cfg["patch"])
+    used: set[str] = set()
+    for index, labels in predictions:
+        vol = dataset.volume(index)
+        if vol is None:  # skipped under data.on_error=skip
+            continue
+        size = tuple(vol[IMAGE].shape[1:])
+        grid = tuple(-(-s // p) for s, p in zip(size, patch))
+        pred = unpatchify(torch.as_tensor(np.asarray(labels), dtype=torch.float32), grid, patch, 1)[:, : size[0], : size[1], : size[2]]
+        name = re.sub(r"\.nii(\.gz)?$", "", Path(vol["source"]).name) + "_pred"
+        while name in used:
+            name += "_"
+        used.add(name)
+        yield index, str(write_prediction(pred, vol, dataset, Path(out_dir) / f"{name}.nii.gz"))
+
+
 # -- supervised from-scratch classifier (the "same size, same budget" baseline) -----------------
 class VolumeClassifier(nn.Module):
     """Encoder + pooled (``mean`` or ``max`` over tokens) linear head, trained end to end on the labelled volumes only."""
@@ -284,28 +436,36 @@ class VolumeClassifier(nn.Module):
         return self.head(pool(enc.tokens, enc.padding))
 
 
+class _ClassifierObjective(nn.Module):
+    """A :class:`VolumeClassifier` as the engine's model: ``forward(batch) -> (cross-entropy, extras)``."""
+
+    def __init__(self, model: VolumeClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    @property
+    def encoder(self):
+        return self.model.encoder
+
+    def forward(self, batch, *args, **kwargs):
+        return F.cross_entropy(self.model(batch), batch.labels.long().to(batch.patches.device)), {}
+
+
 def train_classifier(model: VolumeClassifier, dataset: MedicalDataset, train_idx: list[int], labels: np.ndarray,
                      steps: int, lr: float = 5e-4, batch_size: int = 8, seed: int = 0) -> float:
-    """Train on random crops (``dataset`` in train mode) of the labelled volumes; returns training accuracy
-    on their evaluation views, so an under-trained baseline is visible."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(max(1, steps // 10), steps, 0.01))
-    rng = torch.Generator().manual_seed(seed)
-    y_all = torch.as_tensor(labels)
+    """Train on random crops (``dataset`` in train mode) of the labelled volumes through the one training
+    loop (``foundation.finetune.fit``: AdamW, warm-up then cosine to 1% of ``lr``, gradients clipped at 1);
+    returns training accuracy on their evaluation views, so an under-trained baseline is visible."""
+    from foundation.finetune import FINETUNE_DEFAULTS, LabelledView, fit
+
+    labels = np.asarray(labels)
+    per_sample = np.repeat(labels, dataset.k)  # dataset index i*k + j is crop j of volume i
+    view = LabelledView(dataset, [vi * dataset.k + j for vi in train_idx for j in range(dataset.k)], per_sample)
+    cfg = {**FINETUNE_DEFAULTS, "method": "full", "steps": int(steps), "lr": float(lr), "batch_size": int(batch_size),
+           "layer_decay": 1.0, "weight_decay": 0.05, "min_lr_ratio": 0.01, "warmup_steps": max(1, steps // 10),
+           "eval_every": int(steps), "log_every": max(1, steps // 10)}
+    fit(_ClassifierObjective(model), view, cfg, seed)
     model.train()
-    for _ in range(steps):
-        pick = [train_idx[int(i)] for i in torch.randint(len(train_idx), (batch_size,), generator=rng)]
-        samples = []
-        for vi in pick:
-            j = int(torch.randint(dataset.k, (1,), generator=rng))
-            samples.append(dataset[(vi * dataset.k + j, int(torch.randint(2**31 - 1, (1,), generator=rng)))])
-        batch = collate(samples)
-        loss = F.cross_entropy(model(batch), y_all[pick])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
     return float((predict_classes(model, dataset, train_idx) == labels[train_idx]).mean())
 
 

@@ -102,6 +102,30 @@ class PointCloudAdapter(Adapter):
     def synthetic(self, out_dir: str | Path, n: int, seed: int = 0) -> dict:
         return write_synthetic(out_dir, n, seed)
 
+    # -- dense task: per-point segmentation (modalities/pointcloud/dense.py) ----------------------
+    def dense_dataset(self, data: dict, train: bool):
+        from foundation.sources import find_sources
+        from modalities.pointcloud.dense import PointDenseDataset
+        from modalities.pointcloud.io import EXTENSIONS
+
+        sources = find_sources(data.get("root"), data.get("manifest"), data.get("labels"), extensions=EXTENSIONS)
+        from foundation.dense import label_files
+
+        among = label_files([s.path for s in sources], data.get("masks"))  # label files beside the clouds
+        sources = [s for s in sources if s.path not in among]
+        rule = data.get("masks") or ("file" if train else None)
+        return PointDenseDataset(sources, self.config, train, data.get("on_error", "raise"), rule, data.get("manifest"))
+
+    def dense_head(self, encoder: nn.Module, classes: int) -> nn.Module:
+        from modalities.pointcloud.dense import PointDenseHead
+
+        return PointDenseHead(encoder, classes)
+
+    def write_dense(self, dataset, predictions, out_dir, names):
+        from modalities.pointcloud.dense import write_point_files
+
+        return write_point_files(dataset, predictions, out_dir, names)
+
     def make_tokenizer(self, width: int) -> nn.Module:
         return MiniPointNet(int(self.config["group_size"]), self.channels, width, int(self.config["tokenizer_hidden"]))
 

@@ -147,6 +147,13 @@ class PointCloudDataset(TokenDataset):
 def tokens_from_points(xyz: torch.Tensor, feats: torch.Tensor, groups: int, group_size: int,
                        rng: torch.Generator | None = None) -> dict:
     """Groups of one cloud as token tensors: patches = [relative xyz, features] per point, flattened."""
+    return grouped_tokens(xyz, feats, groups, group_size, rng)[0]
+
+
+def grouped_tokens(xyz: torch.Tensor, feats: torch.Tensor, groups: int, group_size: int,
+                   rng: torch.Generator | None = None) -> tuple[dict, torch.Tensor]:
+    """:func:`tokens_from_points` and each group's point indices [G, K] into ``xyz`` (per-point
+    labels of the dense task are gathered with them)."""
     n = xyz.shape[0]
     start = torch.randint(n, (1,), generator=rng) if rng is not None else None
     centres, nbr = group_points(xyz.unsqueeze(0), groups, group_size, start=start)
@@ -160,7 +167,7 @@ def tokens_from_points(xyz: torch.Tensor, feats: torch.Tensor, groups: int, grou
         "targets": targets,
         "target_valid": torch.ones_like(targets, dtype=torch.bool),
         "meta": {},
-    }
+    }, nbr
 
 
 def make_dataset(data: dict, config: dict, train: bool) -> PointCloudDataset:

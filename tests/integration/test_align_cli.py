@@ -101,6 +101,10 @@ def test_frozen_tower_features_are_cached_across_runs(tmp_path, data):
     assert len(cached) >= 4 * 16 - 16 and all(k.endswith(".npy") for k in cached)
     assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'b'}", *common]) == 0
     assert list(cache.glob("image-*.safetensors")) == files  # same weights + preprocessing: the same cache file
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'c'}", "towers.image.head=mlp", "towers.image.lr=1e-4", *common]) == 0
+    assert list(cache.glob("image-*.safetensors")) == files  # another head or learning rate: the backbone's features are the same
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'd'}", "towers.image.pooling=meanstd", *common]) == 0
+    assert len(list(cache.glob("image-*.safetensors"))) == 2  # another pooling: other features, another file
 
 
 def test_evaluate_zero_shot_and_retrieval_on_an_aligned_run(tmp_path, data, aligned_run):
@@ -113,3 +117,32 @@ def test_evaluate_zero_shot_and_retrieval_on_an_aligned_run(tmp_path, data, alig
     assert main(["evaluate", str(run), str(test), "--task", "retrieval", "--out", str(tmp_path / "r.json")]) == 0
     r = json.loads((tmp_path / "r.json").read_text())["image|text"]
     assert r["image->text recall@1"] > r["image->text chance@1"] + 0.3
+
+
+def test_frozen_tower_is_encoded_once_and_trains_as_if_encoded_per_step(tmp_path, data, monkeypatch):
+    """A frozen tower's features of every row are computed before step 1, so steps read no file for it; the
+    run equals one that encodes each batch as it comes (the features are the same deterministic views)."""
+    import foundation.align_task as align_task
+    from foundation import checkpoint
+    from foundation.pairs import PairedDataset
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    root, train, test = data
+    reads = []
+    original_read = PairedDataset.read
+
+    def counting(self, tower, row, seed):
+        reads.append((tower, self.train))
+        return original_read(self, tower, row, seed)
+
+    monkeypatch.setattr(PairedDataset, "read", counting)
+    common = [f"data.manifest={train}", "train.steps=6", "train.checkpoint_every=6", "--quiet"]
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'pre'}", *common]) == 0
+    assert reads.count(("image", True)) == 160  # each row once, before training; none in 6 steps x 16 rows
+    monkeypatch.setattr(align_task, "precompute_frozen", lambda towers, data: None)  # encode batch by batch instead
+    reads.clear()
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'per_step'}", *common]) == 0
+    assert reads.count(("image", True)) == 6 * 16
+    a, b = (load_file(str(checkpoint.latest(tmp_path / r) / "model.safetensors")) for r in ("pre", "per_step"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
