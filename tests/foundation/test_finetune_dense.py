@@ -28,6 +28,7 @@ from modalities.earth.adapter import EarthAdapter
 from modalities.earth.synthetic import write_synthetic
 from modalities.medical.adapter import MedicalAdapter
 from modalities.medical.synthetic import write_cohort
+from tests.integration.test_finetune_cli import png_has_content
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 32, "depth": 2, "heads": 2}
@@ -97,7 +98,8 @@ def test_earth_predict_overlays_the_scene_grid_in_a_fresh_process(earth, tmp_pat
                            progress=False)
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["split"] == "validation" and {"mean_dice", "miou", "dice"} <= set(ev["metrics"])
-    assert "Fine-tuning report" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Fine-tuning report" in report and "| class | Dice | IoU |" in report and png_has_content(out / "per_class_dice.png")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "foundation.cli", "predict", str(out), data["root"], "--out", str(tmp_path / "pred")],
                    check=True, env=env, cwd=ROOT, capture_output=True)
