@@ -12,7 +12,7 @@ all 40 ("<speaker> says <digit>") against chance. Run for a pretrained and a ran
 
     python benchmarks/align_speech_text.py --encoder runs/speech-mae/encoder      # writes results/align_speech_text.json|md
     python benchmarks/align_speech_text.py --encoder runs/speech-mae/encoder --towers pretrained \
-        --tune label label-mlp label-mlp-long --out benchmarks/results/align_speech_text_tuned   # nested choice of settings
+        --tune label-s50 label-s150 label label-mlp-s150 --out benchmarks/results/align_speech_text_tuned   # nested choice
 """
 from __future__ import annotations
 
@@ -70,6 +70,10 @@ CONFIGS = {
     "label": ["align.positives=label"],  # every clip and text of one digit are positives (word and "<speaker> says <digit>")
     "label-mlp": ["align.positives=label", "towers.speech.head=mlp"],
     "label-mlp-long": ["align.positives=label", "towers.speech.head=mlp", "train.steps=1000"],
+    # fewer steps: the number of steps is the alignment's regulariser across speakers, as C is the probe's
+    "label-s50": ["align.positives=label", "train.steps=50"],
+    "label-s150": ["align.positives=label", "train.steps=150"],
+    "label-mlp-s150": ["align.positives=label", "towers.speech.head=mlp", "train.steps=150"],
 }
 
 
