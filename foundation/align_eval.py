@@ -47,6 +47,11 @@ def retrieval(za, zb, keys_a=None, keys_b=None, ks=KS, names: tuple[str, str] = 
         match = np.asarray(keys_a)[:, None] == np.asarray(keys_b)[None, :]
     out = {}
     for (q, g, m, direction) in ((za, zb, match, f"{names[0]}->{names[1]}"), (zb, za, match.T, f"{names[1]}->{names[0]}")):
+        if keys_a is not None:  # identical gallery items (a class text on every row of its class) are one
+            # item: copies would fill the top ranks with one wrong class and push recall@k below chance
+            _, first = np.unique(g, axis=0, return_index=True)
+            keep = np.sort(first)
+            g, m = g[keep], m[:, keep]
         r = ranks(q, g, m)
         for k in ks:
             out[f"{direction} recall@{k}"] = float((r <= k).mean())

@@ -111,6 +111,23 @@ def test_class_level_text_learning_reaches_the_arange_floor_and_zero_shot_works(
     assert res["accuracy"] > 0.8 and res["chance"] == 0.1
 
 
+def test_retrieval_counts_identical_gallery_items_once():
+    """Class-level text repeats on every row of its class: the copies are one gallery item, so a query whose
+    nearest class is wrong still finds its own class at rank 2 of 3, not behind every copy of the other."""
+    classes = np.eye(3, 4).astype(np.float32)
+    labels = np.repeat([0, 1, 2], 5)
+    text = classes[labels]  # 15 rows, 3 distinct texts
+    query = classes[labels] + 0.01
+    query[0] = classes[1] * 0.9 + classes[0] * 0.5  # nearest to class 1, then its own class 0
+    r = retrieval(query, text, labels, labels, ks=(1, 2), names=("x", "t"))
+    assert r["x->t recall@1"] == pytest.approx(14 / 15) and r["x->t recall@2"] == 1.0
+    assert r["x->t chance@1"] == pytest.approx(1 / 3) and r["x->t chance@2"] == pytest.approx(2 / 3)
+    # negative control: counting every copy, the wrong class's five copies push rank 2 down to rank 6
+    from foundation.align_eval import ranks
+    match = labels[:, None] == labels[None, :]
+    assert (ranks(query, text, match) <= 2).mean() < 1.0
+
+
 def test_emergent_retrieval_between_two_views_never_paired():
     """ImageBind-style binding on three synthetic views of one latent: A is paired with the anchor B on
     some samples, C with B on disjoint samples; A and C (never paired) then retrieve each other on
