@@ -74,6 +74,10 @@ CONFIGS = {
     "label-s50": ["align.positives=label", "train.steps=50"],
     "label-s150": ["align.positives=label", "train.steps=150"],
     "label-mlp-s150": ["align.positives=label", "towers.speech.head=mlp", "train.steps=150"],
+    # the frozen features standardised per feature with the training rows' statistics, as the logistic regression's are
+    "std-s50": ["align.positives=label", "towers.speech.head=standardized", "train.steps=50"],
+    "std-s150": ["align.positives=label", "towers.speech.head=standardized", "train.steps=150"],
+    "std": ["align.positives=label", "towers.speech.head=standardized"],
 }
 
 

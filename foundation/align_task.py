@@ -155,6 +155,8 @@ def precompute_frozen(towers: dict[str, Tower], data: PairedDataset, batch_size:
             chunk = rows[s:s + batch_size]
             tower.features(collate([data.read(name, r, None) for r in chunk]).to(device), [data.item_id(name, r) for r in chunk])
         data.precomputed.add(name)
+        if tower.head_kind == "standardized":  # statistics of this run's training rows (a resumed run loads its own)
+            tower.head[0].fit(torch.stack([tower.cache[data.item_id(name, r)] for r in data.index[name]]))
 
 
 def save_caches(recipe: dict, towers: dict[str, Tower]) -> None:
@@ -207,7 +209,7 @@ def export_towers(model: AlignModel, out_dir: Path, recipe: dict | None = None) 
             tower.tokenizer.save_pretrained(str(d / "text"))
             info = {"kind": "text", "max_length": tower.max_length}
         save_file({k: v.detach().contiguous().cpu() for k, v in tower.head.state_dict().items()}, str(d / "head.safetensors"))
-        head_kind = "linear" if isinstance(tower.head, torch.nn.Linear) else "mlp"
+        head_kind = tower.head_kind
         (d / "tower.json").write_text(json.dumps({**info, "dim": tower.head_dim(), "head": head_kind}, indent=2))
     settings = {k: recipe[k] for k in ("align", "zero_shot")} if recipe else {}
     (out_dir / "aligned.json").write_text(json.dumps({"towers": list(model.towers), **settings}, indent=2, default=str))

@@ -12,6 +12,13 @@ The core stays modality-agnostic. An adapter that offers a dense task provides t
   source geometry (NIfTI with the source affine, GeoTIFF with the source transform and CRS, labels in
   the input's point order).
 
+and optionally a fourth, for samples too large for one pass:
+
+- ``dense_logits(outputs, dataset, index, batch_size) -> logits [n, D, classes]`` of dataset sample
+  ``index``, laid out like its tokens, computed however the modality needs (the medical adapter: MONAI
+  sliding windows with Gaussian blending over ``sw_roi``); ``outputs(batch)`` is the model on token
+  batches. Without it a sample goes through the model whole, in batches of samples.
+
 Training is ``foundation.finetune.fit`` (so ``foundation.engine.train``) with :func:`dense_loss`; this
 module adds the loss, prediction over a view, metrics, and the predictions' index CSV.
 """
@@ -104,9 +111,25 @@ def predict_dense(model, view, batch_size: int = 8, device: torch.device | None 
     """Per sample of ``view`` in order: ``index`` (the dataset's), ``id``, ``path``, ``labels`` [n, D]
     (argmax per element, n the sample's own token count) and ``truth`` [n, D] where the sample has
     dense targets."""
+    from foundation.finetune import _encoder_of
+
     device = device or next(model.parameters()).device
     model.eval()
     outputs = model.outputs if hasattr(model, "outputs") else model.base_model.model.outputs
+    hook = getattr(_encoder_of(model).adapter, "dense_logits", None) if hasattr(view, "dataset") else None
+    if hook is not None:  # the adapter predicts each sample itself (e.g. by sliding windows)
+        run = lambda batch: outputs(batch.to(device))  # noqa: E731
+        for j in range(len(view)):
+            smp, index = view[j], int(view.indices[j])
+            logits = None if smp is None else hook(run, view.dataset, index, batch_size)
+            if logits is None:  # skipped under data.on_error=skip
+                continue
+            n = smp.patches.shape[0]
+            if logits.shape[0] != n:
+                raise DenseTaskError(f"{smp.path}: the adapter's dense_logits gave {logits.shape[0]} tokens' logits for {n} tokens")
+            yield {"index": index, "id": smp.id, "path": smp.path, "labels": logits.argmax(-1).cpu().numpy(),
+                   "truth": None if smp.dense is None else smp.dense.numpy()}
+        return
     for s in range(0, len(view), batch_size):
         js = range(s, min(len(view), s + batch_size))
         samples = [view[j] for j in js]

@@ -13,6 +13,10 @@ import numpy as np
 
 PRETRAIN_CURVES = [("loss", "training loss"), ("lr", "learning rate"), ("grad_norm", "gradient norm"),
                    ("samples_per_s", "throughput (samples/s)")]
+# what ``monitor/val_score`` is per fine-tuning task (``foundation.finetune``: ``outputs_metric``, and
+# ``dense_evaluate``'s mean Dice for dense tasks)
+VALIDATION_SCORE = {"classification": "accuracy", "multilabel": "mean per-label accuracy", "regression": "R²",
+                    "segmentation": "mean Dice"}
 
 
 def _plt():
@@ -62,19 +66,24 @@ def plot_curves(metrics: dict[str, np.ndarray], curves: list[tuple[str, str]], o
     return out
 
 
-def plot_confusion(cm: list[list[int]], names: list[str], out: Path, title: str) -> Path:
+def plot_confusion(cm: list[list[int]], names: list[str], out: Path, title: str, normalize: bool = False) -> Path:
+    """Counts, or with ``normalize`` each true class's row as fractions (dense tasks: a volume's voxel
+    counts do not fit a cell, and background would swamp the colour scale)."""
     plt = _plt()
     cm = np.asarray(cm)
+    if normalize:
+        cm = cm / np.maximum(cm.sum(1, keepdims=True), 1)
     n = len(names)
-    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * n, 1.0 + 0.6 * n))
-    ax.imshow(cm, cmap="Blues")
+    fig, ax = plt.subplots(figsize=(max(3.8, 1.2 + 0.6 * n), 1.0 + 0.6 * n))  # wide enough for the title
+    ax.imshow(cm, cmap="Blues", vmin=0)
     for i in range(n):
         for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", color="white" if cm[i, j] > cm.max() / 2 else "black")
+            ax.text(j, i, f"{cm[i, j]:.2f}" if normalize else str(cm[i, j]), ha="center", va="center",
+                    color="white" if cm[i, j] > cm.max() / 2 else "black")
     ax.set_xticks(range(n), names, rotation=45, ha="right")
     ax.set_yticks(range(n), names)
     ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_ylabel("true (rows sum to 1)" if normalize else "true")
     ax.set_title(title)
     fig.tight_layout()
     fig.savefig(out, dpi=100)
@@ -82,8 +91,9 @@ def plot_confusion(cm: list[list[int]], names: list[str], out: Path, title: str)
     return out
 
 
-def plot_per_class(names: list[str], mean: list[float], lo: list[float], hi: list[float], out: Path, title: str) -> Path:
-    """Per-class accuracy with its interval as error bars."""
+def plot_per_class(names: list[str], mean: list[float], lo: list[float], hi: list[float], out: Path, title: str,
+                   ylabel: str = "accuracy") -> Path:
+    """Per-class accuracy (or ``ylabel``: Dice) with its interval as error bars."""
     plt = _plt()
     m, lo, hi = np.asarray(mean, float), np.asarray(lo, float), np.asarray(hi, float)
     fig, ax = plt.subplots(figsize=(1.5 + 0.6 * len(names), 3.2))
@@ -92,7 +102,7 @@ def plot_per_class(names: list[str], mean: list[float], lo: list[float], hi: lis
     ax.errorbar(x, m, yerr=[np.clip(m - lo, 0, None), np.clip(hi - m, 0, None)], fmt="none", ecolor="black", capsize=3)
     ax.set_xticks(x, names, rotation=45, ha="right")
     ax.set_ylim(0, 1.05)
-    ax.set_ylabel("accuracy")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -153,7 +163,9 @@ def pretrain_report(run_dir: str | Path) -> Path:
 
 def finetune_report(finetuned_dir: str | Path, metrics_csv: str | Path | None = None) -> Path:
     """report.md in a ``finetuned/`` directory: setup, metrics on the evaluation split, learning
-    curves and (classification) the confusion matrix."""
+    curves, the validation score over steps (named for the task: accuracy, per-label accuracy, R² or
+    mean Dice), and the confusion matrix (classification; dense tasks: row fractions over elements,
+    with Dice and IoU per class)."""
     d = Path(finetuned_dir)
     cfg = json.loads((d / "finetuned.json").read_text())
     ev = json.loads((d / "evaluation.json").read_text()) if (d / "evaluation.json").exists() else {}
@@ -169,6 +181,14 @@ def finetune_report(finetuned_dir: str | Path, metrics_csv: str | Path | None = 
     flat = {k: v for k, v in mets.items() if isinstance(v, (int, float))}
     if flat:
         lines += ["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in flat.items()] + [""]
+    dense = isinstance(mets.get("dice"), dict)  # a dense task: Dice and IoU per class, over every element
+    if dense:
+        names = list(mets["dice"])
+        dice = [float(mets["dice"][k]) for k in names]
+        lines += ["| class | Dice | IoU |", "|---|---|---|"] + [f"| {k} | {_fmt(v)} | {_fmt(float(mets.get('iou', {}).get(k, math.nan)))} |"
+                                                              for k, v in zip(names, dice)] + [""]
+        plot_per_class(names, dice, dice, dice, d / "per_class_dice.png", f"Dice per class ({ev.get('split')})", ylabel="Dice")
+        lines += ["![Dice per class](per_class_dice.png)", ""]
     if mets.get("per_class_accuracy"):
         lines += ["| class | accuracy |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in mets["per_class_accuracy"].items()] + [""]
     metrics_csv = Path(metrics_csv) if metrics_csv else d.parent / "metrics.csv"
@@ -178,10 +198,13 @@ def finetune_report(finetuned_dir: str | Path, metrics_csv: str | Path | None = 
                              d / "learning_curves.png", "fine-tuning"):
             lines += ["![learning curves](learning_curves.png)", ""]
     val = _monitor_scalars(metrics_csv.parent)
-    if "val_score" in val and plot_curves(val, [("val_score", "validation score")], d / "validation.png", "validation"):
-        lines += ["Validation score over steps (accuracy, per-label accuracy or R²):", "", "![validation](validation.png)", ""]
+    score = VALIDATION_SCORE.get(cfg["task"], "the task's score")
+    if "val_score" in val and plot_curves(val, [("val_score", f"validation {score}")], d / "validation.png", "validation"):
+        over = " over the foreground classes" if dense else ""
+        lines += [f"Validation score over steps ({score}{over}):", "", "![validation](validation.png)", ""]
     if "confusion_matrix" in mets:
-        plot_confusion(mets["confusion_matrix"], cfg["names"], d / "confusion_matrix.png", f"confusion matrix ({ev.get('split')})")
+        plot_confusion(mets["confusion_matrix"], cfg["names"], d / "confusion_matrix.png", f"confusion matrix ({ev.get('split')})",
+                       normalize=dense)
         lines += ["![confusion matrix](confusion_matrix.png)", ""]
     out = d / "report.md"
     out.write_text("\n".join(lines))

@@ -40,6 +40,27 @@ def add_lora(module: nn.Module, targets: str, rank: int = 8, alpha: int = 16) ->
     return module
 
 
+HEADS = ("linear", "mlp", "standardized")
+
+
+class Standardize(nn.Module):
+    """Per-feature standardisation with fixed statistics (buffers, saved with the head): a frozen tower's
+    features standardised as a probe standardises them, the statistics taken from the training rows'
+    features once before the first step (``foundation.align_task.precompute_frozen``)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+
+    def fit(self, x: Tensor) -> None:
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(x.std(0).clamp(min=1e-6))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class Tower(nn.Module):
     """Backbone features -> projection -> L2 norm. Subclasses implement ``backbone_features``."""
 
@@ -48,8 +69,13 @@ class Tower(nn.Module):
         super().__init__()
         if mode not in MODES:
             raise DomainfmError(f"towers.{name}.mode={mode!r} is not one of {', '.join(MODES)}")
-        self.name, self.mode, self.lr = name, mode, lr
+        if head not in HEADS:
+            raise DomainfmError(f"towers.{name}.head={head!r} is not one of {', '.join(HEADS)}")
+        if head == "standardized" and mode != "frozen":
+            raise DomainfmError(f"towers.{name}.head=standardized needs mode=frozen (it standardises fixed features)")
+        self.name, self.mode, self.lr, self.head_kind = name, mode, lr, head
         self.head = (nn.Linear(feature_dim, dim) if head == "linear" else
+                     nn.Sequential(Standardize(feature_dim), nn.Linear(feature_dim, dim)) if head == "standardized" else
                      nn.Sequential(nn.Linear(feature_dim, feature_dim), nn.GELU(), nn.Linear(feature_dim, dim)))
         self.cache: dict[str, Tensor] = {}
 

@@ -133,6 +133,13 @@ class MedicalAdapter(Adapter):
 
         return UNETRHead(encoder, classes)
 
+    def dense_logits(self, outputs, dataset, index: int, batch_size: int = 4):
+        """Whole volumes by sliding ``sw_roi`` windows with Gaussian blending (``tasks.window_logits``),
+        never the whole volume through the encoder at once."""
+        from modalities.medical.tasks import window_logits
+
+        return window_logits(outputs, dataset, index, batch_size)
+
     def write_dense(self, dataset, predictions, out_dir, names):
         from modalities.medical.tasks import write_volume_maps
 

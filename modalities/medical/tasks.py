@@ -374,6 +374,45 @@ class UNETRHead(nn.Module):
         return out
 
 
+@torch.no_grad()
+def window_logits(outputs: Callable, dataset: MedicalDataset, index: int, sw_batch_size: int = 4) -> Tensor | None:
+    """Logits [n, prod(patch), classes] of dataset sample ``index`` (a whole volume), laid out like its
+    tokens, by sliding ``sw_roi`` windows over the volume (MONAI ``sliding_window_inference``, overlap
+    ``sw_overlap``, Gaussian blending), as MONAI and nnU-Net predict: a CT of 512x512x300 never enters
+    the encoder at once, so memory and attention cost are bounded by one window. ``outputs(batch) ->
+    [B, N, D, classes]`` is the fine-tuned model on token batches. Windows sit at the volume's own
+    voxels (padded to whole patches, as its tokens are); a volume that fits in ``sw_roi`` is one
+    window, the single pass itself. None under ``data.on_error=skip`` when the volume failed."""
+    from foundation.grid import patchify, unpatchify
+
+    got = dataset.voxel_dict(int(index) // dataset.k)
+    if got is None:
+        return None
+    cfg = dataset.cfg
+    patch, c = tuple(int(p) for p in cfg["patch"]), int(cfg["channels"])
+    x = torch.cat([got[IMAGE].float(), got[VALID].float()], 0)
+    pad = []
+    for size, p in zip(reversed(x.shape[1:]), reversed(patch)):
+        pad += [0, (-size) % p]
+    x = F.pad(x, pad)  # validity 0 on the edge padding, as patchify pads the whole-volume tokens
+    size = tuple(x.shape[1:])
+    roi = [min(int(r), s) for r, s in zip(cfg["sw_roi"], size)]  # multiples of the patch (adapter checks sw_roi)
+    spacing = got["spacing"]
+
+    def predict(w: Tensor) -> Tensor:  # windows [B, C+1, *roi] -> voxel logits [B, classes, *roi]
+        samples = [to_tokens(v[:c], v[c:], cfg, "", "", None, spacing=spacing) for v in w.as_subclass(Tensor)]
+        logits = outputs(collate(samples)).float().cpu()  # [B, n_w, D, classes]
+        b, n_w, d, k = logits.shape
+        grid = tuple(r // p for r, p in zip(w.shape[2:], patch))
+        return torch.stack([unpatchify(t.transpose(1, 2).reshape(n_w, k * d), grid, patch, k) for t in logits])
+
+    out = sliding_window_inference(x[None], roi, max(1, int(sw_batch_size)), predict, overlap=float(cfg["sw_overlap"]),
+                                   mode="gaussian")[0]
+    k = out.shape[0]
+    gp = patchify(out.as_subclass(Tensor), patch)
+    return gp.patches.reshape(gp.patches.shape[0], k, -1).transpose(1, 2)
+
+
 def dense_dataset(adapter_cfg: dict, data: dict, train: bool) -> MedicalDataset:
     """Volumes with their segmentations (``data.masks=column:<name>``, default the adapter's
     ``seg_column``) as dense samples: training views are one random ``roi`` crop per volume per draw

@@ -192,7 +192,8 @@ def test_lora_tower_targets_trunk_blocks_only_and_exports_merged(tmp_path):
     assert torch.allclose(want, got, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["align-speech-text", "align-speech-text-gpu", "align-s1s2", "align-pointcloud-depth", "bind-text",
+@pytest.mark.parametrize("name", ["align-speech-text", "align-speech-text-gpu", "align-s1s2", "align-s1s2-gpu", "align-pointcloud-depth",
+                                  "align-pointcloud-depth-gpu", "bind-text", "bind-text-gpu",
                                   "align-medical-report", "align-medical-report-gpu", "align-graph-text"])
 def test_align_recipes_resolve_and_refuse_unknown_tower_keys(name):
     from foundation.recipes import RecipeError, load_recipe

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import subprocess
 import sys
@@ -19,12 +20,15 @@ from rasterio.transform import Affine
 
 from foundation.dense import dense_evaluate, predict_dense, write_dense_predictions
 from foundation.dense_metrics import segmentation_metrics
-from foundation.finetune import FINETUNE_DEFAULTS, LabelledView, Targets, finetune_indices, load_finetuned, run_finetune
+from foundation.finetune import (FINETUNE_DEFAULTS, Finetuned, FinetuneModel, LabelledView, Targets, finetune_indices, load_finetuned,
+                                 run_finetune)
 from foundation.model import Encoder
+from foundation.tokens import collate
 from modalities.earth.adapter import EarthAdapter
 from modalities.earth.synthetic import write_synthetic
 from modalities.medical.adapter import MedicalAdapter
 from modalities.medical.synthetic import write_cohort
+from tests.integration.test_finetune_cli import png_has_content
 
 ROOT = Path(__file__).resolve().parents[2]
 SMALL = {"width": 32, "depth": 2, "heads": 2}
@@ -94,7 +98,8 @@ def test_earth_predict_overlays_the_scene_grid_in_a_fresh_process(earth, tmp_pat
                            progress=False)
     ev = json.loads((out / "evaluation.json").read_text())
     assert ev["split"] == "validation" and {"mean_dice", "miou", "dice"} <= set(ev["metrics"])
-    assert "Fine-tuning report" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "Fine-tuning report" in report and "| class | Dice | IoU |" in report and png_has_content(out / "per_class_dice.png")
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     subprocess.run([sys.executable, "-m", "foundation.cli", "predict", str(out), data["root"], "--out", str(tmp_path / "pred")],
                    check=True, env=env, cwd=ROOT, capture_output=True)
@@ -206,6 +211,72 @@ def test_medical_writer_restores_the_source_space(medical, tmp_path):
         truth = np.asarray(nib.load(item["seg"]).dataobj)
         assert np.array_equal(np.asarray(out.dataobj), truth)
         assert not np.array_equal(np.asarray(nib.load(moved[i]).dataobj), truth)
+
+
+def _random_dense_model(d: Path) -> FinetuneModel:
+    """The fixture's encoder under a fresh, narrow UNETR head (4 features: fast on CPU): untrained, but
+    its logits vary voxel by voxel."""
+    from modalities.medical.tasks import UNETRHead
+
+    enc = Encoder.from_pretrained(d / "enc")
+    torch.manual_seed(0)
+    model = FinetuneModel(enc, "full", "segmentation", 4)
+    model.head = UNETRHead(enc, 4, features=4)
+    return model.eval()
+
+
+def test_medical_sliding_windows_equal_the_single_pass_on_a_volume_that_fits(medical):
+    """A volume inside one ``sw_roi`` window is that window: the sliding-window logits equal the whole
+    volume's single pass (within 1e-5); negative control: windows smaller than the volume, unblended, differ."""
+    from modalities.medical.tasks import window_logits
+
+    d, data, _ = medical
+    model = _random_dense_model(d)
+    ds = model.encoder.adapter.dense_dataset(data, train=False)
+    sample = ds[0]
+    with torch.no_grad():
+        single = model.outputs(collate([sample]))[0]
+    assert sample.patches.shape[0] > 8, "the volume must be larger than the 16^3 window of the control"
+    ds.cfg["sw_roi"] = [64, 64, 64]  # larger than the volume: one window, clamped to it
+    fits = window_logits(model.outputs, ds, 0)
+    assert fits.shape == single.shape, (fits.shape, single.shape)
+    assert torch.allclose(fits, single, atol=1e-5), float((fits - single).abs().max())
+    ds.cfg["sw_roi"], ds.cfg["sw_overlap"] = [16, 16, 16], 0.0
+    windows = window_logits(model.outputs, ds, 0)
+    assert windows.shape == single.shape and float((windows - single).abs().max()) > 1e-2
+
+
+def test_medical_prediction_sees_one_window_at_a_time_and_keeps_the_source_space(medical, tmp_path):
+    """Evaluation and `predict` run a volume larger than ``sw_roi`` by windows: the encoder never sees
+    more than prod(sw_roi / patch) tokens per sample (a forward hook counts them), the labels cover every
+    token of the volume, and the written NIfTI has the source's shape and affine."""
+    d, data, affine = medical
+    model = _random_dense_model(d)
+    with open(data["manifest"]) as f:  # one volume keeps the test fast
+        rows = list(csv.DictReader(f))[:1]
+    manifest = tmp_path / "one.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows({**r, "path": str(Path(data["manifest"]).parent / r["path"]), "seg": str(Path(data["manifest"]).parent / r["seg"])}
+                    for r in rows)
+    ds = model.encoder.adapter.dense_dataset({"manifest": str(manifest)}, train=False)
+    window_tokens = math.prod(r // p for r, p in zip(ds.cfg["sw_roi"], ds.cfg["patch"]))  # 8
+    seen: list[int] = []
+    handle = model.encoder.register_forward_hook(lambda m, args, out: seen.append(int(args[0].patches.shape[1])))
+    try:
+        csv_path = write_dense_predictions(Finetuned(model, "segmentation", "full", ["0", "1", "2", "3"]), ds, tmp_path / "pred")
+    finally:
+        handle.remove()
+    assert seen and max(seen) <= window_tokens, seen
+    assert all(ds[i].patches.shape[0] > window_tokens for i in range(len(ds)))  # a single pass would exceed it
+    with open(csv_path) as f:
+        written = list(csv.DictReader(f))
+    assert len(written) == 1
+    for row in written:
+        out, src = nib.load(row["prediction"]), nib.load(row["path"])
+        assert out.shape == src.shape and np.allclose(out.affine, src.affine, atol=1e-5) and np.allclose(out.affine, affine, atol=1e-5)
+        assert abs(sum(float(row[f"fraction_{c}"]) for c in "0123") - 1) < 1e-5
 
 
 @pytest.mark.slow

@@ -146,3 +146,22 @@ def test_frozen_tower_is_encoded_once_and_trains_as_if_encoded_per_step(tmp_path
     assert reads.count(("image", True)) == 6 * 16
     a, b = (load_file(str(checkpoint.latest(tmp_path / r) / "model.safetensors")) for r in ("pre", "per_step"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 1e-5
+
+
+def test_standardized_head_uses_the_training_features_statistics_and_travels_with_the_export(tmp_path, data, capsys):
+    """head=standardized: a frozen tower's features standardised per feature (as the probe baseline does), with the
+    training rows' statistics, saved in head.safetensors and reloaded; a trained tower refuses it."""
+    from safetensors.torch import load_file
+
+    torch.set_num_threads(1)
+    root, train, test = data
+    cache = tmp_path / "cache"
+    common = [f"data.manifest={train}", "train.steps=4", f"align.cache_dir={cache}", "--quiet"]
+    assert main(["align", str(recipe(tmp_path, "frozen")), f"run.dir={tmp_path / 'run'}", "towers.image.head=standardized", *common]) == 0
+    feats = torch.stack(list(load_file(str(next(cache.glob("image-*.safetensors")))).values()))
+    tower = load_towers(tmp_path / "run")["image"]
+    assert tower.head_kind == "standardized" and len(feats) == 160
+    assert torch.allclose(tower.head[0].mean, feats.mean(0), atol=1e-5) and torch.allclose(tower.head[0].std, feats.std(0), atol=1e-5)
+    assert float(tower.head[0].std.sub(1).abs().max()) > 1e-2  # not the identity it starts as
+    assert main(["align", str(recipe(tmp_path, "train")), f"run.dir={tmp_path / 'bad'}", "towers.image.head=standardized", *common]) == 1
+    assert "needs mode=frozen" in capsys.readouterr().err
