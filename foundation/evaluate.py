@@ -188,8 +188,9 @@ def _split(dataset, labels: np.ndarray | None, groups_rule: str | None, test_fra
     from foundation.finetune import group_split, sample_groups
 
     n = len(dataset)
-    if groups_rule:
-        return group_split(sample_groups(dataset, groups_rule), test_fraction, seed, labels)
+    groups = sample_groups(dataset, groups_rule)
+    if groups_rule or len(set(groups)) < n:  # a rule, or several samples from one source item (crops of a volume)
+        return group_split(groups, test_fraction, seed, labels)
     strat = labels if labels is not None and np.bincount(labels).min() >= 2 else None
     pool, test = train_test_split(np.arange(n), test_size=test_fraction, stratify=strat, random_state=seed)
     return np.sort(pool), np.sort(test)

@@ -109,11 +109,14 @@ def dataset_targets(dataset, task: str, label_sep: str = ";") -> Targets:
 
 def sample_groups(dataset, rule: str | None) -> np.ndarray:
     """One group name per sample (speaker, patient, scene) from ``data.groups`` (``folder``,
-    ``pattern:<regex>``, ``column:<name>``); without a rule every sample is its own group."""
+    ``pattern:<regex>``, ``column:<name>``). Without a rule, samples cut from one source item (a
+    dataset's ``unit``: the crops of one volume) form a group, and every other sample is its own:
+    two crops of one scan on both sides of a split would be a leak, not a result."""
     from foundation.sources import label_of
 
     if not rule:
-        return np.arange(len(dataset)).astype(str)
+        unit = getattr(dataset, "unit", None)
+        return np.asarray([unit(i) for i in range(len(dataset))] if unit else np.arange(len(dataset))).astype(str)
     sources = getattr(dataset, "sources", None)
     out = []
     for i in range(len(dataset)):

@@ -31,6 +31,9 @@ KERNEL_C_GRID = (0.01, 0.1, 1.0, 10.0, 100.0, 1000.0)
 # the test set fixed, so it cannot see test-sampling noise, and on a handful of samples one sample moves the
 # accuracy by more than any effect worth claiming (with 20, one sample is 0.05).
 MIN_TEST_SAMPLES = 20
+# paired differences closer than this (relative) are one difference: accuracies averaged in different orders
+# differ in the last bits, and a t-interval over that rounding noise would print a zero-width "beats"
+SAME_DIFFERENCE = 1e-9
 
 
 class ProbeError(DomainfmError, ValueError):
@@ -132,7 +135,7 @@ def paired_interval(a: np.ndarray | list, b: np.ndarray | list, confidence: floa
     t-interval would print as a degenerate [d, d]), there is no interval: (mean, -inf, inf).
     """
     d = np.asarray(a, float) - np.asarray(b, float)
-    if len(d) < 2 or np.ptp(d) == 0:
+    if len(d) < 2 or np.ptp(d) <= SAME_DIFFERENCE * max(1.0, float(np.abs(d).max())):  # equal up to float rounding
         return float(d.mean()), float("-inf"), float("inf")
     half = stats.t.ppf((1 + confidence) / 2, len(d) - 1) * d.std(ddof=1) / np.sqrt(len(d))
     return float(d.mean()), float(d.mean() - half), float(d.mean() + half)

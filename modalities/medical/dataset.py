@@ -155,6 +155,10 @@ class MedicalDataset(TokenDataset):
     def label(self, index: int) -> int | None:
         return None if self.labels is None else self.labels[index // self.k]
 
+    def unit(self, index: int) -> str:
+        """The volume sample ``index`` is a crop of: crops of one volume stay on one side of every split."""
+        return self.items[index // self.k]["source"]
+
     def _read(self, index: int, fetch):
         """``fetch()`` for volume ``index`` under the bad-input policy, errors naming the source."""
         src = self.items[index]["source"]

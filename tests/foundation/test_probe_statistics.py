@@ -72,5 +72,10 @@ def test_one_class_names_the_labels_found():
 def test_zero_variance_over_distinct_splits_is_not_a_beat():
     same = paired_difference([0.9] * 5, [0.6] * 5)  # +0.3 on every seed: a t-interval would be [+0.3, +0.3]
     assert not same["beats"] and "zero variance" in same["note"] and same["diff"] == pytest.approx(0.3)
+    # equal up to float rounding (accuracies summed in different orders) is still one difference, not [d, d]
+    a = [np.mean([0.1, 0.2, 0.3]), np.mean([0.3, 0.2, 0.1]), 0.2, 0.2, 0.2]
+    assert np.ptp(np.subtract(a, 0.35)) > 0  # the old exact check would have printed a zero-width interval
+    rounded = paired_difference(a, [0.35] * 5)
+    assert not rounded["beats"] and "zero variance" in rounded["note"]
     varied = paired_difference([0.9, 0.85, 0.95, 0.9, 0.88], [0.6] * 5)  # control: spread over seeds, a real interval
     assert varied["beats"] and "note" not in varied and 0 < varied["ci_low"] < 0.3 < varied["ci_high"]

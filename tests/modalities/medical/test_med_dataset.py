@@ -185,3 +185,24 @@ def test_training_crops_read_plain_voxels_equal_to_the_monai_volume(tmp_path, sm
         f.unlink()  # a new file, as the cache's own atomic replace makes: tensors read before stay valid
         f.write_bytes(b"garbage")
     assert torch.equal(ds.voxels(0)[0], expected)
+
+
+def test_evaluation_and_finetune_splits_keep_the_crops_of_one_volume_together(tmp_path, small_cfg):
+    """Training views give crops_per_volume samples per volume; a split that put two crops of one scan on
+    both sides would score the scan against itself. Splits group samples by their volume."""
+    from foundation.evaluate import _split
+    from foundation.finetune import group_split, sample_groups
+
+    for i in range(12):
+        write(tmp_path / ("a" if i % 2 else "b") / f"v{i}.nii.gz", blob(i, (20, 20, 20)))
+    ds = MedicalDataset(small_cfg(crops_per_volume=4), {"root": str(tmp_path), "labels": "folder"}, train=True)
+    labels = np.array([ds.label(i) for i in range(len(ds))])
+    volume = np.array([ds.unit(i) for i in range(len(ds))])
+    assert len(ds) == 48 and len(set(volume)) == 12
+    pool, test = _split(ds, labels, None, 0.3)
+    assert not set(volume[pool]) & set(volume[test]) and len(test) % 4 == 0
+    train_idx, val_idx = group_split(sample_groups(ds, None), 0.25, 0)
+    assert not set(volume[train_idx]) & set(volume[val_idx])
+    # negative control: one group per sample (the behaviour before units) mixes crops of a volume
+    naive_pool, naive_test = group_split(np.arange(len(ds)).astype(str), 0.3, 12345, labels)
+    assert set(volume[naive_pool]) & set(volume[naive_test])
