@@ -36,7 +36,7 @@ def chance_recall(matches: np.ndarray, gallery: int, k: int) -> float:
     return float(np.mean(1 - miss))
 
 
-def retrieval(za, zb, keys_a=None, keys_b=None, ks=KS, names: tuple[str, str] = ("a", "b")) -> dict:
+def retrieval(za, zb, keys_a=None, keys_b=None, ks=KS, names: tuple[str, str] = ("a", "b"), ids_a=None, ids_b=None) -> dict:
     """Recall@k in both directions and median rank. Without keys, row i of ``za`` matches row i of
     ``zb`` only (instance retrieval); with keys, any item of the same key is correct. Chance recall@k
     is reported beside (k / gallery size for instance retrieval, the mean share of matches otherwise)."""
@@ -46,10 +46,13 @@ def retrieval(za, zb, keys_a=None, keys_b=None, ks=KS, names: tuple[str, str] = 
     else:
         match = np.asarray(keys_a)[:, None] == np.asarray(keys_b)[None, :]
     out = {}
-    for (q, g, m, direction) in ((za, zb, match, f"{names[0]}->{names[1]}"), (zb, za, match.T, f"{names[1]}->{names[0]}")):
+    for (q, g, m, direction, ids) in ((za, zb, match, f"{names[0]}->{names[1]}", ids_b), (zb, za, match.T, f"{names[1]}->{names[0]}", ids_a)):
         if keys_a is not None:  # identical gallery items (a class text on every row of its class) are one
-            # item: copies would fill the top ranks with one wrong class and push recall@k below chance
-            _, first = np.unique(g, axis=0, return_index=True)
+            # item: copies would fill the top ranks with one wrong class and push recall@k below chance.
+            # Identity is the item itself (``ids``: its text or file) where given: one text embedded in two
+            # batches can differ in the last bits; else embeddings that are exactly equal.
+            _, first = np.unique(np.asarray(ids, dtype=object).astype(str) if ids is not None else g, axis=0 if ids is None else None,
+                                 return_index=True)
             keep = np.sort(first)
             g, m = g[keep], m[:, keep]
         r = ranks(q, g, m)

@@ -348,7 +348,8 @@ def evaluate_aligned(recipe: dict, model: AlignModel, data: PairedDataset) -> di
         za, zb = embed_rows(model.towers[a], data, a, rows), embed_rows(model.towers[b], data, b, rows)
         keys = None if data.keys is None else np.asarray([data.keys[i] for i in rows])
         res[pt] = {"rows": len(rows), "emergent": pt not in data.pair_types,
-                   **retrieval(za, zb, keys, keys, names=(a, b))}
+                   **retrieval(za, zb, keys, keys, names=(a, b), ids_a=[data.rows[i][a] for i in rows],
+                               ids_b=[data.rows[i][b] for i in rows])}
     zs = recipe["zero_shot"]
     if zs["classes"]:
         tower = zs["tower"] or next(n for n in names if recipe["towers"][n]["kind"] != "text")
