@@ -62,7 +62,7 @@ def test_embed_speech_and_text_equal_the_alignment_evaluation(aligned, tmp_path)
     # ... and the run's evaluation (the in-memory model at the end of training) is reproduced from them
     ev = json.loads((run / "align_eval.json").read_text())["speech|text"]
     keys = np.array(texts)
-    mine = retrieval(s["embeddings"], t["embeddings"], keys, keys, names=("speech", "text"))
+    mine = retrieval(s["embeddings"], t["embeddings"], keys, keys, names=("speech", "text"), ids_a=list(s["paths"]), ids_b=texts)
     assert all(mine[k] == pytest.approx(ev[k], abs=1e-9) for k in ev if "recall" in k or "median" in k), (mine, ev)
 
     # a folder of clips is read by the tower's adapter as plain `embed` reads it: the same clip, the same vector
