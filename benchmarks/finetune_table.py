@@ -28,7 +28,6 @@ Writes benchmarks/results/finetune_table-<modality>[-TAG].{json,md}. No winner i
 from __future__ import annotations
 
 import argparse
-import csv
 import hashlib
 import json
 import os
@@ -46,7 +45,7 @@ from benchmarks.common import RESULTS, git_commit, write_results  # noqa: E402
 from foundation.embed import embed_dataset  # noqa: E402
 from foundation.evaluate import (_finetune_arm, _probe_arm, _with_baselines, few_label_protocol,  # noqa: E402
                                  random_twin)
-from foundation.finetune import FINETUNE_DEFAULTS, METHODS, dataset_targets, load_encoder, sample_groups  # noqa: E402
+from foundation.finetune import FINETUNE_DEFAULTS, METHODS, dataset_targets, load_encoder, sample_groups, write_csv  # noqa: E402
 from foundation.probes import format_interval  # noqa: E402
 
 MODALITIES = ("speech", "earth", "pointcloud", "medical")
@@ -57,15 +56,6 @@ CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / "domainfm-finetune-table"
 def shared_root() -> Path:
     """The shared data folder, as ``tests/shared_data.py`` resolves it."""
     return Path(os.environ.get("DOMAINFM_SHARED_DATA", REPO.parent / "shared" / "data"))
-
-
-def write_csv(path: Path, header: list[str], rows: list) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
 
 
 # -- each modality: unlabelled pretraining data, the labelled evaluation set, its splits --------------

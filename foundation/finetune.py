@@ -649,15 +649,19 @@ def prediction_rows(ft: Finetuned, view, batch_size: int = 64) -> tuple[list[str
     return header, rows
 
 
-def write_predictions(ft: Finetuned, view, out: str | Path, batch_size: int = 64) -> Path:
-    header, rows = prediction_rows(ft, view, batch_size)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+def write_csv(path: str | Path, header: list[str], rows: list) -> Path:
+    """A CSV file of ``header`` and ``rows`` (its folder made first)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(header)
         w.writerows(rows)
-    return out
+    return path
+
+
+def write_predictions(ft: Finetuned, view, out: str | Path, batch_size: int = 64) -> Path:
+    return write_csv(out, *prediction_rows(ft, view, batch_size))
 
 
 # -- the from-scratch baseline (benchmarks) -------------------------------------------------------
