@@ -182,17 +182,12 @@ class MedicalDataset(TokenDataset):
         """
         return self._read(index, lambda: self.volumes[index])
 
-    def voxels(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
-        """Image [C, X, Y, Z], validity [1, X, Y, Z] and spacing of preprocessed volume ``index`` as plain
-        tensors: what a training crop needs, without rebuilding MONAI's MetaTensors and their history
-        on every read (from the disk cache, that rebuild cost more than the crop and tokens together).
-        None under ``data.on_error=skip`` when the volume failed."""
-        got = self.voxel_dict(index)
-        return None if got is None else (got[IMAGE], got[VALID], got["spacing"])
-
     def voxel_dict(self, index: int) -> dict[str, torch.Tensor] | None:
-        """:meth:`voxels` as a dict (image, valid, spacing), with the segmentation (``seg``) when the
-        dataset was read with it (the dense task's training crops cut it like the image)."""
+        """Image [C, X, Y, Z], validity [1, X, Y, Z], spacing and, when the dataset was read with it, the
+        segmentation (``seg``, cut like the image by the dense task's crops) of preprocessed volume ``index``
+        as plain tensors: what a training crop needs, without rebuilding MONAI's MetaTensors and their
+        history on every read (from the disk cache, that rebuild cost more than the crop and tokens
+        together). None under ``data.on_error=skip`` when the volume failed."""
         keys = (IMAGE, VALID) + ((SEG,) if self.with_seg else ())
         if isinstance(self.volumes, SafeDiskCache):
             return self._read(index, lambda: self.volumes.voxels(index, keys))

@@ -168,23 +168,23 @@ def test_training_crops_read_plain_voxels_equal_to_the_monai_volume(tmp_path, sm
     ds = MedicalDataset(small_cfg(cache="disk", cache_dir=str(tmp_path / "cache"), spacing=None),
                         {"root": str(tmp_path / "d")}, train=True)
     for vi in range(2):
-        first = ds.voxels(vi)  # builds the entry
-        again = ds.voxels(vi)  # the plain fast path
+        first = ds.voxel_dict(vi)  # builds the entry
+        again = ds.voxel_dict(vi)  # the plain fast path
         full = ds.volume(vi)  # MONAI's MetaTensor dict, decoded from the same entry
         for got in (first, again):
-            assert torch.equal(got[0], full["image"].as_tensor()) and torch.equal(got[1], full["valid"].as_tensor())
-            assert torch.allclose(got[2], torch.tensor([1.5, 1.5, 2.0]))
+            assert torch.equal(got["image"], full["image"].as_tensor()) and torch.equal(got["valid"], full["valid"].as_tensor())
+            assert torch.allclose(got["spacing"], torch.tensor([1.5, 1.5, 2.0]))
     # negative control: the two volumes' voxels differ, so the equality above can fail
-    assert not torch.equal(ds.voxels(0)[0], ds.voxels(1)[0])
+    assert not torch.equal(ds.voxel_dict(0)["image"], ds.voxel_dict(1)["image"])
     # a crop is a roi-sized window of those voxels, placed by the sample's seed
     s, t = ds[(0, 5)], ds[(0, 6)]
     assert s.patches.shape == t.patches.shape and not torch.equal(s.patches, t.patches)
     # a damaged cache entry is rebuilt from the source, not reported as a bad input
-    expected = ds.voxels(0)[0].clone()
+    expected = ds.voxel_dict(0)["image"].clone()
     for f in (tmp_path / "cache").rglob("*.safetensors"):
         f.unlink()  # a new file, as the cache's own atomic replace makes: tensors read before stay valid
         f.write_bytes(b"garbage")
-    assert torch.equal(ds.voxels(0)[0], expected)
+    assert torch.equal(ds.voxel_dict(0)["image"], expected)
 
 
 def test_evaluation_and_finetune_splits_keep_the_crops_of_one_volume_together(tmp_path, small_cfg):
