@@ -22,7 +22,7 @@ from safetensors.torch import load_file, save_file
 from foundation.errors import DomainfmError
 from foundation.model import Encoder, readable_under_umask
 from foundation.objectives.align import AlignModel
-from foundation.pairs import PairBatch, PairedDataset, PairScheduleSampler, collate_pairs
+from foundation.pairs import PairedDataset, PairScheduleSampler, collate_pairs
 from foundation.towers import EncoderTower, TextTower, Tower, build_tiny_text_tower
 from modalities.base import adapter_from_config
 

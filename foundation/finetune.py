@@ -36,11 +36,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from foundation.dense import DENSE_METHODS, DENSE_TASKS, dense_evaluate, dense_loss
-from foundation.engine import TrainingDiverged, warmup_cosine
 from foundation.model import Encoder, load_strict, readable_under_umask
 from foundation.tokens import PatchBatch, SampleTokens, collate
 from foundation.trunk import AttentivePool, masked_mean_std

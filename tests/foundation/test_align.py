@@ -1,6 +1,5 @@
 """Alignment losses and binding: the multi-positive floor, SigLIP's bias, the clamped temperature, learning
 below the trivial loss down to the floor, and ImageBind-style emergence between never-paired views."""
-import math
 
 import numpy as np
 import pytest

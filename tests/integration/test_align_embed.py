@@ -3,7 +3,6 @@ the alignment evaluation puts them (backbone + projection + L2 norm), so retriev
 embeddings reproduces the run's own `align_eval.json`. Negative control: the tower's encoder alone (the
 un-projected export, as plain `embed` of `towers/speech/encoder` gives it) is a different space."""
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
